@@ -1,0 +1,204 @@
+"""`tether prepare`: build (or reuse) every artefact of the IMDB task, stage by stage.
+
+Stages and what keys them:
+  policy  <- task, tokenizer, policy           (tokenizer + pretrained initial policy, one HF folder)
+  gold    <- task, gold                        (TF-IDF + logistic-regression sentiment scorer)
+  proxy   <- task, tokenizer, policy, gold, proxy, generation  (k Bradley-Terry reward models)
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from learner.assets import store
+from learner.assets.data import ImdbSplit, load_imdb
+from learner.config import TetherConfig
+
+log = logging.getLogger(__name__)
+REPO_ASSETS = Path(__file__).resolve().parents[2] / "assets"
+COMMITTED_POLICY = REPO_ASSETS / "imdb-policy"
+
+
+@dataclass(frozen=True)
+class TaskPaths:
+    policy: Path | str  # local folder or hub name
+    gold: Path | str
+    proxies: list[Path | str]
+
+
+def _parts(cfg: TetherConfig, stage: str) -> dict:
+    task = cfg.task.model_dump()
+    pol = cfg.policy.model_dump(exclude={"committed_checkpoint"})
+    if stage == "policy":
+        return {"task": task, "tokenizer": cfg.tokenizer.model_dump(), "policy": pol}
+    if stage == "gold":
+        return {"task": task, "gold": cfg.gold.model_dump()}
+    if stage == "proxy":
+        return {
+            "task": task, "tokenizer": cfg.tokenizer.model_dump(), "policy": pol, "gold": cfg.gold.model_dump(),
+            "proxy": cfg.proxy.model_dump(), "generation": cfg.generation.model_dump(),
+        }
+    raise KeyError(stage)
+
+
+def task_dir(cfg: TetherConfig) -> Path:
+    return Path(cfg.data_dir) / cfg.task.name
+
+
+def stage_folder(cfg: TetherConfig, stage: str) -> tuple[Path, str]:
+    key = store.stage_key(stage, _parts(cfg, stage))
+    return task_dir(cfg) / f"{stage}-{key}", key
+
+
+def hint(cfg_source: str) -> str:
+    return f"tether prepare {cfg_source}"
+
+
+REQUIRED = {
+    "policy": ["config.json", "model.safetensors", "tokenizer.json"],
+    "gold": ["gold.npz", "vocab.json"],
+    "proxy": ["member-0/model.safetensors"],
+}
+
+
+def resolve(cfg: TetherConfig, *, cfg_source: str = "<config>") -> TaskPaths:
+    """Paths of ready artefacts for a config, raising AssetError (with the rebuild command) if any is unusable."""
+    pol: Path | str
+    if cfg.policy.name_or_path:
+        pol = cfg.policy.name_or_path
+    else:
+        f, k = stage_folder(cfg, "policy")
+        store.check_artefact(f, "policy", k, REQUIRED["policy"], hint(cfg_source))
+        pol = f
+    gold: Path | str
+    if cfg.gold.kind == "hf_classifier":
+        gold = cfg.gold.name_or_path  # type: ignore[assignment]
+    else:
+        f, k = stage_folder(cfg, "gold")
+        store.check_artefact(f, "gold", k, REQUIRED["gold"], hint(cfg_source))
+        gold = f
+    f, k = stage_folder(cfg, "proxy")
+    req = [f"member-{i}/model.safetensors" for i in range(cfg.proxy.n_members)]
+    store.check_artefact(f, "proxy", k, req, hint(cfg_source))
+    return TaskPaths(pol, gold, [f / f"member-{i}" for i in range(cfg.proxy.n_members)])
+
+
+def prepare(cfg: TetherConfig, *, rebuild: bool = False, cfg_source: str = "<config>") -> dict:
+    """Build whatever is missing or stale; returns {stage: manifest}."""
+    td = task_dir(cfg)
+    td.mkdir(parents=True, exist_ok=True)
+    split = load_imdb(cfg.task)
+    out = {}
+    out["policy"] = _policy_stage(cfg, split, rebuild)
+    out["gold"] = _gold_stage(cfg, split, rebuild)
+    out["proxy"] = _proxy_stage(cfg, split, rebuild)
+    return out
+
+
+def _reuse(folder: Path, stage: str, key: str, rebuild: bool) -> dict | None:
+    if rebuild:
+        return None
+    try:
+        m = store.check_artefact(folder, stage, key, REQUIRED[stage], "")
+        log.info("%s: up to date (%s)", stage, folder)
+        return m
+    except store.AssetError:
+        return None
+
+
+def _policy_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
+    if cfg.policy.name_or_path:
+        return {"stage": "policy", "source": cfg.policy.name_or_path, "note": "loaded from_pretrained; not built here"}
+    folder, key = stage_folder(cfg, "policy")
+    if (m := _reuse(folder, "policy", key, rebuild)) is not None:
+        return m
+    committed = store.read_manifest(COMMITTED_POLICY)
+    if not rebuild and cfg.policy.committed_checkpoint and committed and committed.get("key") == key:
+        log.info("policy: using the committed checkpoint %s", COMMITTED_POLICY)
+        tmp = store.fresh_dir(folder)
+        shutil.copytree(COMMITTED_POLICY, tmp, dirs_exist_ok=True)
+        store.commit_dir(tmp, folder)
+        store.update_index(task_dir(cfg), "policy", committed, folder)
+        return committed
+    from learner.assets.policy import pretrain, sample
+    from learner.assets.tokenizer import train_tokenizer
+    from learner.assets.data import make_prompts
+
+    t0 = time.time()
+    tmp = folder.with_name(folder.name + ".building")
+    resumable = (tmp / "pretrain_state.pt").exists() and (tmp / "key").exists() and (tmp / "key").read_text() == key and not rebuild
+    if not resumable:
+        tmp = store.fresh_dir(folder)
+        (tmp / "key").write_text(key)
+    log.info("policy: training tokenizer (vocab %d) and pretraining %d tokens", cfg.tokenizer.vocab_size, cfg.policy.pretrain_tokens)
+    tok = train_tokenizer(split.train_text, cfg.tokenizer.vocab_size, tmp)
+    metrics = pretrain(cfg.policy, tok, split.train_text, split.heldout_text, tmp, seed=cfg.task.seed)
+    from learner.assets.policy import load_policy
+
+    model = load_policy(tmp)
+    prompts = make_prompts(split.heldout_text, 4, cfg.task, seed=7)
+    conts = sample(model, tok, prompts, max_new_tokens=cfg.generation.max_new_tokens, seed=7)
+    metrics["samples"] = [{"prompt": p, "continuation": c} for p, c in zip(prompts, conts)]
+    (tmp / "key").unlink()
+    m = store.write_manifest(tmp, "policy", key, _parts(cfg, "policy"), metrics, time.time() - t0)
+    store.commit_dir(tmp, folder)
+    store.update_index(task_dir(cfg), "policy", m, folder)
+    return m
+
+
+def _gold_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
+    if cfg.gold.kind == "hf_classifier":
+        return {"stage": "gold", "source": cfg.gold.name_or_path, "note": "loaded from_pretrained; not built here"}
+    folder, key = stage_folder(cfg, "gold")
+    if (m := _reuse(folder, "gold", key, rebuild)) is not None:
+        return m
+    from learner.assets.gold import train_gold
+
+    t0 = time.time()
+    tmp = store.fresh_dir(folder)
+    metrics = train_gold(cfg.gold, split, tmp)
+    m = store.write_manifest(tmp, "gold", key, _parts(cfg, "gold"), metrics, time.time() - t0)
+    store.commit_dir(tmp, folder)
+    store.update_index(task_dir(cfg), "gold", m, folder)
+    return m
+
+
+def _proxy_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
+    folder, key = stage_folder(cfg, "proxy")
+    req = [f"member-{i}/model.safetensors" for i in range(cfg.proxy.n_members)]
+    if not rebuild:
+        try:
+            m = store.check_artefact(folder, "proxy", key, req, "")
+            log.info("proxy: up to date (%s)", folder)
+            return m
+        except store.AssetError:
+            pass
+    from learner.assets.proxy import build_proxies
+
+    t0 = time.time()
+    tmp = store.fresh_dir(folder)
+    paths = resolve_partial(cfg)
+    metrics = build_proxies(cfg, split, paths["policy"], paths["gold"], tmp)
+    m = store.write_manifest(tmp, "proxy", key, _parts(cfg, "proxy"), metrics, time.time() - t0)
+    store.commit_dir(tmp, folder)
+    store.update_index(task_dir(cfg), "proxy", m, folder)
+    return m
+
+
+def resolve_partial(cfg: TetherConfig) -> dict:
+    pol = cfg.policy.name_or_path or stage_folder(cfg, "policy")[0]
+    gold = cfg.gold.name_or_path if cfg.gold.kind == "hf_classifier" else stage_folder(cfg, "gold")[0]
+    return {"policy": pol, "gold": gold}
+
+
+def set_threads(n: int | None) -> int:
+    import os
+
+    n = n or max(1, min(os.cpu_count() or 1, len(os.sched_getaffinity(0))))
+    torch.set_num_threads(n)
+    return n

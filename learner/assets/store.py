@@ -1,0 +1,88 @@
+"""Artefact cache: each stage lives in its own folder keyed by a hash of the config that made it.
+
+Every folder holds ``tether_manifest.json`` (how it was made, its quality figures); the task folder
+holds ``manifest.json`` indexing all stages. A stage is rebuilt only when its key changes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "tether_manifest.json"
+# Bump a stage's version when its build code changes in a way that changes the artefact.
+STAGE_VERSIONS = {"policy": 1, "gold": 1, "proxy": 1}
+
+
+class AssetError(RuntimeError):
+    """A missing, corrupt or mismatched artefact. The message says which and how to rebuild it."""
+
+
+def stage_key(stage: str, parts: dict[str, Any]) -> str:
+    blob = json.dumps({"stage": stage, "v": STAGE_VERSIONS[stage], **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def read_manifest(folder: Path) -> dict | None:
+    f = folder / MANIFEST
+    if not f.exists():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_manifest(folder: Path, stage: str, key: str, parts: dict, metrics: dict, seconds: float) -> dict:
+    m = {
+        "stage": stage,
+        "key": key,
+        "config": parts,
+        "metrics": metrics,
+        "build_seconds": round(seconds, 1),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (folder / MANIFEST).write_text(json.dumps(m, indent=2, default=str))
+    return m
+
+
+def check_artefact(folder: Path, stage: str, key: str, required: list[str], rebuild_hint: str) -> dict:
+    """Return the manifest of a usable artefact, or raise AssetError naming what is wrong."""
+    if not folder.exists():
+        raise AssetError(f"{stage} artefact missing at {folder}; build it with: {rebuild_hint}")
+    m = read_manifest(folder)
+    if m is None:
+        raise AssetError(f"{stage} artefact at {folder} has no readable {MANIFEST} (corrupt or interrupted build); rebuild with: {rebuild_hint} --rebuild")
+    if m.get("key") != key:
+        raise AssetError(
+            f"{stage} artefact at {folder} was built with a different config (key {m.get('key')}, this config needs {key}); rebuild with: {rebuild_hint}"
+        )
+    missing = [r for r in required if not (folder / r).exists()]
+    if missing:
+        raise AssetError(f"{stage} artefact at {folder} is incomplete (missing {', '.join(missing)}); rebuild with: {rebuild_hint} --rebuild")
+    return m
+
+
+def fresh_dir(folder: Path) -> Path:
+    """An empty temporary sibling folder to build into; `commit_dir` moves it in place atomically."""
+    tmp = folder.with_name(folder.name + ".building")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit_dir(tmp: Path, folder: Path) -> None:
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def update_index(task_dir: Path, stage: str, manifest: dict, folder: Path) -> None:
+    idx_path = task_dir / "manifest.json"
+    idx = json.loads(idx_path.read_text()) if idx_path.exists() else {}
+    idx[stage] = {**manifest, "path": str(folder)}
+    idx_path.write_text(json.dumps(idx, indent=2, default=str))

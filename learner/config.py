@@ -1,0 +1,289 @@
+"""The one configuration schema used by the CLI, YAML presets, the runtime and (later) the REST API.
+
+Every field carries a description; defaults follow the papers in ../shared/PAPERS.md and cite them.
+Unknown fields are rejected (``extra="forbid"``) so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaskConfig(_Strict):
+    """The offline IMDB task (Elastic Reset's IMDB mock-sentiment task, Gao et al.'s synthetic gold/proxy setup)."""
+
+    name: Literal["imdb"] = Field("imdb", description="Task name. Only the offline IMDB sentiment task ships today.")
+    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Fraction of the 25k IMDB reviews held out (deterministic split by seed) for evaluation.")
+    max_reviews: int | None = Field(None, ge=200, description="Use only the first N reviews after shuffling (tests use a few thousand). None = all 25k.")
+    prompt_words_min: int = Field(2, ge=1, description="Prompts are review prefixes of between prompt_words_min and prompt_words_max words (Elastic Reset IMDB uses short prefixes).")
+    prompt_words_max: int = Field(5, ge=1, description="Upper bound of prompt length in words.")
+    seed: int = Field(0, description="Seed of the train/held-out split and of prompt sampling.")
+
+    @model_validator(mode="after")
+    def _words(self) -> "TaskConfig":
+        if self.prompt_words_max < self.prompt_words_min:
+            raise ValueError(f"task.prompt_words_max ({self.prompt_words_max}) must be >= task.prompt_words_min ({self.prompt_words_min})")
+        return self
+
+
+class TokenizerConfig(_Strict):
+    vocab_size: int = Field(4096, ge=260, le=65536, description="Byte-level BPE vocabulary trained on the IMDB training text.")
+
+
+class PolicyConfig(_Strict):
+    """The initial policy pi_0: a small Llama-style causal LM pretrained on IMDB (the analogue of gpt2-imdb)."""
+
+    name_or_path: str | None = Field(
+        None,
+        description="A Hugging Face model name or folder (e.g. 'gpt2', 'lvwerra/gpt2-imdb') loaded with from_pretrained. "
+        "None = the locally built IMDB model described by the fields below.",
+    )
+    n_layer: int = Field(4, ge=1, description="Transformer layers of the locally built policy.")
+    hidden: int = Field(256, ge=16, description="Model width of the locally built policy.")
+    n_head: int = Field(4, ge=1, description="Attention heads.")
+    intermediate: int = Field(768, ge=16, description="MLP width (SwiGLU).")
+    context: int = Field(128, ge=32, description="Context length (positions) used in pretraining.")
+    pretrain_tokens: int = Field(12_000_000, ge=1000, description="Token budget of pretraining on the IMDB training text.")
+    batch_size: int = Field(32, ge=1, description="Pretraining batch size in sequences of `context` tokens.")
+    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (cosine decay, 2% warm-up).")
+    committed_checkpoint: bool = Field(
+        True,
+        description="Use the checkpoint committed under assets/ when its config matches, instead of pretraining (pass --rebuild to pretrain anyway).",
+    )
+
+    @model_validator(mode="after")
+    def _heads(self) -> "PolicyConfig":
+        if self.hidden % self.n_head:
+            raise ValueError(f"policy.hidden ({self.hidden}) must be divisible by policy.n_head ({self.n_head})")
+        return self
+
+
+class GoldConfig(_Strict):
+    """The gold reward R*: a sentiment scorer trained on the real IMDB labels; reward = its logit."""
+
+    kind: Literal["tfidf_logreg", "hf_classifier"] = Field(
+        "tfidf_logreg",
+        description="tfidf_logreg: TF-IDF + logistic regression trained here on IMDB labels (about 0.90 accuracy). "
+        "hf_classifier: a Hugging Face sequence classifier named by name_or_path (e.g. 'lvwerra/distilbert-imdb'), reward = positive-minus-negative logit.",
+    )
+    name_or_path: str | None = Field(None, description="Model for kind=hf_classifier.")
+    max_features: int = Field(100_000, ge=100, description="TF-IDF vocabulary size (word 1-2 grams).")
+    C: float = Field(4.0, gt=0, description="Inverse L2 regularisation of the logistic regression.")
+
+    @model_validator(mode="after")
+    def _hf(self) -> "GoldConfig":
+        if self.kind == "hf_classifier" and not self.name_or_path:
+            raise ValueError("gold.name_or_path is required when gold.kind is 'hf_classifier'")
+        return self
+
+
+class ProxyConfig(_Strict):
+    """Proxy reward-model ensemble (Coste et al. 2023): k scalar-head models differing only in seed."""
+
+    n_members: int = Field(5, ge=1, le=32, description="Ensemble size k (Coste et al. use 5).")
+    label_noise: float = Field(0.25, ge=0, lt=0.5, description="Fraction of gold preference labels flipped (Coste et al.: 25%, mimicking annotator disagreement).")
+    n_pairs: int = Field(3000, ge=20, description="Training preference pairs of initial-policy samples labelled by the gold scorer.")
+    n_eval_pairs: int = Field(1000, ge=20, description="Held-out pairs (fresh prompts) on which each member's agreement with gold is reported.")
+    epochs: int = Field(2, ge=1, description="Bradley-Terry training epochs.")
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate of reward-model training.")
+    batch_size: int = Field(32, ge=1, description="Pairs per optimiser step.")
+    n_layer: int | None = Field(
+        2, ge=1,
+        description="Reward models start from the pretrained policy (Gao et al. initialise RMs from the pretrained LM) truncated to this many layers (None = all).",
+    )
+    name_or_path: str | None = Field(None, description="Hugging Face sequence-classification model to start from instead (e.g. on a GPU cluster).")
+    max_len: int = Field(96, ge=16, description="Tokens scored per text (prompt + response).")
+
+
+class GenerationConfig(_Strict):
+    max_new_tokens: int = Field(48, ge=1, description="Response length (Elastic Reset IMDB: 48 new tokens).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature. 1.0 keeps samples from pi itself, so the KL estimates are unbiased.")
+    top_k: int = Field(0, ge=0, description="0 = no top-k truncation (pure sampling, as in the papers).")
+
+
+class KLConfig(_Strict):
+    """KL control (Ziegler et al. 2019): per-token reward r_t = -beta * kl_t (+ sequence reward at the end)."""
+
+    mode: Literal["fixed", "adaptive"] = Field("adaptive", description="fixed beta, or adaptive beta driven toward `target`.")
+    coef: float = Field(0.001, ge=0, description="Initial beta (Elastic Reset IMDB: 0.001 adaptive; Coste et al. PPO: 0.01 with WCO/UWO).")
+    target: float = Field(1.0, gt=0, description="Adaptive target KL in nats per sequence (Elastic Reset IMDB: 1.0).")
+    horizon: int = Field(10_000, ge=1, description="Adaptive controller horizon in samples (Ziegler et al.: 10,000).")
+    estimator: Literal["k1", "k2", "k3"] = Field("k1", description="Per-token KL estimator in the reward: k1 = logr, k2 = logr^2/2, k3 = exp(-logr)-1+logr.")
+    reference: Literal["initial", "ema"] = Field(
+        "initial",
+        description="KL reference: the initial model, or the Elastic Reset EMA (as the authors' IMDB code does unless a separate EMA is configured).",
+    )
+
+
+class ElasticResetConfig(_Strict):
+    """Elastic Reset (Noukhovitch et al. 2023)."""
+
+    enabled: bool = Field(False, description="Keep an EMA of the policy and reset periodically.")
+    eta: float = Field(0.995, gt=0, lt=1, description="EMA decay: theta_ema <- eta*theta_ema + (1-eta)*theta after each optimiser step (paper: 0.995).")
+    every: int = Field(17, ge=1, description="Reset period in PPO iterations (paper, IMDB: 17).")
+    reset_optimizer: bool = Field(True, description="Clear the optimiser state at a reset.")
+    reset_value_head: bool = Field(False, description="Also restore the value head to its initial weights at a reset.")
+    include_value_head: bool = Field(False, description="Average the value head in the EMA too (the paper does not).")
+
+
+class EnsembleConfig(_Strict):
+    """Aggregation of the proxy ensemble (Coste et al. 2023)."""
+
+    aggregation: Literal["mean", "wco", "uwo"] = Field("mean", description="mean; wco = min over members; uwo = mean - lambda * variance.")
+    uwo_lambda: float | None = Field(None, ge=0, description="UWO lambda (Coste et al.: about 0.1 for PPO, 0.5 for best-of-n). Only with aggregation=uwo; defaults to 0.1 there.")
+
+    @model_validator(mode="after")
+    def _lambda(self) -> "EnsembleConfig":
+        if self.aggregation != "uwo" and self.uwo_lambda is not None:
+            raise ValueError(f"ensemble.uwo_lambda applies only to aggregation 'uwo', not '{self.aggregation}'; remove it or set aggregation: uwo")
+        return self
+
+    @property
+    def lam(self) -> float:
+        return 0.1 if self.uwo_lambda is None else self.uwo_lambda
+
+
+class PPOConfig(_Strict):
+    lr: float = Field(1.41e-5, gt=0, description="Adam learning rate (TRL/gpt2-imdb default 1.41e-5; Elastic Reset IMDB 1e-6 for GPT-2 124M). Tiny local models need more.")
+    batch_size: int = Field(64, ge=1, description="Prompts (rollouts) per PPO iteration.")
+    minibatch_size: int = Field(16, ge=1, description="Rollouts per gradient step.")
+    epochs: int = Field(4, ge=1, description="PPO epochs over each batch.")
+    clip: float = Field(0.2, gt=0, description="Policy ratio clip epsilon.")
+    value_clip: float = Field(0.2, gt=0, description="Value clip range.")
+    value_coef: float = Field(0.1, ge=0, description="Weight of the value loss (TRL: 0.1).")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus weight.")
+    gamma: float = Field(1.0, gt=0, le=1, description="Discount.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    whiten_advantages: bool = Field(True, description="Whiten advantages over the batch.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
+
+    @model_validator(mode="after")
+    def _mb(self) -> "PPOConfig":
+        if self.batch_size % self.minibatch_size:
+            raise ValueError(f"ppo.batch_size ({self.batch_size}) must be a multiple of ppo.minibatch_size ({self.minibatch_size})")
+        return self
+
+
+class TrainConfig(_Strict):
+    iterations: int = Field(20, ge=1, description="PPO iterations.")
+    eval_every: int = Field(2, ge=1, description="Gold evaluation on held-out prompts every N iterations.")
+    eval_prompts: int = Field(64, ge=1, description="Held-out prompts per gold evaluation.")
+    seed: int = Field(0, description="Seed of the training run.")
+    threads: int | None = Field(None, ge=1, description="torch threads (None = free cores).")
+
+
+class TetherConfig(_Strict):
+    """A whole run. Presets in configs/*.yaml are partial versions of this; unspecified fields take these defaults."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Run name (letters, digits, '_', '.', '-').")
+    data_dir: str = Field("data", description="Where task assets are cached (relative to the working directory unless absolute).")
+    runs_dir: str = Field("runs", description="Where run folders are written.")
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    gold: GoldConfig = Field(default_factory=GoldConfig)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    kl: KLConfig = Field(default_factory=KLConfig)
+    elastic_reset: ElasticResetConfig = Field(default_factory=ElasticResetConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Named partial overrides run one after another as a comparison (e.g. ppo_kl vs elastic_reset). Empty = a single run.",
+    )
+
+    def expand(self) -> list["TetherConfig"]:
+        """One config per variant (name suffixed), or [self] when there are none."""
+        if not self.variants:
+            return [self]
+        base = self.model_dump(exclude={"variants"})
+        out = []
+        for vname, over in self.variants.items():
+            merged = _deep_merge(copy.deepcopy(base), over)
+            merged["name"] = f"{self.name}-{vname}" if "name" not in over else over["name"]
+            out.append(_validate(merged, source=f"variant '{vname}'"))
+        return out
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used: the message names the field and what is accepted."""
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            parent = TetherConfig
+            for p in e["loc"][:-1]:
+                f = parent.model_fields.get(str(p))
+                ann = getattr(f, "annotation", None) if f else None
+                parent = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+                if parent is None:
+                    break
+            allowed = ", ".join(sorted(parent.model_fields)) if parent else "see the schema"
+            msg = f"unknown field; accepted fields here: {allowed}"
+        elif e["type"] == "literal_error":
+            msg = f"{msg} (got {e.get('input')!r})"
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def _validate(data: dict, *, source: str) -> TetherConfig:
+    try:
+        return TetherConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path_or_preset: str | Path, overrides: list[str] | None = None) -> TetherConfig:
+    """Load a YAML file or a preset name from configs/ (e.g. 'default'), then apply 'a.b=value' overrides."""
+    p = Path(path_or_preset)
+    if not p.exists():
+        preset = PRESETS_DIR / f"{path_or_preset}.yaml"
+        if preset.exists():
+            p = preset
+        else:
+            names = ", ".join(sorted(x.stem for x in PRESETS_DIR.glob("*.yaml")))
+            raise ConfigError(f"config '{path_or_preset}' is neither a file nor a preset; presets: {names}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of config sections, got {type(data).__name__}")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.field=value (e.g. train.iterations=5)")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    cfg = _validate(data, source=str(p))
+    cfg.expand()  # validate every variant now, not halfway through a comparison
+    return cfg
+
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
