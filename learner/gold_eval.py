@@ -1,0 +1,48 @@
+"""Gold evaluation and drift: gold reward, KL from the initial policy, perplexity under the initial model.
+
+KL(pi || pi_0) over sequences = E_pi[sum_t KL_t], estimated from samples of pi with their behaviour
+log-probs: the k1 sum (sum_t log pi - log pi_0) and the lower-variance k3 sum (both unbiased at
+temperature 1; Schulman's estimators, PAPERS.md section 1). Perplexity of the samples under pi_0 is
+the Elastic Reset paper's second drift measure.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from learner.kl import kl_estimate
+from learner.logprobs import masked_mean, masked_sum
+from learner.policy_model import pad_batch, response_logprobs
+from learner.types import Rollouts
+
+
+class GoldEvaluator:
+    def __init__(self, gold, init_model, pad_id: int):
+        self.gold, self.init_model, self.pad_id = gold, init_model.eval(), pad_id
+
+    @torch.no_grad()
+    def init_logprobs(self, r: Rollouts, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        lps, masks = [], []
+        R = max(len(x) for x in r.response_ids)
+        for i in range(0, len(r), batch_size):
+            b = pad_batch(r.prompt_ids[i : i + batch_size], r.response_ids[i : i + batch_size], self.pad_id)
+            lp = response_logprobs(self.init_model, b)
+            lps.append(torch.nn.functional.pad(lp, (0, R - lp.shape[1])))
+            masks.append(torch.nn.functional.pad(b["response_mask"], (0, R - lp.shape[1])))
+        return torch.cat(lps), torch.cat(masks)
+
+    def evaluate(self, r: Rollouts, *, prefix: str = "eval") -> dict[str, float]:
+        init_lp, mask = self.init_logprobs(r)  # (B, R)
+        R = mask.shape[1]
+        beh = torch.tensor([x + [0.0] * (R - len(x)) for x in r.behaviour_logprobs])  # (B, R)
+        k1 = masked_sum(kl_estimate(beh, init_lp, "k1"), mask, dim=1)  # (B,)
+        k3 = masked_sum(kl_estimate(beh, init_lp, "k3"), mask, dim=1)
+        gold = np.asarray(self.gold.score(r.texts), dtype=np.float64)
+        return {
+            f"{prefix}/gold_mean": float(gold.mean()),
+            f"{prefix}/gold_std": float(gold.std()),
+            f"{prefix}/kl_from_init_k1": float(k1.mean()),
+            f"{prefix}/kl_from_init_k3": float(k3.mean()),
+            f"{prefix}/ppl_under_init": float(torch.exp(-masked_mean(init_lp, mask))),
+            f"{prefix}/ppl_self": float(torch.exp(-masked_mean(beh, mask))),
+        }

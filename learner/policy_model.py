@@ -1,0 +1,69 @@
+"""Policy + value head over any Hugging Face causal LM, and response log-probs for left-padded batches."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from learner.logprobs import logprobs_from_logits
+
+
+class PolicyWithValue(nn.Module):
+    """`lm` is an AutoModelForCausalLM; the value head reads the last hidden state (TRL's ValueHead)."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        hidden = lm.config.hidden_size
+        self.value_head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), output_hidden_states=True)
+        values = self.value_head(out.hidden_states[-1]).squeeze(-1)  # (B, L)
+        return out.logits, values
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted from the first real token, so left padding does not shift them (as in generate / vLLM)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def pad_batch(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-pad prompts to P, right-pad responses to R: input (B, P+R), response mask (B, R)."""
+    P = max(len(p) for p in prompt_ids)
+    R = max(len(r) for r in response_ids)
+    B = len(prompt_ids)
+    ids = torch.full((B, P + R), pad_id, dtype=torch.long)
+    att = torch.zeros((B, P + R), dtype=torch.long)
+    rmask = torch.zeros((B, R), dtype=torch.float32)
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        ids[i, P - len(p) : P] = torch.tensor(p)
+        ids[i, P : P + len(r)] = torch.tensor(r)
+        att[i, P - len(p) : P + len(r)] = 1
+        rmask[i, : len(r)] = 1
+    return {"input_ids": ids, "attention_mask": att, "response_mask": rmask, "prompt_width": P}
+
+
+def response_slice(x: torch.Tensor, prompt_width: int, resp_len: int) -> torch.Tensor:
+    """Outputs at positions P-1 .. P+R-2 predict response tokens P .. P+R-1. (B, L, ...) -> (B, R, ...)"""
+    return x[:, prompt_width - 1 : prompt_width - 1 + resp_len]
+
+
+def response_logprobs(lm_or_policy: nn.Module, batch: dict[str, torch.Tensor], *, with_values: bool = False, return_logits: bool = False):
+    """log pi(response token) (B, R) [and values (B, R), logits (B, R, V)] for a `pad_batch` batch."""
+    ids, att, P = batch["input_ids"], batch["attention_mask"], batch["prompt_width"]
+    R = batch["response_mask"].shape[1]
+    if isinstance(lm_or_policy, PolicyWithValue):
+        logits, values = lm_or_policy(ids, att)
+    else:
+        logits = lm_or_policy(input_ids=ids, attention_mask=att, position_ids=position_ids(att)).logits
+        values = None
+    logits = response_slice(logits, P, R).float()
+    logp = logprobs_from_logits(logits, ids[:, P : P + R])
+    out = [logp]
+    if with_values:
+        out.append(response_slice(values, P, R))
+    if return_logits:
+        out.append(logits)
+    return out[0] if len(out) == 1 else tuple(out)

@@ -1,0 +1,156 @@
+"""The learner: PPO with KL control (Ziegler et al.) and optional Elastic Reset (Noukhovitch et al.).
+
+`PPOLearner.step(scored) -> stats` runs one PPO iteration on a batch of scored rollouts. It knows
+nothing of Ray: the runtime calls it in-process or inside a thin actor shell.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+import numpy as np
+import torch
+
+from learner.config import TetherConfig
+from learner.elastic_reset import ElasticReset
+from learner.kl import exact_kl_from_logits, kl_estimate, make_kl_controller
+from learner.logprobs import entropy_from_logits, masked_mean, masked_sum, masked_whiten
+from learner.policy_model import PolicyWithValue, pad_batch, response_logprobs
+from learner.ppo import gae, per_token_rewards, policy_loss, value_loss
+from learner.types import ScoredRollouts
+
+log = logging.getLogger(__name__)
+
+
+class PPOLearner:
+    def __init__(self, cfg: TetherConfig, init_lm: torch.nn.Module, *, pad_id: int):
+        self.cfg = cfg
+        self.pad_id = pad_id
+        torch.manual_seed(cfg.train.seed)
+        self.ref = copy.deepcopy(init_lm).eval().requires_grad_(False)  # pi_0 (or the EMA, see kl.reference)
+        self.model = PolicyWithValue(init_lm)
+        self.model.train()
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.ppo.lr)
+        k = cfg.kl
+        self.kl_ctl = make_kl_controller(mode=k.mode, coef=k.coef, target=k.target, horizon=k.horizon)
+        er = cfg.elastic_reset
+        self.elastic = None
+        if er.enabled:
+            exclude = (lambda n: False) if er.include_value_head else (lambda n: n.startswith("value_head"))
+            self.elastic = ElasticReset(self.model, eta=er.eta, exclude=exclude)
+        if cfg.kl.reference == "ema" and self.elastic is None:
+            raise ValueError("kl.reference 'ema' needs elastic_reset.enabled: true (there is no EMA otherwise); use kl.reference: initial")
+        self.iteration = 0
+        self.version = 0
+
+    # -- weights ---------------------------------------------------------------------------------
+    def policy_state_dict(self) -> dict[str, torch.Tensor]:
+        """The causal LM's weights (no value head), as the rollout engines expect them."""
+        return {k: v.detach() for k, v in self.model.lm.state_dict().items()}
+
+    def _ref_for_kl(self) -> torch.nn.Module:
+        if self.cfg.kl.reference == "ema":
+            ema = self.elastic.ema_state_dict()
+            sd = {k[len("lm."):]: v for k, v in ema.items() if k.startswith("lm.")}
+            self.ref.load_state_dict(sd, strict=False)
+        return self.ref
+
+    # -- one PPO iteration -----------------------------------------------------------------------
+    def step(self, scored: ScoredRollouts) -> dict[str, float]:
+        c = self.cfg.ppo
+        t0 = time.time()
+        r = scored.rollouts
+        stale = self.version - r.policy_version
+        batch = pad_batch(r.prompt_ids, r.response_ids, self.pad_id)
+        mask = batch["response_mask"]  # (B, R)
+        B = mask.shape[0]
+        scores = torch.tensor(scored.reward, dtype=torch.float32)  # (B,)
+        with torch.no_grad():
+            self.model.eval()
+            old_logp, old_values, logits = response_logprobs(self.model, batch, with_values=True, return_logits=True)
+            ref = self._ref_for_kl()
+            ref_logp, ref_logits = response_logprobs(ref, batch, return_logits=True)
+            kl_tok = kl_estimate(old_logp, ref_logp, self.cfg.kl.estimator)  # (B, R)
+            exact_kl = masked_sum(exact_kl_from_logits(logits, ref_logits), mask, dim=1)  # (B,)
+            del logits, ref_logits
+            beta = self.kl_ctl.value
+            rewards = per_token_rewards(scores=scores, kl=kl_tok, mask=mask, beta=beta)
+            adv, returns = gae(rewards=rewards, values=old_values, mask=mask, gamma=c.gamma, lam=c.lam)
+            if c.whiten_advantages:
+                adv = masked_whiten(adv, mask)
+            beh = torch.tensor([x + [0.0] * (mask.shape[1] - len(x)) for x in r.behaviour_logprobs])
+            behaviour_gap = masked_mean((beh - old_logp).abs(), mask)
+        self.model.train()
+        stats: dict[str, list[float]] = {k: [] for k in ("loss/policy", "loss/value", "loss/entropy", "ppo/clipfrac", "ppo/approx_kl", "ppo/vf_clipfrac", "ppo/grad_norm")}
+        rng = np.random.default_rng(self.cfg.train.seed * 100003 + self.iteration)
+        for _ in range(c.epochs):
+            for idx in np.split(rng.permutation(B), B // c.minibatch_size):
+                idx_t = torch.as_tensor(idx)
+                mb = {k: (v[idx_t] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+                m = mb["response_mask"]
+                logp, values, mb_logits = response_logprobs(self.model, mb, with_values=True, return_logits=True)
+                pl, pst = policy_loss(logp=logp, old_logp=old_logp[idx_t], advantages=adv[idx_t], mask=m, clip=c.clip)
+                vl, vst = value_loss(values=values, old_values=old_values[idx_t], returns=returns[idx_t], mask=m, clip=c.value_clip)
+                ent = masked_mean(entropy_from_logits(mb_logits), m)
+                loss = pl + c.value_coef * vl - c.entropy_coef * ent
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
+                self.opt.step()
+                if self.elastic is not None:
+                    self.elastic.update(self.model)  # EMA after every optimiser step (paper, Alg. 1)
+                for k, v in (("loss/policy", pl.item()), ("loss/value", vl.item()), ("loss/entropy", ent.item()),
+                             ("ppo/clipfrac", pst["clipfrac"]), ("ppo/approx_kl", pst["approx_kl"]),
+                             ("ppo/vf_clipfrac", vst["vf_clipfrac"]), ("ppo/grad_norm", float(gn))):
+                    stats[k].append(v)
+        seq_kl = float(masked_sum(kl_tok, mask, dim=1).mean())
+        self.kl_ctl.update(seq_kl, B)
+        self.iteration += 1
+        self.version += 1
+        out = {k: float(np.mean(v)) for k, v in stats.items()}
+        out.update({
+            "kl/to_ref": seq_kl,
+            "kl/to_ref_exact": float(exact_kl.mean()),
+            "kl/coef": beta,
+            "kl/coef_next": self.kl_ctl.value,
+            "reward/train_aggregate": float(scores.mean()),
+            "reward/train_total": float(masked_sum(rewards, mask, dim=1).mean()),
+            "rollout/staleness": float(stale),
+            "rollout/behaviour_logp_gap": float(behaviour_gap),
+            "policy/version": float(self.version),
+            "time_s/learn": time.time() - t0,
+        })
+        out["elastic_reset/event"] = 0.0
+        if self.elastic is not None and self.iteration % self.cfg.elastic_reset.every == 0:
+            self.reset_now()
+            out["elastic_reset/event"] = 1.0
+        if self.elastic is not None:
+            out["elastic_reset/count"] = float(self.elastic.n_resets)
+        return out
+
+    def reset_now(self) -> None:
+        """Elastic Reset: policy <- EMA, then EMA <- initial (optionally optimiser and value head too)."""
+        er = self.cfg.elastic_reset
+        self.elastic.reset(self.model, optimizer=self.opt, reset_optimizer=er.reset_optimizer, reset_value_head=er.reset_value_head)
+        self.version += 1  # the weights changed: rollouts must know
+        log.info("elastic reset at iteration %d", self.iteration)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "kl_ctl": self.kl_ctl.state_dict(),
+            "elastic": self.elastic.state_dict() if self.elastic is not None else None,
+            "iteration": self.iteration,
+            "version": self.version,
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.model.load_state_dict(sd["model"])
+        self.opt.load_state_dict(sd["opt"])
+        self.kl_ctl.load_state_dict(sd["kl_ctl"])
+        if self.elastic is not None and sd.get("elastic") is not None:
+            self.elastic.load_state_dict(sd["elastic"])
+        self.iteration, self.version = sd["iteration"], sd["version"]

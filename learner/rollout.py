@@ -1,0 +1,63 @@
+"""Rollout generation with transformers `generate`: the fallback engine and the reference for vLLM.
+
+Both engines implement `generate(prompts, *, seed) -> Rollouts` and `load_weights(state_dict, version)`.
+"""
+from __future__ import annotations
+
+import torch
+
+from learner.assets.tokenizer import encode_prompts
+from learner.config import GenerationConfig
+from learner.types import Rollouts
+
+
+class TransformersEngine:
+    name = "transformers"
+
+    def __init__(self, model, tok, gen: GenerationConfig, *, batch_size: int = 64):
+        self.model, self.tok, self.gen, self.batch_size = model.eval(), tok, gen, batch_size
+        self.policy_version = 0
+
+    @classmethod
+    def from_path(cls, path, gen: GenerationConfig, **kw) -> "TransformersEngine":
+        from transformers import AutoTokenizer
+
+        from learner.assets.policy import load_policy
+
+        return cls(load_policy(path), AutoTokenizer.from_pretrained(str(path)), gen, **kw)
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
+        missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
+        if unexpected:
+            raise KeyError(f"weights not in the rollout model: {unexpected[:5]}")
+        self.policy_version = version
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], *, seed: int) -> Rollouts:
+        g = self.gen
+        torch.manual_seed(seed)
+        pids = encode_prompts(self.tok, prompts)
+        resp_ids, resp_lp = [], []
+        pad = self.tok.pad_token_id
+        for i in range(0, len(pids), self.batch_size):
+            chunk = pids[i : i + self.batch_size]
+            width = max(len(x) for x in chunk)
+            inp = torch.full((len(chunk), width), pad, dtype=torch.long)
+            att = torch.zeros_like(inp)
+            for j, x in enumerate(chunk):
+                inp[j, width - len(x) :] = torch.tensor(x)
+                att[j, width - len(x) :] = 1
+            out = self.model.generate(
+                input_ids=inp, attention_mask=att, do_sample=True, temperature=g.temperature, top_k=g.top_k or None, top_p=None,
+                max_new_tokens=g.max_new_tokens, min_new_tokens=g.max_new_tokens, pad_token_id=pad,
+                output_scores=True, return_dict_in_generate=True,
+            )
+            seq = out.sequences[:, width:]  # (b, R)
+            scores = torch.stack(out.scores, dim=1).float()  # (b, R, V) processed logits = the sampling distribution
+            lp = torch.log_softmax(scores, -1).gather(-1, seq.unsqueeze(-1)).squeeze(-1)
+            resp_ids.extend(seq.tolist())
+            resp_lp.extend(lp.tolist())
+        return Rollouts(
+            prompts=list(prompts), prompt_ids=pids, response_ids=resp_ids, behaviour_logprobs=resp_lp,
+            responses=self.tok.batch_decode(resp_ids, skip_special_tokens=True), policy_version=self.policy_version, engine=self.name,
+        )

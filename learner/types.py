@@ -1,0 +1,36 @@
+"""Typed contracts between the roles: prompts -> Rollouts -> ScoredRollouts -> train stats (a dict).
+
+Small on purpose (purejaxrl's Transition, not veRL's DataProto). Lists of python ints/floats so a
+batch crosses process boundaries (Ray) cheaply and without device assumptions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Rollouts:
+    prompts: list[str]
+    prompt_ids: list[list[int]]  # EOS-prefixed prompt tokens
+    response_ids: list[list[int]]  # generated tokens (length <= max_new_tokens)
+    behaviour_logprobs: list[list[float]]  # log pi_behaviour(token) per response token, from the engine
+    responses: list[str]  # decoded response text
+    policy_version: int  # learner version whose weights produced these samples
+    engine: str = "transformers"
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def texts(self) -> list[str]:
+        return [p + r for p, r in zip(self.prompts, self.responses)]
+
+
+@dataclass
+class ScoredRollouts:
+    rollouts: Rollouts
+    proxy_scores: list[list[float]]  # (B, k) every ensemble member's score
+    reward: list[float]  # (B,) the aggregate the config chooses (mean / wco / uwo)
+    spread: list[float]  # (B,) std across members
+    gold: list[float] | None = None  # (B,) gold reward, for logging only (never trained on)
+    extra: dict = field(default_factory=dict)

@@ -1,0 +1,29 @@
+"""Shared fixtures: the tiny IMDB task is built once per test session into a temporary data dir."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(tmp_path_factory):
+    from learner.config import load_config
+
+    data = tmp_path_factory.mktemp("data")
+    runs = tmp_path_factory.mktemp("runs")
+    return load_config("tiny", [f"data_dir={data}", f"runs_dir={runs}", "train.threads=1"])
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tiny_cfg):
+    from learner.assets.build import prepare, resolve
+
+    manifests = prepare(tiny_cfg)
+    return tiny_cfg, manifests, resolve(tiny_cfg)

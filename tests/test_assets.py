@@ -1,0 +1,122 @@
+"""The tiny IMDB task: built for real (data, tokenizer, policy, gold, proxies), cached, and checked."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from learner.assets import store
+from learner.assets.build import prepare, resolve, stage_folder
+
+
+def test_split_is_deterministic_and_disjoint(tiny_cfg):
+    from learner.assets.data import load_imdb, make_prompts
+
+    a, b = load_imdb(tiny_cfg.task), load_imdb(tiny_cfg.task)
+    assert a.train_text == b.train_text and len(a.heldout_text) == 400 and len(a.train_text) == 1600
+    assert not set(a.train_text) & set(a.heldout_text)
+    assert all("<br" not in t for t in a.train_text[:200])
+    p = make_prompts(a.train_text, 50, tiny_cfg.task, seed=3)
+    assert p == make_prompts(a.train_text, 50, tiny_cfg.task, seed=3)
+    assert all(2 <= len(x.split(" ")) <= 5 for x in p)
+
+
+def test_manifests_record_quality(tiny_assets):
+    cfg, m, paths = tiny_assets
+    pol = m["policy"]["metrics"]
+    assert pol["params"] > 10_000 and np.isfinite(pol["heldout_perplexity"]) and len(pol["samples"]) == 4
+    gold = m["gold"]["metrics"]
+    assert gold["heldout_accuracy"] > 0.75 and gold["heldout_auc"] > 0.85  # 1,600 training reviews
+    members = m["proxy"]["metrics"]["members"]
+    assert len(members) == cfg.proxy.n_members and len(paths.proxies) == cfg.proxy.n_members
+    assert all(0 <= mm["heldout_pair_acc_vs_gold"] <= 1 for mm in members)
+    index = json.loads((paths.policy.parent / "manifest.json").read_text())
+    assert set(index) == {"policy", "gold", "proxy"}
+
+
+def test_gold_scorer_matches_sklearn(tiny_assets):
+    """The pickle-free scorer reproduces sklearn's TF-IDF + logistic regression exactly."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    from learner.assets.data import load_imdb
+    from learner.assets.gold import _VEC_KW, GoldScorer
+
+    cfg, _, paths = tiny_assets
+    split = load_imdb(cfg.task)
+    vec = TfidfVectorizer(max_features=cfg.gold.max_features, **_VEC_KW)
+    clf = LogisticRegression(C=cfg.gold.C, max_iter=2000).fit(vec.fit_transform(split.train_text), split.train_label)
+    ref = clf.decision_function(vec.transform(split.heldout_text[:100]))
+    ours = GoldScorer(paths.gold).score(split.heldout_text[:100])
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
+    assert GoldScorer(paths.gold).score(["this movie was wonderful, brilliant and moving"])[0] > GoldScorer(paths.gold).score(["awful, boring, the worst waste of time"])[0]
+
+
+def test_second_prepare_reuses_cache(tiny_assets):
+    cfg, m, _ = tiny_assets
+    again = prepare(cfg)
+    for stage in ("policy", "gold", "proxy"):
+        assert again[stage]["built_at"] == m[stage]["built_at"], stage
+
+
+def test_policy_loads_through_from_pretrained_and_generates(tiny_assets):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from learner.assets.policy import sample
+
+    _, _, paths = tiny_assets
+    model = AutoModelForCausalLM.from_pretrained(str(paths.policy))
+    tok = AutoTokenizer.from_pretrained(str(paths.policy))
+    out = sample(model, tok, ["This film", "I hated"], max_new_tokens=6, seed=0)
+    assert len(out) == 2 and all(len(tok.encode(o, add_special_tokens=False)) >= 3 for o in out)
+
+
+def test_proxy_training_lowers_bt_loss_on_separable_pairs(tiny_assets):
+    """A member trained on clean, easy pairs learns them (the BT loss and trainer are real)."""
+    from learner.assets.proxy import _new_member, train_member
+
+    cfg, _, paths = tiny_assets
+    cfg = cfg.model_copy(update={"proxy": cfg.proxy.model_copy(update={"epochs": 4, "lr": 3e-3})})
+    good = [f"great wonderful film number {i}" for i in range(48)]
+    bad = [f"awful boring film number {i}" for i in range(48)]
+    rm = _new_member(cfg, paths.policy, seed=0)
+    losses = train_member(rm, good, bad, cfg, seed=0, desc="t")
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
+    assert (rm.score(good[:10]) > rm.score(bad[:10])).all()
+
+
+def _copy_task(tmp_path, cfg):
+    src = stage_folder(cfg, "policy")[0].parent
+    dst = tmp_path / "data" / cfg.task.name
+    shutil.copytree(src, dst)
+    return cfg.model_copy(update={"data_dir": str(tmp_path / "data")})
+
+
+def test_missing_artefact_error_names_it_and_the_command(tiny_assets, tmp_path):
+    cfg = _copy_task(tmp_path, tiny_assets[0])
+    shutil.rmtree(stage_folder(cfg, "gold")[0])
+    with pytest.raises(store.AssetError, match=r"gold artefact missing .*tether prepare tiny"):
+        resolve(cfg, cfg_source="tiny")
+
+
+def test_corrupt_artefact_error(tiny_assets, tmp_path):
+    cfg = _copy_task(tmp_path, tiny_assets[0])
+    folder = stage_folder(cfg, "proxy")[0]
+    (folder / store.MANIFEST).write_text("{not json")
+    with pytest.raises(store.AssetError, match=r"proxy artefact .*corrupt.*--rebuild"):
+        resolve(cfg, cfg_source="tiny")
+    cfg2 = _copy_task(tmp_path / "b", tiny_assets[0])
+    (stage_folder(cfg2, "policy")[0] / "model.safetensors").unlink()
+    with pytest.raises(store.AssetError, match=r"policy artefact .*incomplete.*model.safetensors"):
+        resolve(cfg2, cfg_source="tiny")
+
+
+def test_artefact_from_other_config_is_refused(tiny_assets, tmp_path):
+    cfg = _copy_task(tmp_path, tiny_assets[0])
+    folder, key = stage_folder(cfg, "gold")
+    changed = cfg.model_copy(update={"gold": cfg.gold.model_copy(update={"C": 9.0})})
+    new_folder, new_key = stage_folder(changed, "gold")
+    assert new_key != key
+    shutil.copytree(folder, new_folder)  # someone copied an old artefact into the new config's place
+    with pytest.raises(store.AssetError, match=r"built with a different config"):
+        resolve(changed, cfg_source="my.yaml")
