@@ -11,6 +11,11 @@ from learner.config import GenerationConfig
 from learner.types import Rollouts
 
 
+def cut_at_eos(ids: list[int], eos_id: int) -> int:
+    """Length of a response up to and including its first EOS (the EOS is an action the policy took)."""
+    return ids.index(eos_id) + 1 if eos_id in ids else len(ids)
+
+
 class TransformersEngine:
     name = "transformers"
 
@@ -48,15 +53,17 @@ class TransformersEngine:
                 inp[j, width - len(x) :] = torch.tensor(x)
                 att[j, width - len(x) :] = 1
             out = self.model.generate(
-                input_ids=inp, attention_mask=att, do_sample=True, temperature=g.temperature, top_k=g.top_k or None, top_p=None,
-                max_new_tokens=g.max_new_tokens, min_new_tokens=g.max_new_tokens, pad_token_id=pad,
+                input_ids=inp, attention_mask=att, do_sample=True, temperature=g.temperature, top_k=g.top_k, top_p=1.0,  # explicit: None means "default top_k=50"
+                max_new_tokens=g.max_new_tokens, pad_token_id=pad,  # EOS allowed: the sampled distribution is pi itself
                 output_scores=True, return_dict_in_generate=True,
             )
             seq = out.sequences[:, width:]  # (b, R)
             scores = torch.stack(out.scores, dim=1).float()  # (b, R, V) processed logits = the sampling distribution
             lp = torch.log_softmax(scores, -1).gather(-1, seq.unsqueeze(-1)).squeeze(-1)
-            resp_ids.extend(seq.tolist())
-            resp_lp.extend(lp.tolist())
+            for ids_row, lp_row in zip(seq.tolist(), lp.tolist()):
+                n = cut_at_eos(ids_row, self.tok.eos_token_id)
+                resp_ids.append(ids_row[:n])
+                resp_lp.append(lp_row[:n])
         return Rollouts(
             prompts=list(prompts), prompt_ids=pids, response_ids=resp_ids, behaviour_logprobs=resp_lp,
             responses=self.tok.batch_decode(resp_ids, skip_special_tokens=True), policy_version=self.policy_version, engine=self.name,

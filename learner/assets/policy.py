@@ -156,8 +156,8 @@ def sample(model, tok, prompts: list[str], *, max_new_tokens: int = 48, temperat
             inp[j, width - len(x) :] = torch.tensor(x)
             att[j, width - len(x) :] = 1
         gen = model.generate(
-            input_ids=inp, attention_mask=att, do_sample=True, temperature=temperature, top_k=top_k or None,
-            max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, pad_token_id=tok.eos_token_id,
+            input_ids=inp, attention_mask=att, do_sample=True, temperature=temperature, top_k=top_k, top_p=1.0,  # top_k=None would mean the default 50
+            max_new_tokens=max_new_tokens, pad_token_id=tok.eos_token_id,
         )
         out.extend(tok.batch_decode(gen[:, width:], skip_special_tokens=True))
     return out

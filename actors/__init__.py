@@ -1,0 +1,1 @@
+"""Actors: rollout engines, weight sync and the thin Ray shells around the learner's plain classes."""
