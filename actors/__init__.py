@@ -1,1 +1,1 @@
-"""Actors: rollout engines, weight sync and the thin Ray shells around the learner's plain classes."""
+"""tether.actors: thin Ray shells around the plain role classes, placement, weight sync and the vLLM engine."""

@@ -180,6 +180,38 @@ class TrainConfig(_Strict):
     threads: int | None = Field(None, ge=1, description="torch threads (None = free cores).")
 
 
+class RoleResources(_Strict):
+    num_cpus: float = Field(1.0, ge=0, description="Ray logical CPUs reserved for each actor of this role.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor of this role (0 on CPU machines).")
+    threads: int = Field(1, ge=1, description="torch threads inside the actor (keep the sum across busy roles <= physical cores).")
+
+
+class RuntimeConfig(_Strict):
+    """How the roles are placed: in-process, or as Ray actors (rollout / reward / gold / learner)."""
+
+    mode: Literal["ray", "local"] = Field("ray", description="ray: each role is a Ray actor (the design); local: every role in this process, no Ray (debugging).")
+    engine: Literal["vllm", "transformers"] = Field("vllm", description="Rollout engine: vLLM, or transformers generate (fallback and test reference).")
+    rollout_actors: int = Field(1, ge=1, description="Rollout actors generating in parallel; a batch's prompts are split between them.")
+    weight_sync: Literal["tmpfs", "object_store"] = Field(
+        "tmpfs", description="tmpfs: safetensors in /dev/shm + vLLM reload_weights (one node). object_store: through Ray's object store (across nodes)."
+    )
+    max_staleness: int = Field(
+        0, ge=0,
+        description="Rollouts stamped with a policy_version older than learner.version - max_staleness are dropped (synchronous on-policy PPO: 0).",
+    )
+    ray_address: str | None = Field(None, description="Ray cluster to join ('auto', 'ray://host:10001', host:port). None = env RAY_ADDRESS, else a local cluster.")
+    local_num_cpus: int | None = Field(None, ge=1, description="CPUs of a locally started Ray cluster (None = all cores).")
+    object_store_mb: int = Field(512, ge=64, description="Object store size of a locally started Ray cluster (keep modest on small machines).")
+    connect_timeout_s: float = Field(30.0, gt=0, description="Give up joining a Ray cluster (or placing the actors) after this long, with a message.")
+    kv_cache_gib: float = Field(1.0, gt=0, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE).")
+    rollout: RoleResources = Field(default_factory=lambda: RoleResources(num_cpus=0.5, threads=1), description="Per rollout actor.")
+    reward: RoleResources = Field(default_factory=lambda: RoleResources(num_cpus=0.25, threads=1), description="The proxy-ensemble scorer.")
+    gold: RoleResources = Field(default_factory=lambda: RoleResources(num_cpus=0.25, threads=1), description="The gold / drift evaluator.")
+    learner: RoleResources = Field(default_factory=lambda: RoleResources(num_cpus=1.0, threads=2), description="The PPO learner.")
+    checkpoint_every: int = Field(8, ge=0, description="Save a full checkpoint every N iterations (0 = only at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept per run (oldest deleted).")
+
+
 class TetherConfig(_Strict):
     """A whole run. Presets in configs/*.yaml are partial versions of this; unspecified fields take these defaults."""
 
@@ -197,6 +229,7 @@ class TetherConfig(_Strict):
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Named partial overrides run one after another as a comparison (e.g. ppo_kl vs elastic_reset). Empty = a single run.",

@@ -20,6 +20,19 @@ class GoldEvaluator:
     def __init__(self, gold, init_model, pad_id: int):
         self.gold, self.init_model, self.pad_id = gold, init_model.eval(), pad_id
 
+    @classmethod
+    def from_paths(cls, gold_path, policy_path) -> "GoldEvaluator":
+        from transformers import AutoTokenizer
+
+        from learner.assets.gold import load_gold
+        from learner.assets.policy import load_policy
+
+        tok = AutoTokenizer.from_pretrained(str(policy_path))
+        return cls(load_gold(gold_path), load_policy(policy_path), tok.pad_token_id)
+
+    def gold_scores(self, texts: list[str]) -> list[float]:
+        return [float(x) for x in self.gold.score(texts)]
+
     @torch.no_grad()
     def init_logprobs(self, r: Rollouts, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
         lps, masks = [], []

@@ -44,6 +44,15 @@ class PPOLearner:
         self.iteration = 0
         self.version = 0
 
+    @classmethod
+    def from_path(cls, cfg: TetherConfig, policy_path) -> "PPOLearner":
+        from transformers import AutoTokenizer
+
+        from learner.assets.policy import load_policy
+
+        tok = AutoTokenizer.from_pretrained(str(policy_path))
+        return cls(cfg, load_policy(policy_path), pad_id=tok.pad_token_id)
+
     # -- weights ---------------------------------------------------------------------------------
     def policy_state_dict(self) -> dict[str, torch.Tensor]:
         """The causal LM's weights (no value head), as the rollout engines expect them."""
@@ -145,6 +154,7 @@ class PPOLearner:
             "elastic": self.elastic.state_dict() if self.elastic is not None else None,
             "iteration": self.iteration,
             "version": self.version,
+            "torch_rng": torch.get_rng_state(),
         }
 
     def load_state_dict(self, sd: dict) -> None:
@@ -154,3 +164,5 @@ class PPOLearner:
         if self.elastic is not None and sd.get("elastic") is not None:
             self.elastic.load_state_dict(sd["elastic"])
         self.iteration, self.version = sd["iteration"], sd["version"]
+        if "torch_rng" in sd:
+            torch.set_rng_state(sd["torch_rng"])

@@ -43,21 +43,54 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_train(args) -> int:
+    """Run a config (every variant in turn) into runs/<stamp>-<name>/<variant>/, or resume such a folder."""
+    import yaml
+
+    from actors.placement import RuntimeSetupError
     from learner.assets.store import AssetError
+    from learner.config import ConfigError, TetherConfig, load_config
+    from services.report import write_comparison_report, write_run_report
     from services.train import train
 
-    cfg = _load(args)
-    runs = cfg.expand()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    results = {}
-    for rc in runs:
-        run_dir = Path(rc.runs_dir) / f"{stamp}-{rc.name}"
-        print(f"== {rc.name}: {run_dir}")
+    if args.resume:
+        root = Path(args.resume)
+        if not (root / "tether.yaml").exists():
+            sys.exit(f"tether: {root} is not a tether run folder (no tether.yaml); pass the folder `tether train` printed")
         try:
-            results[rc.name] = train(rc, run_dir, cfg_source=args.config)
-        except AssetError as e:
+            cfg = load_config(root / "tether.yaml")
+        except ConfigError as e:
             sys.exit(f"tether: {e}")
-    print(json.dumps({k: {m: round(v, 4) for m, v in s.items() if m.startswith("eval/")} for k, s in results.items()}, indent=2))
+    else:
+        cfg = _load(args)
+        root = Path(cfg.runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "tether.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    runs = cfg.expand()
+    dirs: dict[str, Path] = {}
+    summaries = {}
+    print(f"run folder: {root}")
+    for rc in runs:
+        sub = rc.name[len(cfg.name) + 1 :] if cfg.variants and rc.name.startswith(cfg.name + "-") else "main"
+        d = root / sub
+        dirs[rc.name] = d
+        status = d / "status.json"
+        if args.resume and status.exists() and json.loads(status.read_text()).get("state") == "finished":
+            print(f"== {rc.name}: finished already, skipped")
+            continue
+        print(f"== {rc.name}: {d}")
+        try:
+            summaries[rc.name] = train(rc, d, cfg_source=args.config if not args.resume else str(root / "tether.yaml"), resume=bool(args.resume))
+        except (AssetError, RuntimeSetupError) as e:
+            sys.exit(f"tether: {e}")
+        write_run_report(d, rc.name)
+    if len(dirs) > 1:
+        page = write_comparison_report(dirs, root, f"tether comparison: {cfg.name}")
+    else:
+        page = next(iter(dirs.values())) / "report.html"
+    for name, s in summaries.items():
+        print(f"{name:>24}: gold {s.get('eval/gold_mean', float('nan')):+.3f}  proxy {s.get('eval/proxy_mean', float('nan')):+.3f}  "
+              f"KL(init) {s.get('eval/kl_from_init_k3', float('nan')):.2f}  ppl(pi_0) {s.get('eval/ppl_under_init', float('nan')):.1f}")
+    print(f"report: {page}")
     return 0
 
 
@@ -77,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sp = sub.add_parser("train", help="run the main job (every variant of a comparison preset in turn)")
     common(sp)
+    sp.add_argument("--resume", metavar="RUN", help="continue the run folder RUN from its latest checkpoints (finished variants are skipped)")
     sp.set_defaults(fn=cmd_train)
 
     args = p.parse_args(argv)

@@ -4,12 +4,18 @@ import json
 import torch
 
 from services.runlog import read_metrics
-from services.train import build_local_roles, train
+from learner.assets.build import resolve
+from services.roleset import LocalRoleSet
+from services.train import train
 
 
 def test_local_train_logs_metrics_and_syncs(tiny_assets, tmp_path):
-    cfg = tiny_assets[0].model_copy(update={"elastic_reset": tiny_assets[0].elastic_reset.model_copy(update={"enabled": True, "every": 2})})
-    roles = build_local_roles(cfg)
+    base = tiny_assets[0]
+    cfg = base.model_copy(update={
+        "elastic_reset": base.elastic_reset.model_copy(update={"enabled": True, "every": 2}),
+        "runtime": base.runtime.model_copy(update={"mode": "local", "engine": "transformers"}),
+    })
+    roles = LocalRoleSet(cfg, resolve(cfg))
     before = {k: v.clone() for k, v in roles.engine.model.state_dict().items()}
     summary = train(cfg, tmp_path / "run", progress=False, roles=roles)
     rows = read_metrics(tmp_path / "run")

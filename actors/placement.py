@@ -1,0 +1,117 @@
+"""Ray start-up and placement: every role's resources become one placement group, here and nowhere else."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from learner.config import RoleResources, RuntimeConfig
+
+log = logging.getLogger(__name__)
+
+
+class RuntimeSetupError(RuntimeError):
+    """Ray could not be reached, or the actors cannot be placed: the message says what to change."""
+
+
+def connect(rt: RuntimeConfig) -> str:
+    """Join RAY_ADDRESS / runtime.ray_address, or start a local cluster. Fails fast, never hangs."""
+    if ray.is_initialized():
+        return "already connected"
+    address = rt.ray_address or os.environ.get("RAY_ADDRESS")
+    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
+    if address:
+        _check_reachable(address, rt.connect_timeout_s)
+        try:
+            ray.init(address=address, runtime_env=env, log_to_driver=True)
+        except Exception as e:  # noqa: BLE001 - re-raised with what to change
+            raise RuntimeSetupError(
+                f"could not join the Ray cluster at {address!r} ({type(e).__name__}: {e}). Check RAY_ADDRESS / runtime.ray_address, "
+                "or unset both to start a local cluster."
+            ) from None
+        return f"joined {address}"
+    ray.init(
+        num_cpus=rt.local_num_cpus or os.cpu_count(), object_store_memory=rt.object_store_mb * 1024 * 1024,
+        include_dashboard=False, runtime_env=env, log_to_driver=True,
+    )
+    return "started a local Ray cluster"
+
+
+def _check_reachable(address: str, timeout: float) -> None:
+    """A TCP probe before ray.init, which otherwise retries for a long time against a dead address."""
+    import socket
+
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise RuntimeSetupError(f"Ray address {address!r} is not host:port, ray://host:port or 'auto'")
+    try:
+        with socket.create_connection((host, int(port)), timeout=min(timeout, 5.0)):
+            pass
+    except OSError as e:
+        raise RuntimeSetupError(
+            f"no Ray cluster answers at {address!r} ({e}). Start one (`ray start --head`), fix RAY_ADDRESS / runtime.ray_address, "
+            "or unset both to start a local cluster."
+        ) from None
+
+
+ROLES = ("rollout", "reward", "gold", "learner")
+
+
+@dataclass
+class Placement:
+    pg: PlacementGroup
+    bundle_of: dict[str, list[int]]  # role -> bundle indices (one per actor)
+
+    def options(self, role: str, i: int, res: RoleResources) -> dict:
+        return {
+            "num_cpus": res.num_cpus, "num_gpus": res.num_gpus,
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=self.pg, placement_group_bundle_index=self.bundle_of[role][i]),
+        }
+
+    def remove(self) -> None:
+        remove_placement_group(self.pg)
+
+
+def bundles(rt: RuntimeConfig) -> tuple[list[dict], dict[str, list[int]]]:
+    out, idx = [], {}
+    for role in ROLES:
+        res: RoleResources = getattr(rt, role)
+        n = rt.rollout_actors if role == "rollout" else 1
+        idx[role] = []
+        for _ in range(n):
+            b = {"CPU": res.num_cpus}
+            if res.num_gpus:
+                b["GPU"] = res.num_gpus
+            idx[role].append(len(out))
+            out.append(b)
+    return out, idx
+
+
+def place(rt: RuntimeConfig) -> Placement:
+    """One PACK placement group for all roles; raise (not hang) if the cluster cannot hold it."""
+    bs, idx = bundles(rt)
+    need_cpu = sum(b.get("CPU", 0) for b in bs)
+    need_gpu = sum(b.get("GPU", 0) for b in bs)
+    have = ray.cluster_resources()
+    if need_cpu > have.get("CPU", 0) or need_gpu > have.get("GPU", 0):
+        raise RuntimeSetupError(
+            f"the actors need {need_cpu:g} CPUs and {need_gpu:g} GPUs in all ({rt.rollout_actors} rollout actors x {rt.rollout.num_cpus:g} CPU, "
+            f"reward {rt.reward.num_cpus:g}, gold {rt.gold.num_cpus:g}, learner {rt.learner.num_cpus:g}); the cluster has "
+            f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs. Lower runtime.<role>.num_cpus/num_gpus or runtime.rollout_actors, or add nodes."
+        )
+    pg = placement_group(bs, strategy="PACK", name=f"tether-{os.getpid()}")
+    ready, _ = ray.wait([pg.ready()], timeout=rt.connect_timeout_s)
+    if not ready:
+        remove_placement_group(pg)
+        raise RuntimeSetupError(
+            f"the placement group {bs} could not be placed within {rt.connect_timeout_s:g}s (resources exist in total but not free, "
+            "or fragmented across nodes). Free the cluster, lower runtime.<role> resources, or raise runtime.connect_timeout_s."
+        )
+    return Placement(pg, idx)

@@ -1,0 +1,137 @@
+"""Thin Ray shells: each builds one plain role object inside its actor and forwards calls. No maths here.
+
+The same plain classes run in-process (runtime.mode=local), so a breakpoint works there.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import ray
+import torch
+
+from learner.config import TetherConfig
+
+
+def _threads(n: int) -> None:
+    torch.set_num_threads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)
+
+
+def make_engine(cfg: TetherConfig, policy_path: str, *, seed: int, run_id: str):
+    """The configured rollout engine as a plain object (used by the actor and by local mode)."""
+    if cfg.runtime.engine == "vllm":
+        from actors.vllm_engine import VLLMEngine
+
+        return VLLMEngine(policy_path, cfg.generation, seed=seed, kv_cache_gib=cfg.runtime.kv_cache_gib, run_id=run_id)
+    from learner.rollout import TransformersEngine
+
+    return TransformersEngine.from_path(policy_path, cfg.generation)
+
+
+@ray.remote
+class RolloutActor:
+    def __init__(self, cfg: TetherConfig, policy_path: str, index: int, run_id: str):
+        _threads(cfg.runtime.rollout.threads)
+        from actors.weight_sync import make_weight_sync
+
+        self.engine = make_engine(cfg, policy_path, seed=cfg.train.seed + index, run_id=f"{run_id}-r{index}")
+        self.sync = make_weight_sync(cfg.runtime.weight_sync, run_id=f"{run_id}-r{index}")
+
+    def generate(self, prompts: list[str], seed: int):
+        return self.engine.generate(prompts, seed=seed)
+
+    def load(self, handle, version: int) -> float:
+        """Receive weights published by the learner; returns the seconds it took."""
+        t = time.perf_counter()
+        if hasattr(self.engine, "load_weights_from_folder"):
+            folder, v = self.sync.receive_folder(handle)
+            self.engine.load_weights_from_folder(folder, v)
+        else:
+            sd, v = self.sync.receive(handle)
+            self.engine.load_weights(sd, v)
+        if v != version:
+            raise RuntimeError(f"weight sync delivered version {v}, expected {version}")
+        return time.perf_counter() - t
+
+    def policy_version(self) -> int:
+        return self.engine.policy_version
+
+    def close(self) -> None:
+        self.sync.close()
+
+
+@ray.remote
+class RewardActor:
+    def __init__(self, cfg: TetherConfig, member_paths: list[str]):
+        _threads(cfg.runtime.reward.threads)
+        from learner.reward import ProxyEnsemble
+
+        self.ensemble = ProxyEnsemble(member_paths, aggregation=cfg.ensemble.aggregation, uwo_lambda=cfg.ensemble.lam, max_len=cfg.proxy.max_len)
+
+    def score(self, rollouts):
+        return self.ensemble.score(rollouts)
+
+    def set_uwo_lambda(self, lam: float) -> None:
+        self.ensemble.uwo_lambda = lam
+
+
+@ray.remote
+class GoldActor:
+    def __init__(self, cfg: TetherConfig, gold_path: str, policy_path: str):
+        _threads(cfg.runtime.gold.threads)
+        from learner.gold_eval import GoldEvaluator
+
+        self.evaluator = GoldEvaluator.from_paths(gold_path, policy_path)
+
+    def evaluate(self, rollouts, prefix: str) -> dict:
+        return self.evaluator.evaluate(rollouts, prefix=prefix)
+
+    def gold_scores(self, texts: list[str]) -> list[float]:
+        return self.evaluator.gold_scores(texts)
+
+
+@ray.remote
+class LearnerActor:
+    def __init__(self, cfg: TetherConfig, policy_path: str, run_id: str):
+        _threads(cfg.runtime.learner.threads)
+        from actors.weight_sync import make_weight_sync
+        from learner.ppo_learner import PPOLearner
+
+        self.learner = PPOLearner.from_path(cfg, policy_path)
+        self.sync = make_weight_sync(cfg.runtime.weight_sync, run_id=f"{run_id}-learner")
+
+    def step(self, scored) -> dict:
+        return self.learner.step(scored)
+
+    def publish(self) -> tuple[object, int, float]:
+        """Publish the current policy weights; returns (handle, version, seconds)."""
+        t = time.perf_counter()
+        handle = self.sync.send(self.learner.policy_state_dict().items(), self.learner.version)
+        return handle, self.learner.version, time.perf_counter() - t
+
+    def version(self) -> int:
+        return self.learner.version
+
+    def reset_now(self) -> int:
+        self.learner.reset_now()
+        return self.learner.version
+
+    def state_dict(self) -> dict:
+        return self.learner.state_dict()
+
+    def save(self, path: str) -> None:
+        torch.save(self.learner.state_dict(), path)
+
+    def load(self, path: str) -> int:
+        self.learner.load_state_dict(torch.load(path, weights_only=False))
+        return self.learner.version
+
+    def set_kl(self, coef: float | None = None, target: float | None = None) -> None:
+        if coef is not None:
+            self.learner.kl_ctl.value = coef
+        if target is not None and hasattr(self.learner.kl_ctl, "target"):
+            self.learner.kl_ctl.target = target
+
+    def close(self) -> None:
+        self.sync.close()

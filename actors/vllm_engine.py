@@ -1,0 +1,123 @@
+"""Rollout generation with vLLM: the same interface as learner.rollout.TransformersEngine, faster.
+
+A plain class (no Ray decorator): it runs in-process for tests and debugging, and an actor wraps it.
+vLLM starts helper processes with spawn, so an entry script that builds one needs
+``if __name__ == "__main__":`` (../shared/ENVIRONMENT.md, "vLLM on CPU").
+
+Weights are updated in place, without a restart: safetensors in a tmpfs folder, then the worker method
+``reload_weights`` (the model's own ``load_weights`` fails on CPU after start-up).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from actors.weight_sync import TmpfsWeightSync, WeightSync
+from learner.assets.tokenizer import encode_prompts
+from learner.config import GenerationConfig
+from learner.types import Rollouts
+
+log = logging.getLogger(__name__)
+
+# Behaviour log-probs = log-probs of the distribution the token was actually drawn from.
+# vLLM 0.32 returns "raw_logprobs" by default: log_softmax of the model's logits *before* temperature,
+# top-k and the min_tokens EOS mask (v1/sample/sampler.py). At temperature != 1 or top_k > 0 those are
+# not the sampling distribution, so we ask for "processed_logprobs": after the logits processors
+# (min_tokens masks EOS here, since min_tokens = max_tokens), temperature and top-k -- the same
+# quantity TransformersEngine computes from generate's processed `scores`.
+LOGPROBS_MODE = "processed_logprobs"
+_SEED_STRIDE = 1_000_003  # per-request seed = seed * stride + index: fixed per prompt, independent of batching
+
+
+class VLLMEngine:
+    name = "vllm"
+
+    def __init__(
+        self, model_path: str | Path, gen: GenerationConfig, *, seed: int = 0, kv_cache_gib: int = 1, dtype: str = "float32",
+        run_id: str | None = None, max_num_seqs: int = 256, warmup: bool = True,
+    ):
+        t0 = time.perf_counter()
+        # Read by vLLM when it builds its config: must be in the environment before the engine starts.
+        # KV cache size in GiB (without it the CPU start-up memory check fails on this machine).
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(kv_cache_gib))
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        self.gen, self.seed = gen, seed
+        self.tok = AutoTokenizer.from_pretrained(str(model_path))
+        self.llm = LLM(
+            model=str(model_path), tokenizer=str(model_path), dtype=dtype, seed=seed,
+            enforce_eager=True,  # torch.compile gave no gain on CPU and doubled start-up
+            logprobs_mode=LOGPROBS_MODE, generation_config="vllm",  # our SamplingParams only, not generation_config.json
+            max_num_seqs=max_num_seqs,
+        )
+        # Local folder for load_weights(state_dict): vLLM's reload reads safetensors from a folder.
+        self._sync = TmpfsWeightSync(run_id=run_id or f"vllm-{os.getpid()}-{id(self):x}")
+        self.policy_version = 0
+        if warmup:
+            self.generate(["This movie"], seed=seed)  # the first call is 1.5-4x slower
+        self.startup_s = time.perf_counter() - t0
+        self.last_reload_s: float | None = None
+        log.info("vLLM engine ready in %.1f s (%s, %s)", self.startup_s, model_path, dtype)
+
+    def _sampling_params(self, seed: int, n_prompts: int):
+        from vllm import SamplingParams
+
+        g = self.gen
+        return [
+            SamplingParams(
+                n=1, temperature=g.temperature, top_k=g.top_k, top_p=1.0,
+                max_tokens=g.max_new_tokens, min_tokens=g.max_new_tokens,  # fixed length: no early EOS, as in TransformersEngine
+                logprobs=0,  # the sampled token's log-prob only
+                seed=seed * _SEED_STRIDE + i, detokenize=False,  # we decode with the HF tokenizer, as TransformersEngine does
+            )
+            for i in range(n_prompts)
+        ]
+
+    def generate(self, prompts: list[str], *, seed: int) -> Rollouts:
+        from vllm.inputs import TokensPrompt
+
+        pids = encode_prompts(self.tok, prompts)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in pids], self._sampling_params(seed, len(pids)), use_tqdm=False)
+        resp_ids, resp_lp = [], []
+        for o in outs:  # in prompt order
+            c = o.outputs[0]
+            ids = list(c.token_ids)
+            resp_ids.append(ids)
+            resp_lp.append([float(step[t].logprob) for t, step in zip(ids, c.logprobs)])
+        return Rollouts(
+            prompts=list(prompts), prompt_ids=pids, response_ids=resp_ids, behaviour_logprobs=resp_lp,
+            responses=self.tok.batch_decode(resp_ids, skip_special_tokens=True), policy_version=self.policy_version, engine=self.name,
+        )
+
+    def load_weights_from_folder(self, folder: str | Path, version: int) -> None:
+        """Reload every weight in place from <folder>/*.safetensors (checkpoint names, e.g. a WeightSync folder)."""
+        t0 = time.perf_counter()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(folder), "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+        self.policy_version = int(version)
+        self.last_reload_s = time.perf_counter() - t0
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
+        """Same call as TransformersEngine.load_weights: written to this engine's tmpfs folder, then reloaded."""
+        folder = self._sync.send(state_dict.items(), version)
+        self.load_weights_from_folder(folder, version)
+
+    def receive_weights(self, sync: WeightSync, handle) -> int:
+        """Load what a learner published through any WeightSync backend; returns the new version."""
+        folder, version = sync.receive_folder(handle)
+        self.load_weights_from_folder(folder, version)
+        return version
+
+    def close(self) -> None:
+        """Stop vLLM's helper processes and remove this engine's tmpfs folder."""
+        self._sync.close()
+        try:
+            self.llm.llm_engine.engine_core.shutdown()
+        except Exception as e:  # best effort: the processes also end with the parent
+            log.warning("vLLM shutdown: %s", e)

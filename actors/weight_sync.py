@@ -1,0 +1,212 @@
+"""Learner -> rollout-engine weight sync: one small interface, backends chosen by name.
+
+Shaped like veRL's ``checkpoint_engine/base.py`` (``send_weights(iterable of (name, tensor))`` /
+``receive_weights()``)::
+
+    sync = make_weight_sync("tmpfs", run_id="exp1")
+    handle = sync.send(policy.state_dict().items(), version=7)   # learner side
+    state_dict, version = sync.receive(handle)                   # e.g. TransformersEngine.load_weights
+    folder, version = sync.receive_folder(handle)                # VLLMEngine: its reload reads a folder
+
+Backends:
+  tmpfs         one safetensors file per version under /dev/shm/tether-<run_id>/v<version>/; the
+                handle is that folder (a str). Same machine only: a tmpfs file is not shared across nodes.
+  object_store  ``ray.put`` of the tensors as numpy arrays; the handle is the ObjectRef. Works across
+                nodes; a vLLM receiver writes what it got into its own local tmpfs folder, then reloads.
+
+Tied embeddings: a tied model's ``lm_head.weight`` is the embedding tensor. safetensors refuses tensors
+that share memory, and vLLM's in-place reload left the output layer stale when only the embedding was
+sent (../shared/ENVIRONMENT.md: greedy outputs differed from transformers on 8/8 prompts). So every
+backend sends ``lm_head.weight`` as its own clone (added when the sender omitted it), and clones any
+other tensor that shares storage with one already sent.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+VERSION_KEY = "tether_policy_version"
+# Embedding -> output-layer names of tied models (Llama-style, GPT-2-style).
+TIED_OUTPUT = {"model.embed_tokens.weight": "lm_head.weight", "transformer.wte.weight": "lm_head.weight"}
+_RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+
+
+def prepare_tensors(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU tensors, no two sharing storage; a tied output layer made explicit."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, t in named_tensors:
+        t = t.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen or not t.is_contiguous():
+            t = t.clone(memory_format=torch.contiguous_format)
+        seen.add(t.untyped_storage().data_ptr())
+        out[name] = t
+    for emb, head in TIED_OUTPUT.items():
+        if emb in out and head not in out:
+            out[head] = out[emb].clone()
+    return out
+
+
+def default_root() -> Path:
+    """/dev/shm (RAM-backed, so a sync never touches disk) or, where it is missing, the temp dir."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return shm
+    return Path(tempfile.gettempdir())
+
+
+class WeightSync(ABC):
+    """Send a learner's weights under a policy version; receive them on a rollout engine."""
+
+    name: str
+
+    @abstractmethod
+    def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> Any:
+        """Publish the weights as `version`; returns a small picklable handle for the receivers."""
+
+    @abstractmethod
+    def receive(self, handle: Any) -> tuple[dict[str, torch.Tensor], int]:
+        """(state dict of CPU tensors, version) for a handle from `send`."""
+
+    @abstractmethod
+    def receive_folder(self, handle: Any) -> tuple[Path, int]:
+        """(local folder holding model.safetensors, version): what vLLM's `reload_weights` reads."""
+
+    def close(self) -> None:
+        """Free what this side wrote (folders); the default has nothing to free."""
+
+
+class TmpfsWeightSync(WeightSync):
+    """Safetensors in a RAM-backed folder per version: <root>/tether-<run_id>/v<version>/model.safetensors."""
+
+    name = "tmpfs"
+
+    def __init__(self, *, run_id: str = "default", root: str | Path | None = None, keep: int = 2):
+        if not _RUN_ID.match(run_id):
+            raise ValueError(f"weight sync run_id {run_id!r} must be 1-100 letters, digits, '_', '.' or '-'")
+        if keep < 1:
+            raise ValueError(f"weight sync keep ({keep}) must be >= 1")
+        self.run_id, self.keep = run_id, keep
+        self.folder = (Path(root) if root is not None else default_root()) / f"tether-{run_id}"
+
+    def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> str:
+        from safetensors.torch import save_file
+
+        tensors = prepare_tensors(named_tensors)
+        final = self.folder / f"v{int(version)}"
+        # Write beside, then rename: a receiver never sees a half-written file.
+        tmp = self.folder / f".v{int(version)}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", VERSION_KEY: str(int(version))})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        self._clean()
+        return str(final)
+
+    def versions(self) -> list[int]:
+        """Versions currently on disk, oldest first."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(int(p.name[1:]) for p in self.folder.iterdir() if re.fullmatch(r"v\d+", p.name))
+
+    def _clean(self) -> None:
+        # Keep the newest `keep` versions: an engine may still be reading the previous one.
+        for v in self.versions()[: -self.keep]:
+            shutil.rmtree(self.folder / f"v{v}", ignore_errors=True)
+
+    def receive_folder(self, handle: str | Path) -> tuple[Path, int]:
+        from safetensors import safe_open
+
+        folder = Path(handle)
+        f = folder / WEIGHTS_FILE
+        if not f.is_file():
+            raise FileNotFoundError(f"no {WEIGHTS_FILE} in {folder} (already cleaned? the sender keeps the last {self.keep} versions)")
+        with safe_open(str(f), framework="pt") as st:
+            meta = st.metadata() or {}
+        return folder, int(meta[VERSION_KEY]) if VERSION_KEY in meta else int(folder.name.lstrip("v"))
+
+    def receive(self, handle: str | Path) -> tuple[dict[str, torch.Tensor], int]:
+        from safetensors.torch import load_file
+
+        folder, version = self.receive_folder(handle)
+        return load_file(str(folder / WEIGHTS_FILE)), version
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class ObjectStoreWeightSync(WeightSync):
+    """The Ray object store: works across nodes. The handle is an ObjectRef of {version, tensors}.
+
+    Passed as a top-level argument to a remote method, Ray resolves an ObjectRef to its value before the
+    call; `receive` accepts either form. Tensors travel as numpy arrays, which Ray reads zero-copy from
+    shared memory on the receiving node (bfloat16, which numpy lacks, travels as its int16 bits).
+    """
+
+    name = "object_store"
+
+    def __init__(self, *, run_id: str = "default", root: str | Path | None = None, keep: int = 2):
+        if not _RUN_ID.match(run_id):
+            raise ValueError(f"weight sync run_id {run_id!r} must be 1-100 letters, digits, '_', '.' or '-'")
+        self.run_id, self.root, self.keep = run_id, root, keep
+        self._local: TmpfsWeightSync | None = None  # made on the receiving side, per process
+
+    def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int):
+        import ray
+
+        arrays, dtypes = {}, {}
+        for name, t in prepare_tensors(named_tensors).items():
+            if t.dtype == torch.bfloat16:
+                arrays[name], dtypes[name] = t.view(torch.int16).numpy(), "bfloat16"
+            else:
+                arrays[name] = t.numpy()
+        return ray.put({"version": int(version), "tensors": arrays, "dtypes": dtypes})  # put once (STYLE: Ray hygiene)
+
+    def receive(self, handle) -> tuple[dict[str, torch.Tensor], int]:
+        import ray
+
+        payload = ray.get(handle) if isinstance(handle, ray.ObjectRef) else handle
+        out = {}
+        for name, arr in payload["tensors"].items():
+            t = torch.from_numpy(arr.copy())  # the arrays are read-only views into the object store
+            if payload["dtypes"].get(name) == "bfloat16":
+                t = t.view(torch.bfloat16)
+            out[name] = t
+        return out, int(payload["version"])
+
+    def receive_folder(self, handle) -> tuple[Path, int]:
+        state_dict, version = self.receive(handle)
+        if self._local is None:
+            # Per process: several engines on one node must not write the same folder.
+            self._local = TmpfsWeightSync(run_id=f"{self.run_id}-recv{os.getpid()}", root=self.root, keep=self.keep)
+        return Path(self._local.send(state_dict.items(), version)), version
+
+    def close(self) -> None:
+        if self._local is not None:
+            self._local.close()
+
+
+BACKENDS: dict[str, type[WeightSync]] = {"tmpfs": TmpfsWeightSync, "object_store": ObjectStoreWeightSync}
+
+
+def make_weight_sync(name: str, **kw) -> WeightSync:
+    """A backend by name: 'tmpfs' (same machine) or 'object_store' (Ray, multi-node)."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown weight-sync backend {name!r}; accepted: {', '.join(sorted(BACKENDS))}")
+    return BACKENDS[name](**kw)

@@ -1,0 +1,169 @@
+"""The four roles behind one small interface, in-process (LocalRoleSet) or as Ray actors (RayRoleSet).
+
+The training loop (services/train.py) sees only this interface, so the same loop runs both ways.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import uuid
+
+from learner.assets.build import TaskPaths
+from learner.config import TetherConfig
+from learner.types import Rollouts, ScoredRollouts
+
+log = logging.getLogger(__name__)
+
+
+def concat_rollouts(parts: list[Rollouts]) -> Rollouts:
+    first = parts[0]
+    return Rollouts(
+        prompts=[p for r in parts for p in r.prompts], prompt_ids=[p for r in parts for p in r.prompt_ids],
+        response_ids=[p for r in parts for p in r.response_ids], behaviour_logprobs=[p for r in parts for p in r.behaviour_logprobs],
+        responses=[p for r in parts for p in r.responses], policy_version=min(r.policy_version for r in parts), engine=first.engine,
+    )
+
+
+def with_gold(scored: ScoredRollouts, gold: list[float]) -> ScoredRollouts:
+    scored.gold = gold
+    return scored
+
+
+class LocalRoleSet:
+    """Every role as a plain object in this process: no Ray (debugging, tests, breakpoints)."""
+
+    def __init__(self, cfg: TetherConfig, paths: TaskPaths):
+        from transformers import AutoTokenizer
+
+        from actors.roles import make_engine
+        from learner.assets.gold import load_gold
+        from learner.assets.policy import load_policy
+        from learner.gold_eval import GoldEvaluator
+        from learner.ppo_learner import PPOLearner
+        from learner.reward import ProxyEnsemble
+
+        tok = AutoTokenizer.from_pretrained(str(paths.policy))
+        init_lm = load_policy(paths.policy)
+        self.engine = make_engine(cfg, str(paths.policy), seed=cfg.train.seed, run_id=f"local-{uuid.uuid4().hex[:8]}")
+        self.ensemble = ProxyEnsemble(paths.proxies, aggregation=cfg.ensemble.aggregation, uwo_lambda=cfg.ensemble.lam, max_len=cfg.proxy.max_len)
+        self.evaluator = GoldEvaluator(load_gold(paths.gold), copy.deepcopy(init_lm), tok.pad_token_id)
+        self.learner = PPOLearner(cfg, init_lm, pad_id=tok.pad_token_id)
+
+    def generate(self, prompts: list[str], seed: int) -> Rollouts:
+        return self.engine.generate(prompts, seed=seed)
+
+    def score_and_drift(self, rollouts: Rollouts, prefix: str) -> tuple[ScoredRollouts, dict]:
+        scored = self.ensemble.score(rollouts)
+        drift = self.evaluator.evaluate(rollouts, prefix=prefix)
+        return with_gold(scored, self.evaluator.gold_scores(rollouts.texts)), drift
+
+    def learn(self, scored: ScoredRollouts) -> dict:
+        return self.learner.step(scored)
+
+    def learner_version(self) -> int:
+        return self.learner.version
+
+    def sync(self) -> dict:
+        t = time.perf_counter()
+        self.engine.load_weights(self.learner.policy_state_dict(), self.learner.version)
+        return {"time_s/sync": time.perf_counter() - t}
+
+    def save(self, path: str) -> None:
+        import torch
+
+        torch.save(self.learner.state_dict(), path)
+
+    def load(self, path: str) -> int:
+        import torch
+
+        self.learner.load_state_dict(torch.load(path, weights_only=False))
+        return self.learner.version
+
+    def reset_now(self) -> None:
+        self.learner.reset_now()
+
+    def close(self) -> None:
+        close = getattr(self.engine, "close", None)
+        if close:
+            close()
+
+
+class RayRoleSet:
+    """Rollout actors (vLLM or transformers), a reward actor, a gold actor and the learner, on one placement group."""
+
+    def __init__(self, cfg: TetherConfig, paths: TaskPaths):
+        import ray
+
+        from actors.placement import connect, place
+        from actors.roles import GoldActor, LearnerActor, RewardActor, RolloutActor
+
+        self._ray = ray
+        self.cfg = cfg
+        rt = cfg.runtime
+        log.info("ray: %s", connect(rt))
+        self.placement = place(rt)
+        run_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
+        pol, gold = str(paths.policy), str(paths.gold)
+        o = self.placement.options
+        self.rollout = [RolloutActor.options(**o("rollout", i, rt.rollout), name=None).remote(cfg, pol, i, run_id) for i in range(rt.rollout_actors)]
+        self.reward = RewardActor.options(**o("reward", 0, rt.reward)).remote(cfg, [str(p) for p in paths.proxies])
+        self.gold = GoldActor.options(**o("gold", 0, rt.gold)).remote(cfg, gold, pol)
+        self.learner = LearnerActor.options(**o("learner", 0, rt.learner)).remote(cfg, pol, run_id)
+        # Wait for every constructor here, so a failure surfaces at start-up with its actor's name.
+        ray.get([a.policy_version.remote() for a in self.rollout] + [self.learner.version.remote()])
+
+    def generate(self, prompts: list[str], seed: int) -> Rollouts:
+        n = len(self.rollout)
+        chunks = [prompts[i::n] for i in range(n)]  # interleaved split; re-ordered below
+        parts = self._ray.get([a.generate.remote(c, seed * 1009 + i) for i, (a, c) in enumerate(zip(self.rollout, chunks)) if c])
+        if n == 1:
+            return parts[0]
+        merged = concat_rollouts(parts)
+        order = [j for i in range(n) for j in range(i, len(prompts), n)]  # position in merged -> original index
+        inv = sorted(range(len(order)), key=lambda k: order[k])
+        return Rollouts(
+            prompts=[merged.prompts[k] for k in inv], prompt_ids=[merged.prompt_ids[k] for k in inv], response_ids=[merged.response_ids[k] for k in inv],
+            behaviour_logprobs=[merged.behaviour_logprobs[k] for k in inv], responses=[merged.responses[k] for k in inv],
+            policy_version=merged.policy_version, engine=merged.engine,
+        )
+
+    def score_and_drift(self, rollouts: Rollouts, prefix: str) -> tuple[ScoredRollouts, dict]:
+        ref = self._ray.put(rollouts)  # one copy in the object store, read by both actors
+        scored, drift, gold = self._ray.get([self.reward.score.remote(ref), self.gold.evaluate.remote(ref, prefix), self.gold.gold_scores.remote(rollouts.texts)])
+        return with_gold(scored, gold), drift
+
+    def learn(self, scored: ScoredRollouts) -> dict:
+        return self._ray.get(self.learner.step.remote(scored))
+
+    def learner_version(self) -> int:
+        return self._ray.get(self.learner.version.remote())
+
+    def sync(self) -> dict:
+        t = time.perf_counter()
+        handle, version, send_s = self._ray.get(self.learner.publish.remote())
+        recv = self._ray.get([a.load.remote(handle, version) for a in self.rollout])
+        return {"time_s/sync": time.perf_counter() - t, "time_s/sync_send": send_s, "time_s/sync_receive": max(recv)}
+
+    def save(self, path: str) -> None:
+        self._ray.get(self.learner.save.remote(path))
+
+    def load(self, path: str) -> int:
+        return self._ray.get(self.learner.load.remote(path))
+
+    def reset_now(self) -> None:
+        self._ray.get(self.learner.reset_now.remote())
+
+    def close(self) -> None:
+        ray = self._ray
+        try:
+            ray.get([a.close.remote() for a in self.rollout] + [self.learner.close.remote()], timeout=30)
+        except Exception:  # noqa: BLE001 - best effort clean-up of tmpfs folders
+            log.warning("weight-sync clean-up failed", exc_info=True)
+        for a in [*self.rollout, self.reward, self.gold, self.learner]:
+            ray.kill(a)
+        self.placement.remove()
+
+
+def make_roleset(cfg: TetherConfig, paths: TaskPaths):
+    return RayRoleSet(cfg, paths) if cfg.runtime.mode == "ray" else LocalRoleSet(cfg, paths)
