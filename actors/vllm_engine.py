@@ -19,6 +19,7 @@ import torch
 from actors.weight_sync import TmpfsWeightSync, WeightSync
 from learner.assets.tokenizer import encode_prompts
 from learner.config import GenerationConfig
+from learner.rollout import cut_at_eos
 from learner.types import Rollouts
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 # vLLM 0.32 returns "raw_logprobs" by default: log_softmax of the model's logits *before* temperature,
 # top-k and the min_tokens EOS mask (v1/sample/sampler.py). At temperature != 1 or top_k > 0 those are
 # not the sampling distribution, so we ask for "processed_logprobs": after the logits processors
-# (min_tokens masks EOS here, since min_tokens = max_tokens), temperature and top-k -- the same
+# (none here), temperature and top-k -- the same
 # quantity TransformersEngine computes from generate's processed `scores`. Measured on the tiny policy
 # (float32): max |vLLM - learner forward with the same processing| = 9.5e-7 at T=1 and at T=0.7/top-k 20;
 # against the learner's plain log pi at T=1 the gap is log(1 - p_eos), 1.8e-3 at most.
@@ -76,7 +77,7 @@ class VLLMEngine:
         return [
             SamplingParams(
                 n=1, temperature=g.temperature, top_k=g.top_k, top_p=1.0,
-                max_tokens=g.max_new_tokens, min_tokens=g.max_new_tokens,  # fixed length: no early EOS, as in TransformersEngine
+                max_tokens=g.max_new_tokens,  # EOS allowed (no min_tokens): the sampled distribution is pi itself, as in TransformersEngine
                 logprobs=0,  # the sampled token's log-prob only
                 seed=seed * _SEED_STRIDE + i, detokenize=False,  # we decode with the HF tokenizer, as TransformersEngine does
             )
@@ -92,6 +93,7 @@ class VLLMEngine:
         for o in outs:  # in prompt order
             c = o.outputs[0]
             ids = list(c.token_ids)
+            ids = ids[: cut_at_eos(ids, self.tok.eos_token_id)]  # up to and including the first EOS
             resp_ids.append(ids)
             resp_lp.append([float(step[t].logprob) for t, step in zip(ids, c.logprobs)])
         return Rollouts(

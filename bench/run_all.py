@@ -1,0 +1,198 @@
+"""tether benchmarks: prints a table; every figure is measured side by side with its named baseline.
+
+  1. rollout tokens/s: vLLM vs transformers `generate` (same model, prompts, sampling with log-probs)
+  2. weight sync: tmpfs + vLLM reload, and the Ray object store, vs a plain in-memory copy of the
+     same state dict (load_state_dict into a transformers model)
+  3. seconds per PPO iteration split into rollout / reward+gold / learn / sync (the Ray runtime)
+  4. peak memory (PSS, all processes) of the default `make run` job
+
+Usage: python bench/run_all.py [--config default] [--iterations 6] [--skip-job]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def table(title: str, rows: list[tuple], header: tuple) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))
+    return "\n".join([f"\n## {title}", line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
+
+
+def bench_rollout(cfg, policy_path: Path, repeats: int = 3) -> tuple[list[tuple], dict]:
+    import torch
+
+    from actors.vllm_engine import VLLMEngine
+    from learner.assets.data import load_imdb, make_prompts
+    from learner.rollout import TransformersEngine
+
+    torch.set_num_threads(1)  # one thread each, as the rollout actor runs
+    prompts = make_prompts(load_imdb(cfg.task).heldout_text, 64, cfg.task, seed=5)
+    hf = TransformersEngine.from_path(policy_path, cfg.generation)
+    hf.generate(prompts[:4], seed=0)  # warm-up
+    t0 = time.perf_counter()
+    vllm = VLLMEngine(policy_path, cfg.generation, kv_cache_gib=cfg.runtime.kv_cache_gib)
+    startup = time.perf_counter() - t0
+    res = {}
+    for name, eng in (("transformers generate", hf), ("vLLM", vllm)):
+        rates = []
+        for i in range(repeats):
+            t = time.perf_counter()
+            r = eng.generate(prompts, seed=100 + i)
+            rates.append(sum(len(x) for x in r.response_ids) / (time.perf_counter() - t))
+        res[name] = statistics.median(rates)
+    rows = [(n, f"{v:,.0f}", f"{v / res['transformers generate']:.2f}x") for n, v in res.items()]
+    return rows, {"vllm": vllm, "hf": hf, "vllm_startup_s": startup, "rates": res}
+
+
+def bench_sync(engines: dict, policy_path: Path, repeats: int = 5) -> list[tuple]:
+    import ray
+    import torch
+
+    from actors.weight_sync import make_weight_sync
+    from learner.assets.policy import load_policy
+
+    sd = {k: v.clone() for k, v in load_policy(policy_path).state_dict().items()}
+    target = load_policy(policy_path)
+    mb = sum(v.numel() * v.element_size() for v in sd.values()) / 2**20
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        ts = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return statistics.median(ts)
+
+    plain = timed(lambda: target.load_state_dict(sd))
+    vllm = engines["vllm"]
+    tmpfs = make_weight_sync("tmpfs", run_id=f"bench-{os.getpid()}")
+    version = [0]
+
+    def via_tmpfs():
+        version[0] += 1
+        folder, v = tmpfs.receive_folder(tmpfs.send(sd.items(), version[0]))
+        vllm.load_weights_from_folder(folder, v)
+
+    t_tmpfs = timed(via_tmpfs)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
+    store = make_weight_sync("object_store", run_id=f"bench-{os.getpid()}")
+
+    def via_store():
+        version[0] += 1
+        folder, v = store.receive_folder(store.send(sd.items(), version[0]))
+        vllm.load_weights_from_folder(folder, v)
+
+    t_store = timed(via_store)
+    tmpfs.close()
+    store.close()
+    return [
+        (f"plain in-memory copy (load_state_dict, {mb:.0f} MiB)", f"{plain * 1000:.1f}", "1.00x"),
+        ("tmpfs safetensors + vLLM reload_weights", f"{t_tmpfs * 1000:.1f}", f"{t_tmpfs / plain:.2f}x"),
+        ("Ray object store + vLLM reload_weights", f"{t_store * 1000:.1f}", f"{t_store / plain:.2f}x"),
+    ]
+
+
+class PeakPSS(threading.Thread):
+    """Samples the PSS of a process and all its descendants (Ray workers, vLLM helpers) every 0.5 s."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.stop = pid, 0, threading.Event()
+
+    def run(self):
+        import psutil
+
+        while not self.stop.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            total = 0
+            for p in procs:
+                try:
+                    total += p.memory_full_info().pss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.5)
+
+
+def bench_job(config: str, iterations: int, runs_dir: Path) -> tuple[list[tuple], float]:
+    """The default job (Ray + vLLM), shortened; returns per-phase seconds and the peak PSS in GiB."""
+    cmd = [sys.executable, "-m", "services.cli", "train", config, "--set", f"train.iterations={iterations}", "--set", f"runs_dir={runs_dir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    mon = PeakPSS(proc.pid)
+    mon.start()
+    out, _ = proc.communicate()
+    mon.stop.set()
+    if proc.returncode != 0:
+        raise SystemExit(f"the job failed:\n{out[-3000:]}")
+    from services.runlog import read_metrics
+
+    phases = ("time_s/rollout", "time_s/reward_and_gold", "time_s/learn", "time_s/sync", "time_s/gold_eval", "time_s/iteration")
+    rows = []
+    for run in sorted(p for p in runs_dir.glob("*/*") if (p / "metrics.jsonl").exists()):
+        ms = [m for m in read_metrics(run) if "time_s/iteration" in m][1:]  # first iteration includes warm-up effects
+        if not ms:
+            continue
+        med = {k: statistics.median(m.get(k, 0.0) for m in ms) for k in phases}
+        sync_share = 100 * med["time_s/sync"] / med["time_s/iteration"]
+        rows.append((run.name, *(f"{med[k]:.2f}" for k in phases), f"{sync_share:.1f}%"))
+    return rows, mon.peak / 2**30
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="default")
+    ap.add_argument("--iterations", type=int, default=6)
+    ap.add_argument("--skip-job", action="store_true", help="skip the per-iteration split and the peak-memory run")
+    args = ap.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from learner.assets.build import resolve
+    from learner.config import load_config
+
+    cfg = load_config(args.config).expand()[0]
+    paths = resolve(cfg, cfg_source=args.config)
+    report = [f"# tether benchmarks ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, policy {paths.policy})"]
+    rows, eng = bench_rollout(cfg, Path(paths.policy))
+    report.append(table(f"1. rollout throughput, 64 prompts x {cfg.generation.max_new_tokens} new tokens, sampling + log-probs (vLLM start-up {eng['vllm_startup_s']:.0f}s)",
+                        rows, ("engine", "tokens/s", "vs transformers")))
+    print(report[-1], flush=True)
+    report.append(table("2. weight sync, median of 5", bench_sync(eng, Path(paths.policy)), ("path", "ms", "vs plain copy")))
+    print(report[-1], flush=True)
+    del eng
+    import ray
+
+    ray.shutdown()
+    if not args.skip_job:
+        with tempfile.TemporaryDirectory() as d:
+            rows, peak = bench_job(args.config, args.iterations, Path(d))
+        report.append(table(f"3. seconds per PPO iteration (median over iterations 2..{args.iterations}, Ray + vLLM)", rows,
+                            ("run", "rollout", "reward+gold", "learn", "sync", "eval", "iteration", "sync share")))
+        print(report[-1], flush=True)
+        report.append(f"\n## 4. peak memory of `tether train {args.config}` (PSS, driver + Ray + vLLM processes): {peak:.2f} GiB (target < 8 GiB)")
+        print(report[-1], flush=True)
+    out = ROOT / "bench" / "results.md"
+    out.write_text("\n".join(report) + "\n")
+    print(f"\nwritten to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
