@@ -22,3 +22,12 @@ def test_learner_sources_do_not_mention_runtime_imports():
         text = p.read_text()
         for bad in ("import ray", "from ray", "import fastapi", "from fastapi", "import redis", "from redis"):
             assert bad not in text, f"{p} contains '{bad}'"
+
+
+def test_imports_point_one_way():
+    """services -> actors -> learner: learner imports neither, actors never import services."""
+    for layer, banned in (("learner", ("actors", "services")), ("actors", ("services",))):
+        for p in (ROOT / layer).rglob("*.py"):
+            text = p.read_text()
+            for b in banned:
+                assert f"from {b}" not in text and f"import {b}" not in text, f"{p} imports {b}"
