@@ -18,6 +18,18 @@ def _threads(n: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(n)
 
 
+def set_kl(kl_ctl, *, coef: float | None = None, target: float | None = None) -> dict:
+    """Set the KL controller's beta and/or target in place; returns the old values ({kl_coef, kl_target})."""
+    old = {"kl_coef": kl_ctl.value, "kl_target": getattr(kl_ctl, "target", None)}
+    if coef is not None:
+        kl_ctl.value = float(coef)
+    if target is not None:
+        if not hasattr(kl_ctl, "target"):
+            raise ValueError("kl_target applies only to kl.mode 'adaptive' (this run uses a fixed beta)")
+        kl_ctl.target = float(target)
+    return old
+
+
 def make_engine(cfg: TetherConfig, policy_path: str, *, seed: int, run_id: str):
     """The configured rollout engine as a plain object (used by the actor and by local mode)."""
     if cfg.runtime.engine == "vllm":
@@ -72,8 +84,9 @@ class RewardActor:
     def score(self, rollouts):
         return self.ensemble.score(rollouts)
 
-    def set_uwo_lambda(self, lam: float) -> None:
-        self.ensemble.uwo_lambda = lam
+    def set_uwo_lambda(self, lam: float) -> float:
+        old, self.ensemble.uwo_lambda = self.ensemble.uwo_lambda, lam
+        return old
 
 
 @ray.remote
@@ -127,11 +140,8 @@ class LearnerActor:
         self.learner.load_state_dict(torch.load(path, weights_only=False))
         return self.learner.version
 
-    def set_kl(self, coef: float | None = None, target: float | None = None) -> None:
-        if coef is not None:
-            self.learner.kl_ctl.value = coef
-        if target is not None and hasattr(self.learner.kl_ctl, "target"):
-            self.learner.kl_ctl.target = target
+    def set_kl(self, coef: float | None = None, target: float | None = None) -> dict:
+        return set_kl(self.learner.kl_ctl, coef=coef, target=target)
 
     def close(self) -> None:
         self.sync.close()

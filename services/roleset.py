@@ -83,6 +83,15 @@ class LocalRoleSet:
     def reset_now(self) -> None:
         self.learner.reset_now()
 
+    def set_kl(self, *, coef: float | None = None, target: float | None = None) -> dict:
+        from actors.roles import set_kl
+
+        return set_kl(self.learner.kl_ctl, coef=coef, target=target)
+
+    def set_uwo_lambda(self, lam: float) -> float:
+        old, self.ensemble.uwo_lambda = self.ensemble.uwo_lambda, float(lam)
+        return old
+
     def close(self) -> None:
         close = getattr(self.engine, "close", None)
         if close:
@@ -153,6 +162,12 @@ class RayRoleSet:
 
     def reset_now(self) -> None:
         self._ray.get(self.learner.reset_now.remote())
+
+    def set_kl(self, *, coef: float | None = None, target: float | None = None) -> dict:
+        return self._ray.get(self.learner.set_kl.remote(coef, target))
+
+    def set_uwo_lambda(self, lam: float) -> float:
+        return self._ray.get(self.reward.set_uwo_lambda.remote(float(lam)))
 
     def close(self) -> None:
         ray = self._ray

@@ -79,3 +79,25 @@ def test_elastic_reset_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):
         assert r.policy_version == st2["version"]
     finally:
         tr.close()
+
+
+def test_several_rollout_actors_split_and_sync(tiny_assets, ray_cluster, tmp_path):
+    """Two rollout actors (transformers engine, to keep the test light): order kept, both synced."""
+    from learner.config import RoleResources
+    from services.roleset import RayRoleSet
+
+    cfg = _cfg(tiny_assets, train={"iterations": 2})
+    cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"engine": "transformers", "rollout_actors": 2, "rollout": RoleResources(num_cpus=0.25)})})
+    tr = Trainer(cfg, tmp_path / "two", progress=False)
+    try:
+        assert isinstance(tr.roles, RayRoleSet) and len(tr.roles.rollout) == 2
+        prompts = [f"Prompt number {i} is" for i in range(7)]
+        r = tr.roles.generate(prompts, seed=4)
+        assert r.prompts == prompts and len(r.response_ids) == 7
+        tr.run()
+        versions = ray.get([a.policy_version.remote() for a in tr.roles.rollout])
+        assert versions == [tr.roles.learner_version()] * 2
+        rows = [m for m in read_metrics(tmp_path / "two") if "loss/policy" in m]
+        assert all(m["rollout/behaviour_logp_gap"] < 1e-4 for m in rows)
+    finally:
+        tr.close()
