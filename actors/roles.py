@@ -7,9 +7,11 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
 import ray
 import torch
 
+from actors.metrics import role_metrics
 from learner.config import TetherConfig
 
 
@@ -49,9 +51,14 @@ class RolloutActor:
 
         self.engine = make_engine(cfg, policy_path, seed=cfg.train.seed + index, run_id=f"{run_id}-r{index}")
         self.sync = make_weight_sync(cfg.runtime.weight_sync, run_id=f"{run_id}-r{index}")
+        self.metrics = role_metrics(cfg.name, ["perf/rollout_tokens_per_s"])
 
     def generate(self, prompts: list[str], seed: int):
-        return self.engine.generate(prompts, seed=seed)
+        t = time.perf_counter()
+        out = self.engine.generate(prompts, seed=seed)
+        if self.metrics:
+            self.metrics.record({"perf/rollout_tokens_per_s": sum(map(len, out.response_ids)) / max(time.perf_counter() - t, 1e-9)})
+        return out
 
     def load(self, handle, version: int) -> float:
         """Receive weights published by the learner; returns the seconds it took."""
@@ -80,9 +87,13 @@ class RewardActor:
         from learner.reward import ProxyEnsemble
 
         self.ensemble = ProxyEnsemble(member_paths, aggregation=cfg.ensemble.aggregation, uwo_lambda=cfg.ensemble.lam, max_len=cfg.proxy.max_len)
+        self.metrics = role_metrics(cfg.name, ["reward/proxy_mean", "ensemble/std"])
 
     def score(self, rollouts):
-        return self.ensemble.score(rollouts)
+        scored = self.ensemble.score(rollouts)
+        if self.metrics:
+            self.metrics.record({"reward/proxy_mean": float(np.mean(scored.reward)), "ensemble/std": float(np.mean(scored.spread))})
+        return scored
 
     def set_uwo_lambda(self, lam: float) -> float:
         old, self.ensemble.uwo_lambda = self.ensemble.uwo_lambda, lam
@@ -96,12 +107,19 @@ class GoldActor:
         from learner.gold_eval import GoldEvaluator
 
         self.evaluator = GoldEvaluator.from_paths(gold_path, policy_path)
+        self.metrics = role_metrics(cfg.name, ["reward/gold_mean", "kl/from_init"])
 
     def evaluate(self, rollouts, prefix: str) -> dict:
-        return self.evaluator.evaluate(rollouts, prefix=prefix)
+        out = self.evaluator.evaluate(rollouts, prefix=prefix)
+        if self.metrics and prefix == "train":
+            self.metrics.record({"kl/from_init": out.get(f"{prefix}/kl_from_init_k3")})
+        return out
 
     def gold_scores(self, texts: list[str]) -> list[float]:
-        return self.evaluator.gold_scores(texts)
+        scores = self.evaluator.gold_scores(texts)
+        if self.metrics and scores:
+            self.metrics.record({"reward/gold_mean": float(np.mean(scores))})
+        return scores
 
 
 @ray.remote
@@ -113,9 +131,13 @@ class LearnerActor:
 
         self.learner = PPOLearner.from_path(cfg, policy_path)
         self.sync = make_weight_sync(cfg.runtime.weight_sync, run_id=f"{run_id}-learner")
+        self.metrics = role_metrics(cfg.name, ["kl/coef", "kl/to_ref", "loss/policy"])
 
     def step(self, scored) -> dict:
-        return self.learner.step(scored)
+        out = self.learner.step(scored)
+        if self.metrics:
+            self.metrics.record(out)
+        return out
 
     def publish(self) -> tuple[object, int, float]:
         """Publish the current policy weights; returns (handle, version, seconds)."""

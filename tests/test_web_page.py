@@ -1,0 +1,145 @@
+"""The web page in headless Chromium (Debian's `chromium`) against a real running server (uvicorn on a
+socket), a real valkey-server and a running trainer: load the page, see a live chart, press a button,
+observe the run react. Driven over the Chrome DevTools protocol (websockets); skipped without chromium."""
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from learner.assets.build import resolve
+from services.api import ServiceSettings, create_app
+from services.control import RunControl
+from services.roleset import LocalRoleSet
+from services.train import Trainer
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--remote-debugging-port=0", "--remote-allow-origins=*"]
+
+
+def _wait(cond, timeout=60.0, what="condition"):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class CDP:
+    """The few Chrome DevTools protocol calls this test needs."""
+
+    def __init__(self, ws_url: str):
+        from websockets.sync.client import connect
+
+        self._conn = connect(ws_url, max_size=None)
+        self.ws, self.n = self._conn.__enter__(), 0
+
+    def call(self, method: str, **params):
+        self.n += 1
+        self.ws.send(json.dumps({"id": self.n, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=30))
+            if msg.get("id") == self.n:
+                if "error" in msg:
+                    raise RuntimeError(msg["error"])
+                return msg["result"]
+
+    def js(self, expr: str):
+        res = self.call("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in res:
+            raise RuntimeError(res["exceptionDetails"])
+        return res["result"].get("value")
+
+
+@pytest.fixture
+def server(tmp_path, tether_redis):
+    import uvicorn
+
+    token = "web-token"
+    app = create_app(ServiceSettings(data_dir=tmp_path / "svc", redis_url=tether_redis.url, token=token, jobs=None))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    th = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    th.start()
+    _wait(lambda: srv.started, what="uvicorn")
+    yield {"url": f"http://127.0.0.1:{port}", "token": token, "store": app.state.store}
+    srv.should_exit = True
+    th.join(10)
+    sock.close()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    profile = tmp_path / "chromium-profile"
+    proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        port = _wait(lambda: (profile / "DevToolsActivePort").exists() and (profile / "DevToolsActivePort").read_text().split()[0],
+                     what="chromium's DevTools port")
+        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list").read())
+        page = next(t for t in targets if t["type"] == "page")
+        cdp = CDP(page["webSocketDebuggerUrl"])
+        yield cdp
+        cdp._conn.__exit__(None, None, None)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_page_shows_live_chart_and_buttons_steer_the_run(server, browser, tiny_assets, tmp_path):
+    store = server["store"]
+    base = tiny_assets[0]
+    cfg = base.model_copy(update={
+        "train": base.train.model_copy(update={"iterations": 500, "eval_every": 5}),
+        "runtime": base.runtime.model_copy(update={"mode": "local", "engine": "transformers", "checkpoint_every": 0}),
+    })
+    store.create_run("r-web", {"name": cfg.name, "config": cfg.model_dump(mode="json")})
+    trainer = Trainer(cfg, tmp_path / "svc" / "runs" / "r-web", progress=False, roles=LocalRoleSet(cfg, resolve(cfg)))
+    trainer.commands = RunControl(store, "r-web", poll_interval_s=0.2)
+    th = threading.Thread(target=trainer.run, daemon=True)
+    th.start()
+    try:
+        browser.call("Page.enable")
+        browser.call("Page.navigate", url=f"{server['url']}/#token={server['token']}&run=r-web")
+        _wait(lambda: browser.js("document.readyState") == "complete", what="page load")
+        # the runs list shows the run, the chart fills with live points
+        _wait(lambda: browser.js("document.querySelector('tr[data-id=\"r-web\"]') !== null"), what="run in the list")
+        n0 = _wait(lambda: (browser.js("window.tether.rows.length") or 0) >= 2 and browser.js("window.tether.rows.length"), what="points")
+        _wait(lambda: browser.js("window.tether.rows.length") > n0, what="live points")
+        gold_pixels = browser.js("""(() => { const c = document.getElementById('chart-step'), d = c.getContext('2d')
+            .getImageData(0, 0, c.width, c.height).data; let n = 0;
+            for (let i = 0; i < d.length; i += 4) if (d[i] > 150 && d[i+1] > 90 && d[i+1] < 160 && d[i+2] < 60 && d[i+3] > 200) n++;
+            return n; })()""")
+        assert gold_pixels > 20  # gold-reward points drawn on the canvas
+        # press pause: the run reacts (Redis state, trainer blocked) and the page shows it
+        browser.js("document.getElementById('btn-pause').click()")
+        _wait(lambda: store.get_run("r-web")["state"] == "paused", what="run paused")
+        _wait(lambda: browser.js("document.getElementById('status').textContent") == "paused", what="page shows paused")
+        at = trainer.iteration
+        time.sleep(1.0)
+        assert trainer.iteration == at
+        browser.js("document.getElementById('btn-resume').click()")
+        _wait(lambda: trainer.iteration > at, what="training resumed")
+        browser.js("document.getElementById('btn-stop').click()")
+        th.join(60)
+        assert not th.is_alive() and store.get_run("r-web")["state"] == "stopped"
+        _wait(lambda: browser.js("document.getElementById('status').textContent") == "stopped", what="page shows stopped")
+    finally:
+        if th.is_alive():
+            store.send_command("r-web", "stop")
+            th.join(60)
