@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from learner.assets import store
 from learner.assets.build import prepare, resolve, stage_folder
@@ -120,3 +121,20 @@ def test_artefact_from_other_config_is_refused(tiny_assets, tmp_path):
     shutil.copytree(folder, new_folder)  # someone copied an old artefact into the new config's place
     with pytest.raises(store.AssetError, match=r"built with a different config"):
         resolve(changed, cfg_source="my.yaml")
+
+
+def test_reward_model_mean_pooling_ignores_padding_and_is_declared(tiny_assets):
+    from transformers import AutoConfig
+
+    from learner.assets.proxy import RewardModel
+
+    _, _, paths = tiny_assets
+    assert AutoConfig.from_pretrained(str(paths.proxies[0])).tether_pooling == "mean"
+    rm = RewardModel.load(paths.proxies[0])
+    alone = rm.score(["A short one"])
+    batched = rm.score(["A short one", "a much longer text that forces padding of the first one in the batch"])
+    assert torch.allclose(alone[0], batched[0], atol=1e-5)
+    # the mean readout, by hand
+    enc = rm._enc(["A short one"])
+    h = rm.model.model(**enc).last_hidden_state.mean(1)
+    assert torch.allclose(rm.model.score(h)[0, 0], alone[0], atol=1e-5)
