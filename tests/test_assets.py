@@ -138,3 +138,22 @@ def test_reward_model_mean_pooling_ignores_padding_and_is_declared(tiny_assets):
     enc = rm._enc(["A short one"])
     h = rm.model.model(**enc).last_hidden_state.mean(1)
     assert torch.allclose(rm.model.score(h)[0, 0], alone[0], atol=1e-5)
+
+
+def test_committed_policy_matches_default_config_and_is_used(tmp_path):
+    """The shipped checkpoint is keyed to configs/default.yaml: a schema or preset change that alters
+    the policy's key must come with `tether prepare --rebuild` and a new committed checkpoint."""
+    from learner.assets.build import COMMITTED_POLICY, _policy_stage, stage_folder
+    from learner.config import load_config
+
+    cfg = load_config("default", [f"data_dir={tmp_path}"])
+    committed = store.read_manifest(COMMITTED_POLICY)
+    folder, key = stage_folder(cfg, "policy")
+    assert committed is not None and committed["key"] == key
+    assert committed["metrics"]["heldout_perplexity"] < 100 and committed["metrics"]["params"] > 4_000_000
+    m = _policy_stage(cfg, split=None, rebuild=False)  # copies, never pretrains (split unused)
+    assert m["key"] == key and (folder / "model.safetensors").exists()
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    assert model.config.num_hidden_layers == cfg.policy.n_layer and model.config.tie_word_embeddings
