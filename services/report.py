@@ -83,31 +83,26 @@ def run_plots(run_dir: Path, name: str) -> list[Path]:
     return out
 
 
+def _per_run_plot(runs: dict[str, Path], x: str, y: str, *, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    for i, (name, d) in enumerate(runs.items()):
+        xs, ys = _series(read_metrics(d), x, y)
+        ax.plot(xs, ys, "o-", label=name, color=COLORS[i % len(COLORS)], ms=4)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def comparison_plots(runs: dict[str, Path], out_dir: Path) -> list[Path]:
-    out = []
-    fig, ax = plt.subplots(figsize=(6.8, 4.4))
-    for i, (name, d) in enumerate(runs.items()):
-        rows = read_metrics(d)
-        xs, ys = _series(rows, "eval/kl_from_init_k3", "eval/gold_mean")
-        ax.plot(xs, ys, "o-", label=name, color=COLORS[i % len(COLORS)], ms=4)
-    ax.set_xlabel("KL(pi || pi_0), nats")
-    ax.set_ylabel("gold reward R* (held-out)")
-    ax.set_title("gold reward vs KL from the initial policy")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    out.append(_save(fig, out_dir / "frontier_gold_vs_kl.png"))
-    fig, ax = plt.subplots(figsize=(6.8, 4.4))
-    for i, (name, d) in enumerate(runs.items()):
-        rows = read_metrics(d)
-        xs, ys = _series(rows, "step", "eval/proxy_gold_gap")
-        ax.plot(xs, ys, "o-", label=name, color=COLORS[i % len(COLORS)], ms=4)
-    ax.set_xlabel("PPO iteration")
-    ax.set_ylabel("proxy - gold (held-out)")
-    ax.set_title("proxy-gold gap (overoptimisation shows as a growing gap)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    out.append(_save(fig, out_dir / "proxy_gold_gap.png"))
-    return out
+    return [
+        _per_run_plot(runs, "eval/kl_from_init_k3", "eval/gold_mean", xlabel="KL(pi || pi_0), nats", ylabel="gold reward R* (held-out)",
+                      title="gold reward vs KL from the initial policy", path=out_dir / "frontier_gold_vs_kl.png"),
+        _per_run_plot(runs, "step", "eval/proxy_gold_gap", xlabel="PPO iteration", ylabel="proxy - gold (held-out)",
+                      title="proxy-gold gap (overoptimisation shows as a growing gap)", path=out_dir / "proxy_gold_gap.png"),
+    ]
 
 
 def _img(p: Path) -> str:
