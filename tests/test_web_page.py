@@ -1,13 +1,16 @@
 """The web page in headless Chromium (Debian's `chromium`) against a real running server (uvicorn on a
 socket), a real valkey-server and a running trainer: load the page, see a live chart, press a button,
 observe the run react. Driven over the Chrome DevTools protocol (websockets); skipped without chromium."""
+import base64
 import json
+import os
 import shutil
 import socket
 import subprocess
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -126,6 +129,11 @@ def test_page_shows_live_chart_and_buttons_steer_the_run(server, browser, tiny_a
             for (let i = 0; i < d.length; i += 4) if (d[i] > 150 && d[i+1] > 90 && d[i+1] < 160 && d[i+2] < 60 && d[i+3] > 200) n++;
             return n; })()""")
         assert gold_pixels > 20  # gold-reward points drawn on the canvas
+        if os.environ.get("TETHER_SCREENSHOT"):  # for a person to look at: TETHER_SCREENSHOT=page.png pytest ...
+            browser.call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1, mobile=False)
+            time.sleep(1.0)
+            shot = browser.call("Page.captureScreenshot", format="png")["data"]
+            Path(os.environ["TETHER_SCREENSHOT"]).write_bytes(base64.b64decode(shot))
         # press pause: the run reacts (Redis state, trainer blocked) and the page shows it
         browser.js("document.getElementById('btn-pause').click()")
         _wait(lambda: store.get_run("r-web")["state"] == "paused", what="run paused")
