@@ -23,7 +23,8 @@ def connect(rt: RuntimeConfig) -> str:
     if ray.is_initialized():
         return "already connected"
     address = rt.ray_address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
+    # vLLM logs every weight reload at INFO; the driver shows actor logs, so keep them to warnings.
+    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}}
     if address:
         _check_reachable(address, rt.connect_timeout_s)
         try:
