@@ -151,7 +151,8 @@ def bench_job(config: str, iterations: int, runs_dir: Path) -> tuple[list[tuple]
         ms = [m for m in read_metrics(run) if "time_s/iteration" in m][1:]  # first iteration includes warm-up effects
         if not ms:
             continue
-        med = {k: statistics.median(m.get(k, 0.0) for m in ms) for k in phases}
+        # eval runs every train.eval_every iterations: its median is over the iterations that ran one
+        med = {k: statistics.median([m[k] for m in ms if k in m] or [0.0]) for k in phases}
         sync_share = 100 * med["time_s/sync"] / med["time_s/iteration"]
         rows.append((run.name, *(f"{med[k]:.2f}" for k in phases), f"{sync_share:.1f}%"))
     return rows, mon.peak / 2**30
@@ -184,7 +185,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as d:
             rows, peak = bench_job(args.config, args.iterations, Path(d))
         report.append(table(f"3. seconds per PPO iteration (median over iterations 2..{args.iterations}, Ray + vLLM)", rows,
-                            ("run", "rollout", "reward+gold", "learn", "sync", "eval", "iteration", "sync share")))
+                            ("run", "rollout", "reward+gold", "learn", "sync", "eval (when run)", "iteration", "sync share")))
         print(report[-1], flush=True)
         report.append(f"\n## 4. peak memory of `tether train {args.config}` (PSS, driver + Ray + vLLM processes): {peak:.2f} GiB (target < 8 GiB)")
         print(report[-1], flush=True)
