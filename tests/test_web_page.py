@@ -131,7 +131,7 @@ def test_page_shows_live_chart_and_buttons_steer_the_run(server, browser, tiny_a
         assert gold_pixels > 20  # gold-reward points drawn on the canvas
         if os.environ.get("TETHER_SCREENSHOT"):  # for a person to look at: TETHER_SCREENSHOT=page.png pytest ...
             browser.call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1, mobile=False)
-            time.sleep(1.0)
+            time.sleep(2.5)  # one refresh of the runs list (every 2 s)
             shot = browser.call("Page.captureScreenshot", format="png")["data"]
             Path(os.environ["TETHER_SCREENSHOT"]).write_bytes(base64.b64decode(shot))
         # press pause: the run reacts (Redis state, trainer blocked) and the page shows it
