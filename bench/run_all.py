@@ -46,14 +46,19 @@ def bench_rollout(cfg, policy_path: Path, repeats: int = 3) -> tuple[list[tuple]
     vllm = VLLMEngine(policy_path, cfg.generation, kv_cache_gib=cfg.runtime.kv_cache_gib)
     startup = time.perf_counter() - t0
     res = {}
-    for name, eng in (("transformers generate", hf), ("vLLM", vllm)):
-        rates = []
-        for i in range(repeats):
-            t = time.perf_counter()
-            r = eng.generate(prompts, seed=100 + i)
-            rates.append(sum(len(x) for x in r.response_ids) / (time.perf_counter() - t))
-        res[name] = statistics.median(rates)
-    rows = [(n, f"{v:,.0f}", f"{v / res['transformers generate']:.2f}x") for n, v in res.items()]
+    rows = []
+    for n_prompts in (64, 256):  # 64 = the PPO batch of the default job; 256 shows how the gap scales
+        ps = (prompts * 4)[:n_prompts]
+        for name, eng in (("transformers generate", hf), ("vLLM", vllm)):
+            rates = []
+            for i in range(repeats):
+                t = time.perf_counter()
+                r = eng.generate(ps, seed=100 + i)
+                rates.append(sum(len(x) for x in r.response_ids) / (time.perf_counter() - t))
+            res[(n_prompts, name)] = statistics.median(rates)
+        for name in ("transformers generate", "vLLM"):
+            v = res[(n_prompts, name)]
+            rows.append((n_prompts, name, f"{v:,.0f}", f"{v / res[(n_prompts, 'transformers generate')]:.2f}x"))
     return rows, {"vllm": vllm, "hf": hf, "vllm_startup_s": startup, "rates": res}
 
 
@@ -172,8 +177,8 @@ def main() -> int:
     paths = resolve(cfg, cfg_source=args.config)
     report = [f"# tether benchmarks ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, policy {paths.policy})"]
     rows, eng = bench_rollout(cfg, Path(paths.policy))
-    report.append(table(f"1. rollout throughput, 64 prompts x {cfg.generation.max_new_tokens} new tokens, sampling + log-probs (vLLM start-up {eng['vllm_startup_s']:.0f}s)",
-                        rows, ("engine", "tokens/s", "vs transformers")))
+    report.append(table(f"1. rollout throughput, {cfg.generation.max_new_tokens} new tokens, sampling + log-probs, median of 3 (vLLM start-up {eng['vllm_startup_s']:.0f}s)",
+                        rows, ("prompts", "engine", "tokens/s", "vs transformers")))
     print(report[-1], flush=True)
     report.append(table("2. weight sync, median of 5", bench_sync(eng, Path(paths.policy)), ("path", "ms", "vs plain copy")))
     print(report[-1], flush=True)

@@ -17,12 +17,13 @@ from services.runlog import read_metrics
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
+ITERATIONS = 12  # long enough that the kill lands mid-run on a fast, idle machine
 
 
 def _cmd(tiny_cfg, runs_dir, *extra):
     return [sys.executable, "-m", "services.cli", "train", "tiny", "--set", f"data_dir={tiny_cfg.data_dir}", "--set", f"runs_dir={runs_dir}",
             "--set", "runtime.mode=local", "--set", "runtime.engine=transformers", "--set", "runtime.checkpoint_every=1",
-            "--set", "train.iterations=6", "--set", "train.eval_every=2", "--set", "train.threads=1",
+            "--set", f"train.iterations={ITERATIONS}", "--set", "train.eval_every=2", "--set", "train.threads=1",
             "--set", "elastic_reset.enabled=true", "--set", "elastic_reset.every=2", *extra]
 
 
@@ -45,13 +46,16 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_assets, tmp_path):
     proc = subprocess.Popen(_cmd(cfg, cut_runs), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     ckpt = None
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None:
         if cut_runs.exists() and any(cut_runs.iterdir()):
-            c = _run_dir(cut_runs) / "main" / "checkpoints" / "step-000003"
-            if (c / "driver.json").exists():
-                ckpt = c
+            root = _run_dir(cut_runs) / "main" / "checkpoints"
+            # any complete checkpoint from iteration 3 on (older ones are pruned: keep_checkpoints=2)
+            done_ck = sorted(p for p in root.glob("step-*") if (p / "driver.json").exists()) if root.exists() else []
+            if done_ck and int(done_ck[-1].name.split("-")[1]) >= 3:
+                ckpt = done_ck[-1]
                 break
-        time.sleep(0.2)
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed mid-run"
     assert ckpt is not None, "no checkpoint appeared"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
@@ -59,7 +63,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_assets, tmp_path):
     status = json.loads((run / "main" / "status.json").read_text())
     assert status["state"] == "running"  # it really died mid-run, with no chance to clean up
     killed_at = max(r["step"] for r in read_metrics(run / "main"))
-    assert 3 <= killed_at < 6
+    assert 3 <= killed_at < ITERATIONS
 
     res = subprocess.run([sys.executable, "-m", "services.cli", "train", "--resume", str(run)], env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
