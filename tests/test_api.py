@@ -1,9 +1,9 @@
 """The REST API against a real valkey-server: auth, validation, commands reaching a running trainer, SSE."""
 import json
 import threading
-import time
 
 import pytest
+from waiting import wait_for as _wait
 import yaml
 from fastapi.testclient import TestClient
 
@@ -70,14 +70,6 @@ def test_create_without_ray_keeps_the_run_inside_the_data_dir(api, tmp_path):
     assert client.post(f"/runs/{run['id']}/pause", headers=AUTH).status_code == 409  # a dead run takes no commands
 
 
-def _wait(cond, timeout=120.0):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError("timed out")
 
 
 @pytest.mark.slow

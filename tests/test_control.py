@@ -4,6 +4,7 @@ import threading
 import time
 
 import pytest
+from waiting import wait_for as _wait
 
 from learner.assets.build import resolve
 from services.control import RunControl
@@ -37,14 +38,6 @@ def _start(trainer: Trainer) -> tuple[threading.Thread, dict]:
     return t, out
 
 
-def _wait(cond, timeout: float = 120.0, what: str = "condition"):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _acked(store: RunStore, run_id: str, cid: str):

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from waiting import wait_for as _wait_base
 
 from learner.assets.build import resolve
 from services.api import ServiceSettings, create_app
@@ -21,19 +22,15 @@ from services.roleset import LocalRoleSet
 from services.train import Trainer
 
 pytestmark = pytest.mark.slow
+
+
+def _wait(cond, timeout=60.0, what="condition"):
+    return _wait_base(cond, timeout, what, interval=0.2)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--remote-debugging-port=0", "--remote-allow-origins=*"]
 
 
-def _wait(cond, timeout=60.0, what="condition"):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class CDP:
