@@ -11,7 +11,6 @@ Usage: python bench/run_all.py [--config default] [--iterations 6] [--skip-job]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -64,7 +63,6 @@ def bench_rollout(cfg, policy_path: Path, repeats: int = 3) -> tuple[list[tuple]
 
 def bench_sync(engines: dict, policy_path: Path, repeats: int = 5) -> list[tuple]:
     import ray
-    import torch
 
     from actors.weight_sync import make_weight_sync
     from learner.assets.policy import load_policy

@@ -5,7 +5,6 @@ UWO (uncertainty-weighted optimisation) = mean - lambda * Var_i(r_i), population
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 AGGREGATIONS = ("mean", "wco", "uwo")

@@ -48,7 +48,7 @@ def cmd_train(args) -> int:
 
     from actors.placement import RuntimeSetupError
     from learner.assets.store import AssetError
-    from learner.config import ConfigError, TetherConfig, load_config
+    from learner.config import ConfigError, load_config
     from services.report import write_comparison_report, write_run_report
     from services.train import train
 

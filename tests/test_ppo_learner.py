@@ -56,7 +56,6 @@ def test_elastic_reset_restores_ema_then_initial(tiny_assets):
     out = learner.step(s)  # iteration 2: reset fires after this update
     assert out["elastic_reset/event"] == 1.0 and learner.elastic.n_resets == 1
     # The EMA the reset copied in: one more EMA update per optimiser step of iteration 2.
-    ema_ref = learner.elastic.state_dict()
     sd = learner.model.state_dict()
     moved = [k for k in ema_before if not torch.equal(sd[k], init.get(k[3:], sd[k]))]
     assert moved, "the reset should leave the policy away from the initial weights"
