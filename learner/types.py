@@ -21,6 +21,12 @@ class Rollouts:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def take(self, indices: list[int]) -> "Rollouts":
+        """The rollouts at these positions, in this order."""
+        pick = lambda xs: [xs[i] for i in indices]  # noqa: E731
+        return Rollouts(pick(self.prompts), pick(self.prompt_ids), pick(self.response_ids), pick(self.behaviour_logprobs),
+                        pick(self.responses), self.policy_version, self.engine)
+
     @property
     def texts(self) -> list[str]:
         return [p + r for p, r in zip(self.prompts, self.responses)]

@@ -130,12 +130,7 @@ class RayRoleSet:
             return parts[0]
         merged = concat_rollouts(parts)
         order = [j for i in range(n) for j in range(i, len(prompts), n)]  # position in merged -> original index
-        inv = sorted(range(len(order)), key=lambda k: order[k])
-        return Rollouts(
-            prompts=[merged.prompts[k] for k in inv], prompt_ids=[merged.prompt_ids[k] for k in inv], response_ids=[merged.response_ids[k] for k in inv],
-            behaviour_logprobs=[merged.behaviour_logprobs[k] for k in inv], responses=[merged.responses[k] for k in inv],
-            policy_version=merged.policy_version, engine=merged.engine,
-        )
+        return merged.take(sorted(range(len(order)), key=lambda k: order[k]))
 
     def score_and_drift(self, rollouts: Rollouts, prefix: str) -> tuple[ScoredRollouts, dict]:
         ref = self._ray.put(rollouts)  # one copy in the object store, read by both actors

@@ -41,14 +41,6 @@ def iteration_metrics(scored) -> dict[str, float]:
     return out
 
 
-def select(r: Rollouts, keep: list[int]) -> Rollouts:
-    return Rollouts(
-        prompts=[r.prompts[i] for i in keep], prompt_ids=[r.prompt_ids[i] for i in keep], response_ids=[r.response_ids[i] for i in keep],
-        behaviour_logprobs=[r.behaviour_logprobs[i] for i in keep], responses=[r.responses[i] for i in keep],
-        policy_version=r.policy_version, engine=r.engine,
-    )
-
-
 def drop_stale(r: Rollouts, learner_version: int, max_staleness: int) -> tuple[Rollouts | None, int]:
     """All rollouts of a batch share one policy_version; a batch too old is dropped whole."""
     if learner_version - r.policy_version > max_staleness:

@@ -59,11 +59,11 @@ def hint(cfg_source: str) -> str:
     return f"tether prepare {cfg_source}"
 
 
-REQUIRED = {
-    "policy": ["config.json", "model.safetensors", "tokenizer.json"],
-    "gold": ["gold.npz", "vocab.json"],
-    "proxy": ["member-0/model.safetensors"],
-}
+def required(cfg: TetherConfig, stage: str) -> list[str]:
+    """Files a usable artefact of this stage must hold."""
+    if stage == "proxy":
+        return [f"member-{i}/model.safetensors" for i in range(cfg.proxy.n_members)]
+    return {"policy": ["config.json", "model.safetensors", "tokenizer.json"], "gold": ["gold.npz", "vocab.json"]}[stage]
 
 
 def resolve(cfg: TetherConfig, *, cfg_source: str = "<config>") -> TaskPaths:
@@ -73,18 +73,17 @@ def resolve(cfg: TetherConfig, *, cfg_source: str = "<config>") -> TaskPaths:
         pol = cfg.policy.name_or_path
     else:
         f, k = stage_folder(cfg, "policy")
-        store.check_artefact(f, "policy", k, REQUIRED["policy"], hint(cfg_source))
+        store.check_artefact(f, "policy", k, required(cfg, "policy"), hint(cfg_source))
         pol = f
     gold: Path | str
     if cfg.gold.kind == "hf_classifier":
         gold = cfg.gold.name_or_path  # type: ignore[assignment]
     else:
         f, k = stage_folder(cfg, "gold")
-        store.check_artefact(f, "gold", k, REQUIRED["gold"], hint(cfg_source))
+        store.check_artefact(f, "gold", k, required(cfg, "gold"), hint(cfg_source))
         gold = f
     f, k = stage_folder(cfg, "proxy")
-    req = [f"member-{i}/model.safetensors" for i in range(cfg.proxy.n_members)]
-    store.check_artefact(f, "proxy", k, req, hint(cfg_source))
+    store.check_artefact(f, "proxy", k, required(cfg, "proxy"), hint(cfg_source))
     return TaskPaths(pol, gold, [f / f"member-{i}" for i in range(cfg.proxy.n_members)])
 
 
@@ -100,11 +99,13 @@ def prepare(cfg: TetherConfig, *, rebuild: bool = False, cfg_source: str = "<con
     return out
 
 
-def _reuse(folder: Path, stage: str, key: str, rebuild: bool) -> dict | None:
+def _reuse(cfg: TetherConfig, stage: str, rebuild: bool) -> dict | None:
+    """The manifest of an up-to-date artefact, or None when it must be (re)built."""
     if rebuild:
         return None
+    folder, key = stage_folder(cfg, stage)
     try:
-        m = store.check_artefact(folder, stage, key, REQUIRED[stage], "")
+        m = store.check_artefact(folder, stage, key, required(cfg, stage), "")
         log.info("%s: up to date (%s)", stage, folder)
         return m
     except store.AssetError:
@@ -115,7 +116,7 @@ def _policy_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
     if cfg.policy.name_or_path:
         return {"stage": "policy", "source": cfg.policy.name_or_path, "note": "loaded from_pretrained; not built here"}
     folder, key = stage_folder(cfg, "policy")
-    if (m := _reuse(folder, "policy", key, rebuild)) is not None:
+    if (m := _reuse(cfg, "policy", rebuild)) is not None:
         return m
     committed = store.read_manifest(COMMITTED_POLICY)
     if not rebuild and cfg.policy.committed_checkpoint and committed and committed.get("key") == key:
@@ -155,7 +156,7 @@ def _gold_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
     if cfg.gold.kind == "hf_classifier":
         return {"stage": "gold", "source": cfg.gold.name_or_path, "note": "loaded from_pretrained; not built here"}
     folder, key = stage_folder(cfg, "gold")
-    if (m := _reuse(folder, "gold", key, rebuild)) is not None:
+    if (m := _reuse(cfg, "gold", rebuild)) is not None:
         return m
     from learner.assets.gold import train_gold
 
@@ -170,14 +171,8 @@ def _gold_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
 
 def _proxy_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
     folder, key = stage_folder(cfg, "proxy")
-    req = [f"member-{i}/model.safetensors" for i in range(cfg.proxy.n_members)]
-    if not rebuild:
-        try:
-            m = store.check_artefact(folder, "proxy", key, req, "")
-            log.info("proxy: up to date (%s)", folder)
-            return m
-        except store.AssetError:
-            pass
+    if (m := _reuse(cfg, "proxy", rebuild)) is not None:
+        return m
     from learner.assets.proxy import build_proxies
 
     t0 = time.time()

@@ -138,26 +138,10 @@ def load_policy(path: str | Path, dtype=torch.float32):
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
 
 
-@torch.no_grad()
 def sample(model, tok, prompts: list[str], *, max_new_tokens: int = 48, temperature: float = 1.0, top_k: int = 0, seed: int = 0, batch_size: int = 64) -> list[str]:
-    """Plain transformers sampling from prompts (EOS-prefixed, left-padded); returns the continuations' text."""
-    from learner.assets.tokenizer import encode_prompts
+    """Continuations' text sampled by the transformers rollout engine (EOS-prefixed, left-padded prompts)."""
+    from learner.config import GenerationConfig
+    from learner.rollout import TransformersEngine
 
-    torch.manual_seed(seed)
-    model.eval()
-    out = []
-    ids = encode_prompts(tok, prompts)
-    for i in range(0, len(ids), batch_size):
-        chunk = ids[i : i + batch_size]
-        width = max(len(x) for x in chunk)
-        inp = torch.full((len(chunk), width), tok.eos_token_id, dtype=torch.long)
-        att = torch.zeros_like(inp)
-        for j, x in enumerate(chunk):
-            inp[j, width - len(x) :] = torch.tensor(x)
-            att[j, width - len(x) :] = 1
-        gen = model.generate(
-            input_ids=inp, attention_mask=att, do_sample=True, temperature=temperature, top_k=top_k, top_p=1.0,  # top_k=None would mean the default 50
-            max_new_tokens=max_new_tokens, pad_token_id=tok.eos_token_id,
-        )
-        out.extend(tok.batch_decode(gen[:, width:], skip_special_tokens=True))
-    return out
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k)
+    return TransformersEngine(model, tok, gen, batch_size=batch_size).generate(prompts, seed=seed).responses
