@@ -53,9 +53,9 @@ class RolloutActor:
         self.sync = make_weight_sync(cfg.runtime.weight_sync, run_id=f"{run_id}-r{index}")
         self.metrics = role_metrics(cfg.name, ["perf/rollout_tokens_per_s"])
 
-    def generate(self, prompts: list[str], seed: int):
+    def generate(self, prompts: list[str], seed: int, prefix_ids: list[int] | None = None):
         t = time.perf_counter()
-        out = self.engine.generate(prompts, seed=seed)
+        out = self.engine.generate(prompts, seed=seed, prefix_ids=prefix_ids)
         if self.metrics:
             self.metrics.record({"perf/rollout_tokens_per_s": sum(map(len, out.response_ids)) / max(time.perf_counter() - t, 1e-9)})
         return out
@@ -124,12 +124,13 @@ class GoldActor:
 
 @ray.remote
 class LearnerActor:
-    def __init__(self, cfg: TetherConfig, policy_path: str, run_id: str):
+    def __init__(self, cfg: TetherConfig, policy_path: str, run_id: str, reference: list[str] | None = None,
+                 reference_weights: list[float] | None = None):
         _threads(cfg.runtime.learner.threads)
         from actors.weight_sync import make_weight_sync
-        from learner.ppo_learner import PPOLearner
+        from learner.learners import make_learner
 
-        self.learner = PPOLearner.from_path(cfg, policy_path)
+        self.learner = make_learner(cfg, policy_path, reference=reference, reference_weights=reference_weights)
         self.sync = make_weight_sync(cfg.runtime.weight_sync, run_id=f"{run_id}-learner")
         self.metrics = role_metrics(cfg.name, ["kl/coef", "kl/to_ref", "loss/policy"])
 
@@ -163,6 +164,8 @@ class LearnerActor:
         return self.learner.version
 
     def set_kl(self, coef: float | None = None, target: float | None = None) -> dict:
+        if self.learner.kl_ctl is None:
+            raise ValueError("kl_coef/kl_target apply only to algorithm 'ppo'")
         return set_kl(self.learner.kl_ctl, coef=coef, target=target)
 
     def close(self) -> None:

@@ -84,10 +84,12 @@ class VLLMEngine:
             for i in range(n_prompts)
         ]
 
-    def generate(self, prompts: list[str], *, seed: int) -> Rollouts:
+    def generate(self, prompts: list[str], *, seed: int, prefix_ids: list[int] | None = None) -> Rollouts:
+        """Sample one response per prompt; ``prefix_ids`` (e.g. Quark's reward token) go before each prompt."""
         from vllm.inputs import TokensPrompt
 
-        pids = encode_prompts(self.tok, prompts)
+        prefix = list(prefix_ids or [])
+        pids = [prefix + p for p in encode_prompts(self.tok, prompts)]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in pids], self._sampling_params(seed, len(pids)), use_tqdm=False)
         resp_ids, resp_lp = [], []
         for o in outs:  # in prompt order
@@ -99,6 +101,7 @@ class VLLMEngine:
         return Rollouts(
             prompts=list(prompts), prompt_ids=pids, response_ids=resp_ids, behaviour_logprobs=resp_lp,
             responses=self.tok.batch_decode(resp_ids, skip_special_tokens=True), policy_version=self.policy_version, engine=self.name,
+            n_prefix=len(prefix),
         )
 
     def load_weights_from_folder(self, folder: str | Path, version: int) -> None:

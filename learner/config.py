@@ -20,7 +20,12 @@ class _Strict(BaseModel):
 class TaskConfig(_Strict):
     """The offline IMDB task (Elastic Reset's IMDB mock-sentiment task, Gao et al.'s synthetic gold/proxy setup)."""
 
-    name: Literal["imdb"] = Field("imdb", description="Task name. Only the offline IMDB sentiment task ships today.")
+    name: Literal["imdb"] = Field("imdb", description="Task name. Only the offline IMDB task ships today (prompts are IMDB review prefixes).")
+    objective: Literal["sentiment", "toxicity"] = Field(
+        "sentiment",
+        description="sentiment: gold = IMDB sentiment scorer, proxy = the Bradley-Terry ensemble (Gao et al., Coste et al.). "
+        "toxicity: unlearning toxicity (Quark's home task); reward and gold = log((1-p)/p) of alt-profanity-check's offensive-language probability p.",
+    )
     heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Fraction of the 25k IMDB reviews held out (deterministic split by seed) for evaluation.")
     max_reviews: int | None = Field(None, ge=200, description="Use only the first N reviews after shuffling (tests use a few thousand). None = all 25k.")
     prompt_words_min: int = Field(2, ge=1, description="Prompts are review prefixes of between prompt_words_min and prompt_words_max words (Elastic Reset IMDB uses short prefixes).")
@@ -177,6 +182,122 @@ class PPOConfig(_Strict):
         return self
 
 
+ALGORITHMS = ("ppo", "fdpg", "quark")
+# Sections that configure one algorithm only; setting one for another algorithm is an error.
+ALGORITHM_SECTIONS = {"ppo": ("ppo", "kl", "elastic_reset"), "fdpg": ("fdpg",), "quark": ("quark",)}
+
+
+class FDPGConfig(_Strict):
+    """f-DPG (Go et al. 2023): minimise D_f(pi || p) towards a target p; PAPERS.md s.5."""
+
+    divergence: Literal["forward_kl", "reverse_kl", "js", "tv"] = Field("js", description="The f-divergence (Go et al.: JS is a good default and often beats forward KL).")
+    target: Literal["rlhf", "gdc"] = Field(
+        "rlhf", description="rlhf: p ~ pi_0 exp(r / beta) with r the proxy-ensemble aggregate. gdc: p ~ pi_0 * 1[gold reward > threshold] ('the review is positive').",
+    )
+    beta: float | None = Field(None, gt=0, description="Temperature of the RLHF target (only target=rlhf; default 1.0).")
+    threshold: float | None = Field(None, description="GDC constraint: gold reward (logit) above this (only target=gdc; default 0.0, i.e. classified positive).")
+    proposal: Literal["current", "lagged"] = Field("current", description="Sample from the current policy, or from a lagged copy updated every lag_every iterations (then rollouts come from the copy).")
+    lag_every: int | None = Field(None, ge=1, description="Iterations between proposal updates (only proposal=lagged; default 4).")
+    lr: float = Field(5e-5, gt=0, description="Adam learning rate.")
+    batch_size: int = Field(64, ge=1, description="Samples per iteration.")
+    minibatch_size: int = Field(16, ge=1, description="Samples per gradient step (one pass over the batch per iteration).")
+    baseline_momentum: float = Field(0.9, ge=0, lt=1, description="Moving-average baseline b of the pseudo-reward -f'(t).")
+    z_momentum: float | None = Field(None, ge=0, lt=1, description="None: Z = mean importance weight over every sample so far (DPG/GDC); a float: EMA of batch means.")
+    clip_weight: float | None = Field(None, gt=0, description="Cap on the importance weight pi/q (None = no cap).")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
+
+    @model_validator(mode="after")
+    def _applies(self) -> "FDPGConfig":
+        if self.target != "rlhf" and self.beta is not None:
+            raise ValueError(f"fdpg.beta applies only to target 'rlhf', not '{self.target}'; remove it or set target: rlhf")
+        if self.target != "gdc" and self.threshold is not None:
+            raise ValueError(f"fdpg.threshold applies only to target 'gdc', not '{self.target}'; remove it or set target: gdc")
+        if self.proposal != "lagged" and self.lag_every is not None:
+            raise ValueError(f"fdpg.lag_every applies only to proposal 'lagged', not '{self.proposal}'; remove it or set proposal: lagged")
+        if self.batch_size % self.minibatch_size:
+            raise ValueError(f"fdpg.batch_size ({self.batch_size}) must be a multiple of fdpg.minibatch_size ({self.minibatch_size})")
+        return self
+
+    @property
+    def beta_(self) -> float:
+        return 1.0 if self.beta is None else self.beta
+
+    @property
+    def threshold_(self) -> float:
+        return 0.0 if self.threshold is None else self.threshold
+
+    @property
+    def lag_every_(self) -> int:
+        return 4 if self.lag_every is None else self.lag_every
+
+
+class QuarkConfig(_Strict):
+    """Quark (Lu et al. 2022): quantised reward tokens over a data pool; PAPERS.md s.6."""
+
+    k: int = Field(5, ge=2, le=64, description="Reward quantiles / reward tokens (paper: 5).")
+    kl_coef: float = Field(0.05, ge=0, description="beta: weight of the exact per-token KL to the reference (paper: 0.05).")
+    entropy_coef: float = Field(0.06, ge=0, description="alpha: entropy bonus weight (paper: 0.06).")
+    lr: float = Field(1e-4, gt=0, description="Adam learning rate (paper: 1e-5 for GPT-2 large; the small local policy needs more).")
+    batch_size: int = Field(64, ge=1, description="New samples added to the pool per iteration.")
+    minibatch_size: int = Field(16, ge=1, description="Pool samples per gradient step.")
+    steps_per_iteration: int = Field(8, ge=1, description="Gradient steps on pool samples per iteration.")
+    pool_size: int | None = Field(None, ge=1, description="Keep only the newest N pool samples (None = every sample so far, as in the paper).")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
+
+
+class ReferenceConfig(_Strict):
+    """The model the policy starts from and is kept close to; SALSA (Chegini et al. 2024) uses a weight soup of SFT models."""
+
+    kind: Literal["initial", "sft", "soup"] = Field(
+        "initial",
+        description="initial: start from and regularise towards pi_0. sft: start from and regularise towards SFT model start_from (SALSA's baseline). "
+        "soup: start from SFT model start_from, regularise towards the weight soup of the SFT models (SALSA).",
+    )
+    n_sft: int | None = Field(None, ge=2, le=16, description="SFT models trained from pi_0 by `tether prepare` (only kind sft/soup; default 2).")
+    weights: list[float] | None = Field(None, description="Soup weights, one per SFT model, summing to 1 (only kind soup; default uniform = SALSA's alpha 0.5).")
+    start_from: int | None = Field(None, ge=0, description="Index of the SFT model the policy starts from (only kind sft/soup; default 0).")
+    sft_tokens: int | None = Field(None, ge=1000, description="Fine-tuning tokens per SFT model (only kind sft/soup; default 300k).")
+    sft_lr: float | None = Field(None, gt=0, description="Peak learning rate of SFT (only kind sft/soup; default 3e-4).")
+
+    @model_validator(mode="after")
+    def _applies(self) -> "ReferenceConfig":
+        if self.kind == "initial":
+            given = [f for f in ("n_sft", "weights", "start_from", "sft_tokens", "sft_lr") if getattr(self, f) is not None]
+            if given:
+                raise ValueError(f"reference.{', reference.'.join(given)} apply only to kind 'sft' or 'soup', not 'initial'")
+        if self.kind != "soup" and self.weights is not None:
+            raise ValueError(f"reference.weights applies only to kind 'soup', not '{self.kind}'")
+        n = self.n_sft_
+        if self.weights is not None:
+            if len(self.weights) != n:
+                raise ValueError(f"reference.weights has {len(self.weights)} entries; need one per SFT model (n_sft = {n})")
+            if any(w < 0 for w in self.weights) or abs(sum(self.weights) - 1) > 1e-6:
+                raise ValueError(f"reference.weights must be non-negative and sum to 1, got {self.weights}")
+        if self.start_from is not None and self.start_from >= n:
+            raise ValueError(f"reference.start_from ({self.start_from}) must be < n_sft ({n})")
+        return self
+
+    @property
+    def n_sft_(self) -> int:
+        return 2 if self.n_sft is None else self.n_sft
+
+    @property
+    def start_(self) -> int:
+        return 0 if self.start_from is None else self.start_from
+
+    @property
+    def weights_(self) -> list[float]:
+        return self.weights if self.weights is not None else [1.0 / self.n_sft_] * self.n_sft_
+
+    @property
+    def sft_tokens_(self) -> int:
+        return 300_000 if self.sft_tokens is None else self.sft_tokens
+
+    @property
+    def sft_lr_(self) -> float:
+        return 3e-4 if self.sft_lr is None else self.sft_lr
+
+
 class TrainConfig(_Strict):
     iterations: int = Field(20, ge=1, description="PPO iterations.")
     eval_every: int = Field(2, ge=1, description="Gold evaluation on held-out prompts every N iterations.")
@@ -221,6 +342,10 @@ class TetherConfig(_Strict):
     """A whole run. Presets in configs/*.yaml are partial versions of this; unspecified fields take these defaults."""
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Run name (letters, digits, '_', '.', '-').")
+    algorithm: Literal["ppo", "fdpg", "quark"] = Field(
+        "ppo", description="ppo: PPO with a KL penalty (+ Elastic Reset via elastic_reset); fdpg: f-DPG (section fdpg); quark: Quark (section quark). "
+        "SALSA is any of them with reference.kind: soup.",
+    )
     data_dir: str = Field("data", description="Where task assets are cached (relative to the working directory unless absolute).")
     runs_dir: str = Field("runs", description="Where run folders are written.")
     task: TaskConfig = Field(default_factory=TaskConfig)
@@ -233,6 +358,9 @@ class TetherConfig(_Strict):
     elastic_reset: ElasticResetConfig = Field(default_factory=ElasticResetConfig)
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
+    fdpg: FDPGConfig = Field(default_factory=FDPGConfig)
+    quark: QuarkConfig = Field(default_factory=QuarkConfig)
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     variants: dict[str, dict[str, Any]] = Field(
@@ -240,14 +368,47 @@ class TetherConfig(_Strict):
         description="Named partial overrides run one after another as a comparison (e.g. ppo_kl vs elastic_reset). Empty = a single run.",
     )
 
+    @model_validator(mode="after")
+    def _method_sections(self) -> "TetherConfig":
+        own = set(ALGORITHM_SECTIONS[self.algorithm])
+        for algo, sections in ALGORITHM_SECTIONS.items():
+            for sec in sections:
+                if sec not in own and sec in self.model_fields_set and getattr(self, sec).model_fields_set:
+                    raise ValueError(
+                        f"section '{sec}' configures algorithm '{algo}' and does not apply to algorithm '{self.algorithm}'; "
+                        f"remove it or set algorithm: {algo} (sections of '{self.algorithm}': {', '.join(ALGORITHM_SECTIONS[self.algorithm])})"
+                    )
+        if self.task.objective == "toxicity" and self.algorithm == "fdpg" and self.fdpg.target == "gdc":
+            pass  # the constraint is then 'non-toxic' (gold = non-toxicity logit > threshold)
+        return self
+
+    @property
+    def rollout_batch_size(self) -> int:
+        """Prompts sampled per iteration, from the chosen algorithm's section."""
+        return {"ppo": self.ppo.batch_size, "fdpg": self.fdpg.batch_size, "quark": self.quark.batch_size}[self.algorithm]
+
+    def dump(self) -> dict:
+        """The fields that were set (what a YAML round-trips), so re-validation sees the same sections."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
     def expand(self) -> list["TetherConfig"]:
-        """One config per variant (name suffixed), or [self] when there are none."""
+        """One config per variant (name suffixed), or [self] when there are none.
+
+        A variant that switches ``algorithm`` does not inherit the base's sections of the other
+        algorithm (they were written for the base's method); a variant that sets such a section
+        itself is rejected.
+        """
         if not self.variants:
             return [self]
-        base = self.model_dump(exclude={"variants"})
+        base = self.model_dump(exclude={"variants"}, exclude_unset=True)
         out = []
         for vname, over in self.variants.items():
-            merged = _deep_merge(copy.deepcopy(base), over)
+            algo = over.get("algorithm", base.get("algorithm", "ppo"))
+            if algo not in ALGORITHM_SECTIONS:
+                raise ConfigError(f"variant '{vname}': algorithm {algo!r} is not one of {', '.join(ALGORITHMS)}")
+            inherited = {k: v for k, v in copy.deepcopy(base).items()
+                         if not any(k in secs for a, secs in ALGORITHM_SECTIONS.items() if a != algo)}
+            merged = _deep_merge(inherited, over)
             merged["name"] = f"{self.name}-{vname}" if "name" not in over else over["name"]
             out.append(_validate(merged, source=f"variant '{vname}'"))
         return out
@@ -310,6 +471,15 @@ def load_config(path_or_preset: str | Path, overrides: list[str] | None = None) 
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of config sections, got {type(data).__name__}")
+    overridden = {item.split("=", 1)[0].split(".")[0] for item in overrides or [] if "=" in item}
+    if "algorithm" in overridden:
+        # Switching algorithm on the command line drops the file's sections of the other algorithms
+        # (as a variant does); sections set by the overrides themselves are still checked.
+        algo = next(yaml.safe_load(i.split("=", 1)[1]) for i in reversed(overrides or []) if i.split("=", 1)[0] == "algorithm")
+        for a, secs in ALGORITHM_SECTIONS.items():
+            if a != algo:
+                for sec in secs:
+                    data.pop(sec, None)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like section.field=value (e.g. train.iterations=5)")

@@ -38,7 +38,7 @@ class GoldEvaluator:
         lps, masks = [], []
         R = max(len(x) for x in r.response_ids)
         for i in range(0, len(r), batch_size):
-            b = pad_batch(r.prompt_ids[i : i + batch_size], r.response_ids[i : i + batch_size], self.pad_id)
+            b = pad_batch(r.plain_prompt_ids[i : i + batch_size], r.response_ids[i : i + batch_size], self.pad_id)  # pi_0 sees no control token
             lp = response_logprobs(self.init_model, b)
             lps.append(torch.nn.functional.pad(lp, (0, R - lp.shape[1])))
             masks.append(torch.nn.functional.pad(b["response_mask"], (0, R - lp.shape[1])))
@@ -50,8 +50,14 @@ class GoldEvaluator:
         beh = torch.tensor([x + [0.0] * (R - len(x)) for x in r.behaviour_logprobs])  # (B, R)
         k1 = masked_sum(kl_estimate(beh, init_lp, "k1"), mask, dim=1)  # (B,)
         k3 = masked_sum(kl_estimate(beh, init_lp, "k3"), mask, dim=1)
-        gold = np.asarray(self.gold.score(r.texts), dtype=np.float64)
+        texts = r.texts
+        gold = np.asarray(self.gold.score(texts), dtype=np.float64)
+        extra = {}
+        if hasattr(self.gold, "prob"):  # the toxicity objective: report toxicity itself too
+            p = np.asarray(self.gold.prob(texts), dtype=np.float64)
+            extra = {f"{prefix}/toxicity_mean": float(p.mean()), f"{prefix}/toxic_frac": float((p > 0.5).mean())}
         return {
+            **extra,
             f"{prefix}/gold_mean": float(gold.mean()),
             f"{prefix}/gold_std": float(gold.std()),
             f"{prefix}/kl_from_init_k1": float(k1.mean()),

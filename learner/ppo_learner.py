@@ -24,11 +24,12 @@ log = logging.getLogger(__name__)
 
 
 class PPOLearner:
-    def __init__(self, cfg: TetherConfig, init_lm: torch.nn.Module, *, pad_id: int):
+    def __init__(self, cfg: TetherConfig, init_lm: torch.nn.Module, *, pad_id: int, ref_lm: torch.nn.Module | None = None):
         self.cfg = cfg
         self.pad_id = pad_id
         torch.manual_seed(cfg.train.seed)
-        self.ref = copy.deepcopy(init_lm).eval().requires_grad_(False)  # pi_0 (or the EMA, see kl.reference)
+        # pi_0, a SALSA soup (ref_lm), or the EMA (kl.reference: ema)
+        self.ref = (copy.deepcopy(init_lm) if ref_lm is None else ref_lm).eval().requires_grad_(False)
         self.model = PolicyWithValue(init_lm)
         self.model.train()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.ppo.lr)
@@ -46,12 +47,9 @@ class PPOLearner:
 
     @classmethod
     def from_path(cls, cfg: TetherConfig, policy_path) -> "PPOLearner":
-        from transformers import AutoTokenizer
+        from learner.learners import make_learner
 
-        from learner.assets.policy import load_policy
-
-        tok = AutoTokenizer.from_pretrained(str(policy_path))
-        return cls(cfg, load_policy(policy_path), pad_id=tok.pad_token_id)
+        return make_learner(cfg, policy_path)
 
     # -- weights ---------------------------------------------------------------------------------
     def policy_state_dict(self) -> dict[str, torch.Tensor]:
@@ -140,6 +138,10 @@ class PPOLearner:
 
     def reset_now(self) -> None:
         """Elastic Reset: policy <- EMA, then EMA <- initial (optionally optimiser and value head too)."""
+        if self.elastic is None:
+            from learner.learners import NotApplicable
+
+            raise NotApplicable("this run has no Elastic Reset (elastic_reset.enabled is false): there is no EMA to reset to")
         er = self.cfg.elastic_reset
         self.elastic.reset(self.model, optimizer=self.opt, reset_optimizer=er.reset_optimizer, reset_value_head=er.reset_value_head)
         self.version += 1  # the weights changed: rollouts must know

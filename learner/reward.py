@@ -12,8 +12,9 @@ from learner.types import Rollouts, ScoredRollouts
 class ProxyEnsemble:
     def __init__(self, member_paths: list[str | Path], *, aggregation: str, uwo_lambda: float, max_len: int = 96):
         from learner.assets.proxy import RewardModel
+        from learner.assets.toxicity import PROFANITY_CHECK, ToxicityRewardMember
 
-        self.members = [RewardModel.load(p, max_len=max_len) for p in member_paths]
+        self.members = [ToxicityRewardMember() if str(p) == PROFANITY_CHECK else RewardModel.load(p, max_len=max_len) for p in member_paths]
         self.aggregation, self.uwo_lambda = aggregation, uwo_lambda
 
     def score_texts(self, texts: list[str]) -> torch.Tensor:

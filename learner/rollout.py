@@ -38,10 +38,12 @@ class TransformersEngine:
         self.policy_version = version
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], *, seed: int) -> Rollouts:
+    def generate(self, prompts: list[str], *, seed: int, prefix_ids: list[int] | None = None) -> Rollouts:
+        """Sample one response per prompt; ``prefix_ids`` (e.g. Quark's reward token) go before each prompt."""
         g = self.gen
         torch.manual_seed(seed)
-        pids = encode_prompts(self.tok, prompts)
+        prefix = list(prefix_ids or [])
+        pids = [prefix + p for p in encode_prompts(self.tok, prompts)]
         resp_ids, resp_lp = [], []
         pad = self.tok.pad_token_id
         for i in range(0, len(pids), self.batch_size):
@@ -67,4 +69,5 @@ class TransformersEngine:
         return Rollouts(
             prompts=list(prompts), prompt_ids=pids, response_ids=resp_ids, behaviour_logprobs=resp_lp,
             responses=self.tok.batch_decode(resp_ids, skip_special_tokens=True), policy_version=self.policy_version, engine=self.name,
+            n_prefix=len(prefix),
         )

@@ -17,6 +17,7 @@ class Rollouts:
     responses: list[str]  # decoded response text
     policy_version: int  # learner version whose weights produced these samples
     engine: str = "transformers"
+    n_prefix: int = 0  # leading control tokens in every prompt_ids (Quark's reward token), not part of the prompt text
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -25,7 +26,12 @@ class Rollouts:
         """The rollouts at these positions, in this order."""
         pick = lambda xs: [xs[i] for i in indices]  # noqa: E731
         return Rollouts(pick(self.prompts), pick(self.prompt_ids), pick(self.response_ids), pick(self.behaviour_logprobs),
-                        pick(self.responses), self.policy_version, self.engine)
+                        pick(self.responses), self.policy_version, self.engine, self.n_prefix)
+
+    @property
+    def plain_prompt_ids(self) -> list[list[int]]:
+        """prompt_ids without the control prefix: what the reference and the initial model see."""
+        return [p[self.n_prefix :] for p in self.prompt_ids] if self.n_prefix else self.prompt_ids
 
     @property
     def texts(self) -> list[str]:

@@ -144,16 +144,16 @@ def create_app(settings: ServiceSettings) -> FastAPI:
               responses={503: {"description": "Ray's job submission failed (the run is kept with state submit_failed)"}})
     def create_run(body: RunCreate) -> Run:
         run_id = f"r-{uuid.uuid4().hex[:8]}"
-        cfg = TetherConfig.model_validate(body.config.model_dump())
+        cfg = TetherConfig.model_validate(body.config.model_dump(exclude_unset=True))
         # Paths were checked to be relative and free of '..': resolve them inside the data directory.
         cfg.data_dir = str(data_dir / cfg.data_dir)
         cfg.runs_dir = str(data_dir / cfg.runs_dir / run_id)
         folder = data_dir / "service" / run_id
         folder.mkdir(parents=True, exist_ok=True)
         cfg_path = folder / "tether.yaml"
-        cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        cfg_path.write_text(yaml.safe_dump(cfg.dump(), sort_keys=False))
         job_id = f"tether-{run_id}"
-        store.create_run(run_id, {"name": cfg.name, "config": cfg.model_dump(mode="json"), "job_id": job_id, "config_path": str(cfg_path)})
+        store.create_run(run_id, {"name": cfg.name, "config": cfg.dump(), "job_id": job_id, "config_path": str(cfg_path)})
         q = shlex.quote
         entrypoint = (f"{q(settings.tether_bin)} prepare {q(str(cfg_path))} && "
                       f"{q(settings.tether_bin)} train {q(str(cfg_path))} --run-id {run_id} --redis-url {q(settings.redis_url)}")

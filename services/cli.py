@@ -64,7 +64,7 @@ def cmd_train(args) -> int:
         cfg = _load(args)
         root = Path(cfg.runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
         root.mkdir(parents=True, exist_ok=True)
-        (root / "tether.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        (root / "tether.yaml").write_text(yaml.safe_dump(cfg.dump(), sort_keys=False))
     runs = cfg.expand()
     control = None
     if args.run_id:

@@ -48,6 +48,8 @@ class ParamUpdate(BaseModel):
 
     def check_against(self, cfg) -> None:
         """Raise ValueError naming the field when the run's config does not allow this change."""
+        if (self.kl_coef is not None or self.kl_target is not None) and cfg.algorithm != "ppo":
+            raise ValueError(f"kl_coef/kl_target: apply only to algorithm 'ppo'; this run uses '{cfg.algorithm}'")
         if self.kl_target is not None and cfg.kl.mode != "adaptive":
             raise ValueError("kl_target: applies only to kl.mode 'adaptive'; this run uses a fixed beta (change kl_coef instead)")
         if self.uwo_lambda is not None and cfg.ensemble.aggregation != "uwo":

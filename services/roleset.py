@@ -22,6 +22,7 @@ def concat_rollouts(parts: list[Rollouts]) -> Rollouts:
         prompts=[p for r in parts for p in r.prompts], prompt_ids=[p for r in parts for p in r.prompt_ids],
         response_ids=[p for r in parts for p in r.response_ids], behaviour_logprobs=[p for r in parts for p in r.behaviour_logprobs],
         responses=[p for r in parts for p in r.responses], policy_version=min(r.policy_version for r in parts), engine=first.engine,
+        n_prefix=first.n_prefix,
     )
 
 
@@ -40,7 +41,7 @@ class LocalRoleSet:
         from learner.assets.gold import load_gold
         from learner.assets.policy import load_policy
         from learner.gold_eval import GoldEvaluator
-        from learner.ppo_learner import PPOLearner
+        from learner.learners import make_learner
         from learner.reward import ProxyEnsemble
 
         tok = AutoTokenizer.from_pretrained(str(paths.policy))
@@ -48,10 +49,10 @@ class LocalRoleSet:
         self.engine = make_engine(cfg, str(paths.policy), seed=cfg.train.seed, run_id=f"local-{uuid.uuid4().hex[:8]}")
         self.ensemble = ProxyEnsemble(paths.proxies, aggregation=cfg.ensemble.aggregation, uwo_lambda=cfg.ensemble.lam, max_len=cfg.proxy.max_len)
         self.evaluator = GoldEvaluator(load_gold(paths.gold), copy.deepcopy(init_lm), tok.pad_token_id)
-        self.learner = PPOLearner(cfg, init_lm, pad_id=tok.pad_token_id)
+        self.learner = make_learner(cfg, paths.policy, reference=paths.reference, reference_weights=paths.reference_weights)
 
-    def generate(self, prompts: list[str], seed: int) -> Rollouts:
-        return self.engine.generate(prompts, seed=seed)
+    def generate(self, prompts: list[str], seed: int, prefix_ids: list[int] | None = None) -> Rollouts:
+        return self.engine.generate(prompts, seed=seed, prefix_ids=prefix_ids)
 
     def score_and_drift(self, rollouts: Rollouts, prefix: str) -> tuple[ScoredRollouts, dict]:
         scored = self.ensemble.score(rollouts)
@@ -118,14 +119,15 @@ class RayRoleSet:
         self.rollout = [RolloutActor.options(**o("rollout", i, rt.rollout), name=None).remote(cfg, pol, i, run_id) for i in range(rt.rollout_actors)]
         self.reward = RewardActor.options(**o("reward", 0, rt.reward)).remote(cfg, [str(p) for p in paths.proxies])
         self.gold = GoldActor.options(**o("gold", 0, rt.gold)).remote(cfg, gold, pol)
-        self.learner = LearnerActor.options(**o("learner", 0, rt.learner)).remote(cfg, pol, run_id)
+        self.learner = LearnerActor.options(**o("learner", 0, rt.learner)).remote(
+            cfg, pol, run_id, [str(p) for p in paths.reference], list(paths.reference_weights))
         # Wait for every constructor here, so a failure surfaces at start-up with its actor's name.
         ray.get([a.policy_version.remote() for a in self.rollout] + [self.learner.version.remote()])
 
-    def generate(self, prompts: list[str], seed: int) -> Rollouts:
+    def generate(self, prompts: list[str], seed: int, prefix_ids: list[int] | None = None) -> Rollouts:
         n = len(self.rollout)
         chunks = [prompts[i::n] for i in range(n)]  # interleaved split; re-ordered below
-        parts = self._ray.get([a.generate.remote(c, seed * 1009 + i) for i, (a, c) in enumerate(zip(self.rollout, chunks)) if c])
+        parts = self._ray.get([a.generate.remote(c, seed * 1009 + i, prefix_ids) for i, (a, c) in enumerate(zip(self.rollout, chunks)) if c])
         if n == 1:
             return parts[0]
         merged = concat_rollouts(parts)

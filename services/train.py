@@ -56,6 +56,14 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         set_threads(cfg.train.threads)
         self.paths = resolve(cfg, cfg_source=cfg_source)
+        self.reward_token_ids: list[int] = []
+        if cfg.algorithm == "quark":  # the policy gains K reward tokens; every role loads that folder
+            import dataclasses
+
+            from learner.quark_learner import expand_policy
+
+            self.reward_token_ids = expand_policy(self.paths.policy, self.run_dir / "quark-policy", cfg.quark.k)
+            self.paths = dataclasses.replace(self.paths, policy=self.run_dir / "quark-policy")
         split = load_imdb(cfg.task)
         self.train_text = split.train_text
         self.eval_prompts = make_prompts(split.heldout_text, cfg.train.eval_prompts, cfg.task, seed=cfg.train.seed + 99991)
@@ -111,9 +119,13 @@ class Trainer:
         return self.iteration
 
     # -- the loop ----------------------------------------------------------------------------------
+    def prefix_ids(self) -> list[int] | None:
+        """Quark conditions sampling on the best reward token, except at step 0 (samples from the reference)."""
+        return [self.reward_token_ids[-1]] if self.reward_token_ids and self.iteration > 0 else None
+
     def evaluate(self) -> dict[str, float]:
         t = time.perf_counter()
-        r = self.roles.generate(self.eval_prompts, EVAL_SEED)
+        r = self.roles.generate(self.eval_prompts, EVAL_SEED, self.prefix_ids())
         scored, out = self.roles.score_and_drift(r, "eval")
         out["eval/proxy_mean"] = float(np.mean(scored.reward))
         out["eval/proxy_gold_gap"] = out["eval/proxy_mean"] - out["eval/gold_mean"]
@@ -127,9 +139,9 @@ class Trainer:
         if it % cfg.train.eval_every == 0:
             m.update(self.evaluate())
         seed = cfg.train.seed * 1_000_003 + it
-        prompts = make_prompts(self.train_text, cfg.ppo.batch_size, cfg.task, seed=seed)
+        prompts = make_prompts(self.train_text, cfg.rollout_batch_size, cfg.task, seed=seed)
         t = time.perf_counter()
-        rollouts = self.roles.generate(prompts, seed)
+        rollouts = self.roles.generate(prompts, seed, self.prefix_ids())
         m["time_s/rollout"] = time.perf_counter() - t
         n_tokens = sum(len(x) for x in rollouts.response_ids)
         m["perf/rollout_tokens_per_s"] = n_tokens / max(m["time_s/rollout"], 1e-9)
@@ -139,7 +151,7 @@ class Trainer:
         m["rollout/dropped_stale"] = float(dropped)
         if fresh is None:  # only after a failed broadcast: re-sync and regenerate once
             m.update(self.roles.sync())
-            fresh = self.roles.generate(prompts, seed)
+            fresh = self.roles.generate(prompts, seed, self.prefix_ids())
         t = time.perf_counter()
         scored, drift = self.roles.score_and_drift(fresh, "train")
         m["time_s/reward_and_gold"] = time.perf_counter() - t
@@ -147,6 +159,9 @@ class Trainer:
         m["kl/from_init"] = drift["train/kl_from_init_k3"]
         m["kl/from_init_k1"] = drift["train/kl_from_init_k1"]
         m["drift/ppl_under_init"] = drift["train/ppl_under_init"]
+        for k in ("toxicity_mean", "toxic_frac"):
+            if f"train/{k}" in drift:
+                m[f"toxicity/{k.split('_')[-1]}"] = drift[f"train/{k}"]
         m.update(self.roles.learn(scored))
         m.update(self.roles.sync())
         m["time_s/iteration"] = time.perf_counter() - t_iter
@@ -184,7 +199,7 @@ class Trainer:
                 if self.progress:
                     tqdm.write(
                         f"[{cfg.name}] it {self.iteration:3d}  proxy {m['reward/proxy_mean']:+.3f}  gold {m['reward/gold_mean']:+.3f}  "
-                        f"KL(init) {m['kl/from_init']:6.2f}  beta {m['kl/coef']:.4f}  {m['time_s/iteration']:.1f}s"
+                        f"KL(init) {m['kl/from_init']:6.2f}  " + (f"beta {m['kl/coef']:.4f}  " if "kl/coef" in m else "") + f"{m['time_s/iteration']:.1f}s"
                         + ("  RESET" if m.get("elastic_reset/event") else "")
                     )
                 every = cfg.runtime.checkpoint_every
@@ -210,7 +225,7 @@ class Trainer:
         finally:
             bar.close()
             runlog.close()
-        summary = {**{k: v for k, v in last.items() if k.startswith(("reward/", "kl/", "drift/"))}, **final}
+        summary = {**{k: v for k, v in last.items() if k.startswith(("reward/", "kl/", "drift/", "fdpg/", "quark/"))}, **final}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         status.write_text(json.dumps({"state": state, "iteration": self.iteration}))
         if ctl is not None:

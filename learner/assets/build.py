@@ -4,13 +4,15 @@ Stages and what keys them:
   policy  <- task, tokenizer, policy           (tokenizer + pretrained initial policy, one HF folder)
   gold    <- task, gold                        (TF-IDF + logistic-regression sentiment scorer)
   proxy   <- task, tokenizer, policy, gold, proxy, generation  (k Bradley-Terry reward models)
+  sft     <- task, tokenizer, policy, reference's SFT fields   (SALSA: n fine-tunes of pi_0; only for reference.kind sft/soup)
+The toxicity objective needs no gold or proxy stage: alt-profanity-check ships its model.
 """
 from __future__ import annotations
 
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,13 +28,16 @@ COMMITTED_POLICY = REPO_ASSETS / "imdb-policy"
 
 @dataclass(frozen=True)
 class TaskPaths:
-    policy: Path | str  # local folder or hub name
+    policy: Path | str  # the model the run starts from: pi_0, or an SFT model (reference.kind sft/soup); local folder or hub name
     gold: Path | str
     proxies: list[Path | str]
+    reference: list[Path | str] = field(default_factory=list)  # models whose soup is the KL reference; empty = the start policy
+    reference_weights: list[float] = field(default_factory=list)
+    base_policy: Path | str | None = None  # pi_0 itself (what proxies were trained on)
 
 
 def _parts(cfg: TetherConfig, stage: str) -> dict:
-    task = cfg.task.model_dump()
+    task = cfg.task.model_dump(exclude={"objective"})  # the objective picks scorers, it builds nothing here
     pol = cfg.policy.model_dump(exclude={"committed_checkpoint"})
     if stage == "policy":
         return {"task": task, "tokenizer": cfg.tokenizer.model_dump(), "policy": pol}
@@ -43,6 +48,10 @@ def _parts(cfg: TetherConfig, stage: str) -> dict:
             "task": task, "tokenizer": cfg.tokenizer.model_dump(), "policy": pol, "gold": cfg.gold.model_dump(),
             "proxy": cfg.proxy.model_dump(), "generation": cfg.generation.model_dump(),
         }
+    if stage == "sft":
+        r = cfg.reference
+        return {"task": task, "tokenizer": cfg.tokenizer.model_dump(), "policy": pol, "base": cfg.policy.name_or_path,
+                "sft": {"n": r.n_sft_, "tokens": r.sft_tokens_, "lr": r.sft_lr_}}
     raise KeyError(stage)
 
 
@@ -63,6 +72,8 @@ def required(cfg: TetherConfig, stage: str) -> list[str]:
     """Files a usable artefact of this stage must hold."""
     if stage == "proxy":
         return [f"member-{i}/model.safetensors" for i in range(cfg.proxy.n_members)]
+    if stage == "sft":
+        return [f"sft-{i}/model.safetensors" for i in range(cfg.reference.n_sft_)]
     return {"policy": ["config.json", "model.safetensors", "tokenizer.json"], "gold": ["gold.npz", "vocab.json"]}[stage]
 
 
@@ -76,15 +87,31 @@ def resolve(cfg: TetherConfig, *, cfg_source: str = "<config>") -> TaskPaths:
         store.check_artefact(f, "policy", k, required(cfg, "policy"), hint(cfg_source))
         pol = f
     gold: Path | str
-    if cfg.gold.kind == "hf_classifier":
-        gold = cfg.gold.name_or_path  # type: ignore[assignment]
+    proxies: list[Path | str]
+    if cfg.task.objective == "toxicity":
+        from learner.assets.toxicity import PROFANITY_CHECK
+
+        gold, proxies = PROFANITY_CHECK, [PROFANITY_CHECK]
     else:
-        f, k = stage_folder(cfg, "gold")
-        store.check_artefact(f, "gold", k, required(cfg, "gold"), hint(cfg_source))
-        gold = f
-    f, k = stage_folder(cfg, "proxy")
-    store.check_artefact(f, "proxy", k, required(cfg, "proxy"), hint(cfg_source))
-    return TaskPaths(pol, gold, [f / f"member-{i}" for i in range(cfg.proxy.n_members)])
+        if cfg.gold.kind == "hf_classifier":
+            gold = cfg.gold.name_or_path  # type: ignore[assignment]
+        else:
+            f, k = stage_folder(cfg, "gold")
+            store.check_artefact(f, "gold", k, required(cfg, "gold"), hint(cfg_source))
+            gold = f
+        f, k = stage_folder(cfg, "proxy")
+        store.check_artefact(f, "proxy", k, required(cfg, "proxy"), hint(cfg_source))
+        proxies = [f / f"member-{i}" for i in range(cfg.proxy.n_members)]
+    r = cfg.reference
+    if r.kind == "initial":
+        return TaskPaths(pol, gold, proxies, base_policy=pol)
+    f, k = stage_folder(cfg, "sft")
+    store.check_artefact(f, "sft", k, required(cfg, "sft"), hint(cfg_source))
+    sft = [f / f"sft-{i}" for i in range(r.n_sft_)]
+    start = sft[r.start_]
+    if r.kind == "sft":
+        return TaskPaths(start, gold, proxies, reference=[start], reference_weights=[1.0], base_policy=pol)
+    return TaskPaths(start, gold, proxies, reference=sft, reference_weights=r.weights_, base_policy=pol)
 
 
 def prepare(cfg: TetherConfig, *, rebuild: bool = False, cfg_source: str = "<config>") -> dict:
@@ -94,9 +121,29 @@ def prepare(cfg: TetherConfig, *, rebuild: bool = False, cfg_source: str = "<con
     split = load_imdb(cfg.task)
     out = {}
     out["policy"] = _policy_stage(cfg, split, rebuild)
-    out["gold"] = _gold_stage(cfg, split, rebuild)
-    out["proxy"] = _proxy_stage(cfg, split, rebuild)
+    if cfg.task.objective == "sentiment":
+        out["gold"] = _gold_stage(cfg, split, rebuild)
+        out["proxy"] = _proxy_stage(cfg, split, rebuild)
+    if cfg.reference.kind != "initial":
+        out["sft"] = _sft_stage(cfg, split, rebuild)
     return out
+
+
+def _sft_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
+    folder, key = stage_folder(cfg, "sft")
+    if (m := _reuse(cfg, "sft", rebuild)) is not None:
+        return m
+    from learner.assets.sft import build_sft
+
+    t0 = time.time()
+    tmp = store.fresh_dir(folder)
+    r, p = cfg.reference, cfg.policy
+    metrics = build_sft(resolve_partial(cfg)["policy"], tmp, split.train_text, split.heldout_text, n=r.n_sft_, tokens=r.sft_tokens_, lr=r.sft_lr_,
+                        seed=cfg.task.seed, batch_size=p.batch_size, context=p.context)
+    m = store.write_manifest(tmp, "sft", key, _parts(cfg, "sft"), metrics, time.time() - t0)
+    store.commit_dir(tmp, folder)
+    store.update_index(task_dir(cfg), "sft", m, folder)
+    return m
 
 
 def _reuse(cfg: TetherConfig, stage: str, rebuild: bool) -> dict | None:

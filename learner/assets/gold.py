@@ -72,6 +72,10 @@ class GoldScorer:
 
 def load_gold(path: str | Path):
     """Local TF-IDF folder, or a Hugging Face classifier (hub name / folder) scored as a positive-minus-negative logit."""
+    from learner.assets.toxicity import PROFANITY_CHECK, ToxicityScorer
+
+    if str(path) == PROFANITY_CHECK:
+        return ToxicityScorer()
     p = Path(path)
     if (p / "gold.npz").exists():
         return GoldScorer(p)

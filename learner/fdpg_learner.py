@@ -1,0 +1,130 @@
+"""The f-DPG learner (Go et al. 2023): distribution matching towards an RLHF or GDC target.
+
+One iteration: the batch was sampled from the proposal q (the current policy, or a lagged copy that
+the rollout engines then hold); log pi_0 (the reference: pi_0 or a SALSA soup), log q and the target
+log p~ are computed; Z and the baseline are updated; then one pass of minibatch steps on the f-DPG
+surrogate (learner.fdpg). The maths is in learner/fdpg.py; this class only wires it to models.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import numpy as np
+import torch
+
+from learner.config import TetherConfig
+from learner.fdpg import MovingBaseline, RunningLogZ, fdpg_loss, log_target, pseudo_reward
+from learner.learners import NotApplicable
+from learner.logprobs import masked_sum
+from learner.policy_model import pad_batch, response_logprobs
+from learner.types import ScoredRollouts
+
+
+class FDPGLearner:
+    def __init__(self, cfg: TetherConfig, init_lm: torch.nn.Module, *, pad_id: int, ref_lm: torch.nn.Module | None = None):
+        self.cfg, self.pad_id = cfg, pad_id
+        c = cfg.fdpg
+        torch.manual_seed(cfg.train.seed)
+        self.ref = (copy.deepcopy(init_lm) if ref_lm is None else ref_lm).eval().requires_grad_(False)
+        self.model = init_lm.train()
+        self.proposal = copy.deepcopy(init_lm).eval().requires_grad_(False) if c.proposal == "lagged" else None
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=c.lr)
+        self.log_z = RunningLogZ(c.z_momentum)
+        self.baseline = MovingBaseline(c.baseline_momentum)
+        self.iteration = 0
+        self.version = 0  # version of the sampling weights (the proposal's, when lagged)
+        self.kl_ctl = None
+
+    def policy_state_dict(self) -> dict[str, torch.Tensor]:
+        src = self.proposal if self.proposal is not None else self.model
+        return {k: v.detach() for k, v in src.state_dict().items()}
+
+    def reset_now(self) -> None:
+        raise NotApplicable("reset is Elastic Reset, which applies only to algorithm 'ppo'; this run uses 'fdpg'")
+
+    @torch.no_grad()
+    def _seq_logp(self, model, batch, mask) -> torch.Tensor:
+        return masked_sum(response_logprobs(model, batch), mask, dim=1)  # (B,)
+
+    def step(self, scored: ScoredRollouts) -> dict[str, float]:
+        c, t0 = self.cfg.fdpg, time.time()
+        r = scored.rollouts
+        batch = pad_batch(r.prompt_ids, r.response_ids, self.pad_id)
+        mask = batch["response_mask"]
+        B = mask.shape[0]
+        self.model.eval()
+        ref_lp = self._seq_logp(self.ref, batch, mask)  # (B,) log pi_0(x)
+        q_lp = self._seq_logp(self.proposal if self.proposal is not None else self.model, batch, mask)  # (B,) log q(x)
+        if c.target == "rlhf":
+            log_pt = log_target(init_logp_seq=ref_lp, reward=torch.tensor(scored.reward, dtype=torch.float32), beta=c.beta_)
+            sat = float("nan")
+        else:
+            if scored.gold is None:
+                raise ValueError("the GDC target needs the gold scores of the batch (ScoredRollouts.gold)")
+            ok = torch.tensor(scored.gold, dtype=torch.float32) > c.threshold_
+            log_pt = log_target(init_logp_seq=ref_lp, constraint=ok)
+            sat = float(ok.float().mean())
+        log_z = self.log_z.update(log_pt, q_lp)
+        out: dict[str, float] = {"fdpg/log_z": log_z, "fdpg/constraint_rate": sat}
+        stats: dict[str, list[float]] = {"loss/policy": [], "fdpg/pseudo_reward_mean": [], "fdpg/log_t_mean": [], "fdpg/weight_mean": [],
+                                         "ppo/grad_norm": []}
+        if math.isfinite(log_z):
+            pi_lp = self._seq_logp(self.model, batch, mask) if self.proposal is not None else q_lp
+            pr, _ = pseudo_reward(policy_logp_seq=pi_lp, log_ptilde=log_pt, log_z=log_z, divergence=c.divergence)
+            b = self.baseline.update(pr)  # moving average including this batch
+            self.model.train()
+            rng = np.random.default_rng(self.cfg.train.seed * 100003 + self.iteration)
+            for idx in np.split(rng.permutation(B), B // c.minibatch_size):
+                it = torch.as_tensor(idx)
+                mb = {k: (v[it] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+                lp = masked_sum(response_logprobs(self.model, mb), mb["response_mask"], dim=1)  # (b,) with grad
+                loss, st = fdpg_loss(policy_logp_seq=lp, proposal_logp_seq=q_lp[it], log_ptilde=log_pt[it], log_z=log_z, baseline=b,
+                                     divergence=c.divergence, clip_weight=c.clip_weight)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
+                self.opt.step()
+                stats["loss/policy"].append(loss.item())
+                stats["ppo/grad_norm"].append(float(gn))
+                for k, v in st.items():
+                    stats[k].append(v)
+            out["fdpg/baseline"] = b
+            # Importance-sampled divergences to the target (samples from q): KL(pi||p) = E_q[pi/q (log pi - log p)].
+            log_p = log_pt - log_z
+            w = torch.exp(pi_lp - q_lp)
+            finite = torch.isfinite(log_p)
+            out["fdpg/kl_pi_p"] = float((w * (pi_lp - log_p))[finite].mean()) if finite.all() else float("inf")
+            wp = torch.exp(torch.where(finite, log_p - q_lp, torch.full_like(log_p, -math.inf)))
+            out["fdpg/kl_p_pi"] = float((wp * torch.where(finite, log_p - pi_lp, torch.zeros_like(log_p))).mean())
+        out.update({k: float(np.mean(v)) if v else float("nan") for k, v in stats.items()})
+        self.iteration += 1
+        if self.proposal is None:
+            self.version += 1
+        elif self.iteration % c.lag_every_ == 0:
+            self.proposal.load_state_dict(self.model.state_dict())
+            self.version += 1
+            out["fdpg/proposal_updated"] = 1.0
+        out.update({
+            "kl/to_ref": float((q_lp - ref_lp).mean()),  # k1 estimate on the proposal's samples
+            "reward/train_aggregate": float(np.mean(scored.reward)),
+            "policy/version": float(self.version),
+            "time_s/learn": time.time() - t0,
+        })
+        return out
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "proposal": self.proposal.state_dict() if self.proposal is not None else None,
+                "opt": self.opt.state_dict(), "log_z": self.log_z.state_dict(), "baseline": self.baseline.state_dict(),
+                "iteration": self.iteration, "version": self.version, "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.model.load_state_dict(sd["model"])
+        if self.proposal is not None and sd.get("proposal") is not None:
+            self.proposal.load_state_dict(sd["proposal"])
+        self.opt.load_state_dict(sd["opt"])
+        self.log_z.load_state_dict(sd["log_z"])
+        self.baseline.load_state_dict(sd["baseline"])
+        self.iteration, self.version = sd["iteration"], sd["version"]
+        torch.set_rng_state(sd["torch_rng"])

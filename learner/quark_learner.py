@@ -1,0 +1,152 @@
+"""The Quark learner (Lu et al. 2022): reward-quantile tokens over a data pool of every sample so far.
+
+The policy's vocabulary gets K reward tokens (``expand_policy``); the rollout engines load that
+expanded folder. Iteration 0 samples come from the reference (no reward token, PAPERS.md s.6); later
+samples are conditioned on the best token. Each iteration adds the batch to the pool, re-quantises
+the pool, and takes ``steps_per_iteration`` gradient steps on random pool samples, each conditioned on
+its own quantile's token, with the loss of learner.quark.quark_loss (the reference sees no token).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from learner.config import TetherConfig
+from learner.learners import QUARK_META, NotApplicable
+from learner.policy_model import pad_batch, response_logprobs
+from learner.quark import DataPool, condition, quark_loss, quantile_tokens, reward_token_strings
+from learner.types import ScoredRollouts
+
+
+def expand_policy(base: str | Path, out_dir: Path, k: int) -> list[int]:
+    """Write base + K reward tokens to out_dir (model, tokenizer, tether_quark.json); returns their ids, lowest first.
+
+    New embedding rows are the mean of the existing rows (deterministic, so a resumed run rebuilds the
+    same folder). The embeddings are tied, so that row is also the output row: its logit is about the
+    mean logit, and measured on pi_0 a reward token is sampled with probability ~6e-6 per step.
+    Reuses out_dir when it already holds this expansion.
+    """
+    from transformers import AutoTokenizer
+
+    from learner.assets.policy import load_policy
+
+    out_dir = Path(out_dir)
+    meta_path = out_dir / QUARK_META
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("base") == str(base) and meta.get("k") == k:
+            return meta["reward_token_ids"]
+    tok = AutoTokenizer.from_pretrained(str(base))
+    model = load_policy(base)
+    old = model.get_input_embeddings().weight.shape[0]
+    strings = reward_token_strings(k)
+    tok.add_special_tokens({"additional_special_tokens": strings})
+    ids = tok.convert_tokens_to_ids(strings)
+    if ids != list(range(len(tok) - k, len(tok))) or len(tok) - k != old:
+        raise ValueError(f"{base}: tokenizer ({len(tok) - k} tokens) and embeddings ({old} rows) disagree; cannot add reward tokens")
+    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[old:] = emb[:old].mean(0, keepdim=True)
+        out = model.get_output_embeddings().weight
+        if out.data_ptr() != emb.data_ptr():
+            out[old:] = out[:old].mean(0, keepdim=True)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    (tmp / QUARK_META).write_text(json.dumps({"base": str(base), "k": k, "reward_token_ids": ids, "strings": strings}))
+    if out_dir.exists():
+        import shutil
+
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return ids
+
+
+class QuarkLearner:
+    def __init__(self, cfg: TetherConfig, init_lm: torch.nn.Module, *, pad_id: int, ref_lm: torch.nn.Module | None = None,
+                 reward_token_ids: list[int]):
+        q = cfg.quark
+        if len(reward_token_ids) != q.k:
+            raise ValueError(f"the policy has {len(reward_token_ids)} reward tokens but quark.k is {q.k}; rebuild its folder")
+        self.cfg, self.pad_id, self.token_ids = cfg, pad_id, list(reward_token_ids)
+        torch.manual_seed(cfg.train.seed)
+        self.ref = (copy.deepcopy(init_lm) if ref_lm is None else ref_lm).eval().requires_grad_(False)
+        self.model = init_lm.train()
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=q.lr)
+        self.pool = DataPool(q.pool_size)
+        self.iteration = 0
+        self.version = 0
+        self.kl_ctl = None
+
+    @property
+    def best_token(self) -> int:
+        return self.token_ids[-1]
+
+    def policy_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach() for k, v in self.model.state_dict().items()}
+
+    def reset_now(self) -> None:
+        raise NotApplicable("reset is Elastic Reset, which applies only to algorithm 'ppo'; this run uses 'quark'")
+
+    def step(self, scored: ScoredRollouts) -> dict[str, float]:
+        q, t0 = self.cfg.quark, time.time()
+        r = scored.rollouts
+        self.pool.add(r.plain_prompt_ids, r.response_ids, scored.reward)
+        samples = self.pool.assign(q.k)
+        rewards = np.asarray(self.pool.rewards)
+        bins = quantile_tokens(rewards, q.k)
+        rng = np.random.default_rng(self.cfg.train.seed * 100003 + self.iteration)
+        stats: dict[str, list[float]] = {"loss/quark": [], "loss/nll": [], "loss/kl": [], "loss/entropy": [], "ppo/grad_norm": [], "kl/to_ref_exact": []}
+        self.model.train()
+        for _ in range(q.steps_per_iteration):
+            idx = rng.choice(len(samples), size=q.minibatch_size, replace=len(samples) < q.minibatch_size)
+            pick = [samples[i] for i in idx]
+            cond = pad_batch([condition(s.prompt, self.token_ids[s.quantile]) for s in pick], [s.response for s in pick], self.pad_id)
+            plain = pad_batch([s.prompt for s in pick], [s.response for s in pick], self.pad_id)
+            mask = cond["response_mask"]
+            P, R = cond["prompt_width"], mask.shape[1]
+            _, logits = response_logprobs(self.model, cond, return_logits=True)  # (b, R), (b, R, V)
+            with torch.no_grad():
+                _, ref_logits = response_logprobs(self.ref, plain, return_logits=True)
+            loss, st = quark_loss(logits=logits, ref_logits=ref_logits, tokens=cond["input_ids"][:, P : P + R], mask=mask,
+                                  kl_coef=q.kl_coef, entropy_coef=q.entropy_coef)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), q.max_grad_norm)
+            self.opt.step()
+            stats["loss/quark"].append(loss.item())
+            stats["ppo/grad_norm"].append(float(gn))
+            stats["kl/to_ref_exact"].append(st["loss/kl"] * float(mask.sum(1).mean()))  # per-token mean x mean length ~ per sequence
+            for k, v in st.items():
+                stats[k].append(v)
+        self.iteration += 1
+        self.version += 1
+        out = {k: float(np.mean(v)) for k, v in stats.items()}
+        edges = [float(rewards[bins == b].min()) for b in range(1, q.k) if np.any(bins == b)]
+        out.update({
+            "quark/pool_size": float(len(self.pool)),
+            "quark/best_quantile_min_reward": edges[-1] if edges else float("nan"),
+            "quark/pool_reward_mean": float(rewards.mean()),
+            "reward/train_aggregate": float(np.mean(scored.reward)),
+            "policy/version": float(self.version),
+            "time_s/learn": time.time() - t0,
+        })
+        return out
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "pool": self.pool.state_dict(),
+                "iteration": self.iteration, "version": self.version, "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.model.load_state_dict(sd["model"])
+        self.opt.load_state_dict(sd["opt"])
+        self.pool.load_state_dict(sd["pool"])
+        self.iteration, self.version = sd["iteration"], sd["version"]
+        torch.set_rng_state(sd["torch_rng"])
