@@ -25,8 +25,13 @@ def cmd_prepare(args) -> int:
     cfg = _load(args)
     set_threads(cfg.train.threads)
     t0 = time.time()
+    manifests: dict = {}
     try:
-        manifests = prepare(cfg, rebuild=args.rebuild, cfg_source=args.config)
+        built: set[str] = set()
+        for vc in cfg.expand():  # every variant's assets (a SALSA variant needs the SFT stage); shared stages are built once
+            for stage, m in prepare(vc, rebuild=args.rebuild and not built, cfg_source=args.config).items():
+                manifests.setdefault(stage, m)
+            built.add(vc.name)
     except AssetError as e:
         sys.exit(f"tether: {e}")
     print(f"task assets ready in {time.time() - t0:.0f}s under {Path(cfg.data_dir).resolve() / cfg.task.name}")
@@ -39,6 +44,9 @@ def cmd_prepare(args) -> int:
         elif stage == "proxy":
             accs = [mm["heldout_pair_acc_vs_gold"] for mm in metrics.get("members", [])]
             print(f"  proxy:  {len(accs)} members, held-out pair agreement with gold {', '.join(f'{a:.3f}' for a in accs)}")
+        elif stage == "sft":
+            ppl = ", ".join(str(mm.get("heldout_perplexity")) for mm in metrics.get("members", []))
+            print(f"  sft:    {len(metrics.get('members', []))} models, held-out perplexity {ppl}; soup {metrics.get('soup_heldout_perplexity')}")
     return 0
 
 
@@ -138,6 +146,99 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_bon(args) -> int:
+    """Best-of-n gold and proxy curves vs KL from pi_0, per ensemble aggregation, noisy vs clean labels (Coste et al. 2023)."""
+    import shlex
+
+    from actors.placement import RuntimeSetupError
+    from learner.assets.build import resolve
+    from learner.assets.store import AssetError
+    from learner.config import ConfigError, load_config
+    from services.bon import fit_rows, fmt_num as f, run_bon
+
+    if args.n_max < 1:
+        sys.exit(f"tether: --n-max must be >= 1 (samples per prompt; best-of-n for every n up to it), got {args.n_max}")
+    if args.prompts < 1:
+        sys.exit(f"tether: --prompts must be >= 1 (held-out prompts), got {args.prompts}")
+    if args.uwo_lambda < 0:
+        sys.exit(f"tether: --uwo-lambda must be >= 0 (UWO = mean - lambda * variance), got {args.uwo_lambda}")
+    cfg = _load(args)
+    if cfg.task.objective != "sentiment":
+        sys.exit(f"tether: bon compares learned proxy ensembles: it needs task.objective=sentiment, got {cfg.task.objective}")
+    src = lambda sets: shlex.join([args.config, *[x for s in sets for x in ("--set", s)]])  # noqa: E731 - the prepare command to print
+    try:
+        resolve(cfg, cfg_source=src(args.set))
+    except AssetError as e:
+        sys.exit(f"tether: {e}")
+    clean_cfg = clean_src = None
+    if args.no_clean:
+        pass
+    elif cfg.proxy.label_noise == 0:
+        print("proxy.label_noise is 0 already: the proxies are the clean ones; no second ensemble")
+    else:
+        clean_sets = [*args.set, "proxy.label_noise=0"]
+        try:
+            clean_cfg = load_config(args.config, clean_sets)
+            resolve(clean_cfg, cfg_source=src(clean_sets))
+        except ConfigError as e:
+            sys.exit(f"tether: {e}")
+        except AssetError as e:
+            sys.exit(f"tether: the clean-label proxy ensemble (proxy.label_noise=0) is not ready: {e}\n"
+                     f"  or pass --no-clean to run only the noisy ensemble (label_noise {cfg.proxy.label_noise})")
+        clean_src = src(clean_sets)
+    out = Path(args.out) if args.out else Path(cfg.runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-bon-{cfg.name}"
+    print(f"best-of-n: {args.prompts} prompts x {args.n_max} samples -> {out}")
+    try:
+        result = run_bon(cfg, out, n_max=args.n_max, n_prompts=args.prompts, clean_cfg=clean_cfg, uwo_lambda=args.uwo_lambda,
+                         cfg_source=src(args.set), clean_cfg_source=clean_src)
+    except (AssetError, RuntimeSetupError, ValueError) as e:
+        sys.exit(f"tether: {e}")
+    print(f"{'curve':>12} {'gold@1':>8} {'gold@N':>8} {'best n':>6} {'alpha':>8} {'beta':>8} {'R^2':>6} {'peak KL':>8}")
+    for r in fit_rows(result):
+        print(f"{r['curve']:>12} {f(r['gold/n1']):>8} {f(r['gold/n_max']):>8} {r['best_n']:>6} {f(r['fit/alpha']):>8} "
+              f"{f(r['fit/beta']):>8} {f(r['fit/r2'], '.2f'):>6} {f(r['fit/peak_kl'], '.2f'):>8}")
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    """Run a sweep spec (methods x grids x seeds) cell by cell, locally or as Ray jobs; report it with scaling-law fits."""
+    from tqdm.auto import tqdm
+
+    from actors.placement import RuntimeSetupError
+    from learner.assets.store import AssetError
+    from learner.config import ConfigError
+    from services.sweep import format_table, load_sweep, run_sweep, summarise, write_sweep_report
+
+    try:
+        sweep = load_sweep(args.spec, args.dir)
+    except ConfigError as e:
+        sys.exit(f"tether: {e}")
+    print(f"sweep folder: {sweep.dir}  ({len(sweep.cells)} cells)")
+    failed: list[str] = []
+    if args.report_only:
+        if not (sweep.dir / "cells.json").exists():
+            sys.exit(f"tether: {sweep.dir} has no cells.json: run `tether sweep {args.spec}` (without --report-only) first")
+        page, summary = write_sweep_report(sweep.dir), summarise(sweep.dir)
+    else:
+        try:
+            result = run_sweep(args.spec, args.dir, submit=args.submit, ray_auth=args.ray_auth, max_parallel=args.max_parallel, notify=tqdm.write)
+        except (ConfigError, AssetError, RuntimeSetupError) as e:
+            sys.exit(f"tether: {e}")
+        except RuntimeError as e:  # Ray job submission (unreachable dashboard, missing auth token)
+            if not args.submit:
+                raise
+            sys.exit(f"tether: {e}")
+        page, summary = result.report, result.summary
+        failed = [cid for cid, st in result.statuses.items() if st == "failed"]
+    print(format_table(summary))
+    print(f"report: {page}")
+    if failed:
+        print(f"tether: {len(failed)} cell(s) failed (see the log above; run the same command again to retry): {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tether", description="RL alignment with drift control: PPO+KL, Elastic Reset, reward ensembles, gold evaluation.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -173,6 +274,25 @@ def main(argv: list[str] | None = None) -> int:
                     help="Ray 2.60 auth mode of that cluster: token (sent from RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH / ~/.ray/auth_token) or disabled")
     sp.add_argument("--no-ray", action="store_true", help="no job submission (runs can still be watched and steered)")
     sp.set_defaults(fn=cmd_serve)
+
+    sp = sub.add_parser("bon", help="best-of-n gold and proxy curves vs KL from the initial policy, per ensemble aggregation, noisy vs clean labels")
+    common(sp)
+    sp.add_argument("--n-max", type=int, default=64, help="samples per prompt N; best-of-n is estimated for n up to N (default 64)")
+    sp.add_argument("--prompts", type=int, default=64, help="held-out prompts (default 64)")
+    sp.add_argument("--no-clean", action="store_true", help="skip the second ensemble trained on clean labels (proxy.label_noise=0)")
+    sp.add_argument("--uwo-lambda", type=float, default=0.5, help="UWO lambda (Coste et al.: 0.5 for best-of-n; default 0.5)")
+    sp.add_argument("--out", help="output folder (default <runs_dir>/<stamp>-bon-<name>)")
+    sp.set_defaults(fn=cmd_bon)
+
+    sp = sub.add_parser("sweep", help="methods x coefficient grids x seeds from a sweep spec (configs/sweeps/imdb.yaml), resumable; report with scaling-law fits")
+    sp.add_argument("spec", help="a sweep spec YAML (format: services/sweep.py)")
+    sp.add_argument("--dir", help="sweep folder (default <runs_dir>/sweep-<name>; the same folder resumes: finished cells are skipped)")
+    sp.add_argument("--submit", metavar="DASHBOARD_ADDR", help="run each unfinished cell as a Ray job on this dashboard (e.g. http://127.0.0.1:8265) and wait")
+    sp.add_argument("--ray-auth", choices=["token", "disabled"], default=os.environ.get("TETHER_RAY_AUTH", "token"),
+                    help="with --submit: the cluster's Ray auth mode (as for `tether serve`)")
+    sp.add_argument("--max-parallel", type=int, default=None, help="with --submit: at most this many cell jobs at once (default all)")
+    sp.add_argument("--report-only", action="store_true", help="only (re)write the report of the sweep folder")
+    sp.set_defaults(fn=cmd_sweep)
 
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

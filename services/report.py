@@ -2,21 +2,30 @@
 
 Per run: gold and proxy reward vs KL from the initial model; reward vs step with Elastic Reset
 markers; drift vs step. Per comparison: every method's gold-vs-KL frontier on one chart, and the
-proxy-gold gap.
+proxy-gold gap. Gold-vs-KL charts also draw the fitted RL scaling law of Gao et al. 2022
+(R(d) = d (alpha - beta log d), d = sqrt(KL), PAPERS.md s.4) when there are enough evaluations,
+and the page lists its coefficients or says why there is no fit.
 """
 from __future__ import annotations
 
 import base64
 import html
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from learner.scaling_laws import FitResult, d_from_kl, fit_rl, recentre  # noqa: E402
 from services.runlog import read_metrics  # noqa: E402
+
+KL_KEY, GOLD_KEY = "eval/kl_from_init_k3", "eval/gold_mean"
+MIN_FIT_POINTS = 3  # evaluations with KL > 0 (besides each run's iteration-0 one) before a 2-coefficient fit means anything
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
@@ -26,6 +35,107 @@ def _series(rows: list[dict], x: str, y: str) -> tuple[list[float], list[float]]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def eval_points(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(KL, gold) of every held-out evaluation row, in log order; shapes (M,), (M,).
+
+    The first one is the evaluation at iteration 0, before any update (the trainer evaluates at every
+    iteration divisible by train.eval_every, 0 included), i.e. pi_0's gold on this run's eval prompts.
+    """
+    xs, ys = _series(rows, KL_KEY, GOLD_KEY)
+    return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class RLFit:
+    """A Gao et al. RL-form fit to one or more runs' evaluations, or why there is none.
+
+    r0: mean iteration-0 gold of the runs (the curve is drawn at r0 + R(d)); kl_max: largest KL fitted
+    (the curve is drawn up to there); fit None and reason set when there are too few points or the
+    least-squares problem is singular.
+    """
+
+    fit: FitResult | None
+    r0: float
+    kl_max: float
+    n_points: int
+    reason: str | None = None
+
+    def as_dict(self) -> dict:
+        """JSON-safe numbers (inf/nan become None); peak_kl = peak_d^2."""
+        if self.fit is None:
+            return {"n_points": self.n_points, "r0": _num(self.r0), "error": self.reason}
+        f = self.fit
+        return {"alpha": _num(f.alpha), "beta": _num(f.beta), "r2": _num(f.r2), "peak_d": _num(f.peak_d), "peak_kl": _num(f.peak_d**2),
+                "peak_gold": _num(self.r0 + f.peak_r) if f.peak_r is not None else None, "n_points": f.n_points, "r0": _num(self.r0)}
+
+
+def _num(x: float | None) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def fit_rl_runs(runs: list[tuple[np.ndarray, np.ndarray]]) -> RLFit:
+    """Fit R(d) = d (alpha - beta log d) to the pooled evaluations of several runs (Gao et al. 2022).
+
+    runs: per run (kl (M_i,), gold (M_i,)) from ``eval_points``. Each run's gold is recentred to its
+    own first (iteration-0) evaluation, so pi_0 scores 0 as the form requires; per run rather than
+    per method because the eval prompts depend on train.seed. That first point (R = 0 by construction)
+    and points with KL <= 0 are left out of the fit.
+    """
+    d_all, r_all, r0s = [], [], []
+    for kl, gold in runs:
+        if len(kl) == 0:
+            continue
+        r0s.append(float(gold[0]))
+        kl, r = kl[1:], recentre(gold[1:], gold[0])
+        keep = (kl > 0) & np.isfinite(r)
+        d_all.append(d_from_kl(kl[keep]))
+        r_all.append(r[keep])
+    r0 = float(np.mean(r0s)) if r0s else math.nan
+    d = np.concatenate(d_all) if d_all else np.zeros(0)
+    r = np.concatenate(r_all) if r_all else np.zeros(0)
+    kl_max = float(np.max(d) ** 2) if d.size else 0.0
+    if d.size < MIN_FIT_POINTS:
+        return RLFit(None, r0, kl_max, int(d.size), f"too few points: {d.size} evaluation(s) with KL > 0 after iteration 0, need >= {MIN_FIT_POINTS}")
+    try:
+        f = fit_rl(d, r)
+    except (ValueError, np.linalg.LinAlgError) as e:
+        return RLFit(None, r0, kl_max, int(d.size), f"fit failed: {e}")
+    if not (math.isfinite(f.alpha) and math.isfinite(f.beta)):
+        return RLFit(None, r0, kl_max, int(d.size), "fit failed: non-finite coefficients")
+    return RLFit(f, r0, kl_max, int(d.size))
+
+
+def draw_rl_fit(ax, rf: RLFit, color: str, label: str) -> None:
+    """The fitted curve r0 + R(d) as a dashed line on a gold-vs-KL axis (x = d^2), to just past the data;
+    the predicted peak is starred when it falls inside that range."""
+    if rf.fit is None or rf.kl_max <= 0:
+        return
+    d = np.linspace(0.0, math.sqrt(rf.kl_max) * 1.1, 120)  # (120,)
+    ax.plot(d**2, rf.r0 + rf.fit.predict(d), "--", color=color, lw=1.4, label=label)
+    if rf.fit.peak_r is not None and rf.fit.peak_d <= d[-1]:
+        ax.plot([rf.fit.peak_d**2], [rf.r0 + rf.fit.peak_r], "*", color=color, ms=11, mec="k", mew=0.5)
+
+
+def fit_table(fits: dict[str, RLFit], *, caption: str = "Fitted RL scaling law (Gao et al. 2022)", what: str = "run") -> str:
+    """HTML table of alpha, beta, R^2, predicted peak (d*, KL* = d*^2, gold there) per name, or why there is no fit."""
+    head = f"<tr><th>{html.escape(what)}</th>" + "".join(
+        f"<th>{h}</th>" for h in ("alpha", "beta", "R^2", "peak d*", "peak KL*", "predicted peak gold", "points")) + "</tr>"
+    body = ""
+    for name, rf in fits.items():
+        if rf.fit is None:
+            body += (f"<tr><td>{html.escape(name)}</td><td colspan=6>no fit ({html.escape(str(rf.reason))}); curve not drawn</td>"
+                     f"<td>{rf.n_points}</td></tr>")
+            continue
+        f = rf.fit
+        peak = ("none (beta <= 0: no finite peak)", "-", "-") if not math.isfinite(f.peak_d) else (
+            f"{f.peak_d:.3f}", f"{f.peak_d**2:.3f}", f"{rf.r0 + f.peak_r:+.3f}" if f.peak_r is not None else "-")
+        body += (f"<tr><td>{html.escape(name)}</td><td>{f.alpha:.4f}</td><td>{f.beta:.4f}</td><td>{f.r2:.3f}</td>"
+                 + "".join(f"<td>{html.escape(p)}</td>" for p in peak) + f"<td>{f.n_points}</td></tr>")
+    note = ("<p>R(d) = d (alpha - beta log d), d = sqrt(KL(pi || pi_0)), gold recentred to each run's iteration-0 evaluation; "
+            "peak d* = exp(alpha / beta - 1). Dashed curves on the gold-vs-KL charts; a star marks a peak inside the measured range.</p>")
+    return f"<h2>{html.escape(caption)}</h2>{note}<table>{head}{body}</table>"
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -33,13 +143,16 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def run_plots(run_dir: Path, name: str) -> list[Path]:
+def run_plots(run_dir: Path, name: str, *, fit: RLFit | None = None) -> list[Path]:
+    """The run's three charts; ``fit`` (default: fitted here) is drawn over the gold-vs-KL points."""
     rows = read_metrics(run_dir)
+    fit = fit if fit is not None else fit_rl_runs([eval_points(rows)])
     out = []
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for key, label, c in (("eval/gold_mean", "gold R*", COLORS[0]), ("eval/proxy_mean", "proxy (aggregate)", COLORS[1])):
         xs, ys = _series(rows, "eval/kl_from_init_k3", key)
         ax.plot(xs, ys, "o-", label=label, color=c, ms=4)
+    draw_rl_fit(ax, fit, COLORS[0], "gold, fitted RL law (Gao et al.)")
     ax.set_xlabel("KL(pi || pi_0), nats (held-out prompts)")
     ax.set_ylabel("reward")
     ax.set_title(f"{name}: reward vs KL from the initial policy")
@@ -83,11 +196,14 @@ def run_plots(run_dir: Path, name: str) -> list[Path]:
     return out
 
 
-def _per_run_plot(runs: dict[str, Path], x: str, y: str, *, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+def _per_run_plot(runs: dict[str, Path], x: str, y: str, *, xlabel: str, ylabel: str, title: str, path: Path,
+                  fits: dict[str, RLFit] | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(6.8, 4.4))
     for i, (name, d) in enumerate(runs.items()):
         xs, ys = _series(read_metrics(d), x, y)
         ax.plot(xs, ys, "o-", label=name, color=COLORS[i % len(COLORS)], ms=4)
+        if fits and name in fits:
+            draw_rl_fit(ax, fits[name], COLORS[i % len(COLORS)], f"{name}: fitted RL law")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -96,10 +212,17 @@ def _per_run_plot(runs: dict[str, Path], x: str, y: str, *, xlabel: str, ylabel:
     return _save(fig, path)
 
 
-def comparison_plots(runs: dict[str, Path], out_dir: Path) -> list[Path]:
+def run_fits(runs: dict[str, Path]) -> dict[str, RLFit]:
+    """One RL-law fit per run, on that run's own evaluations."""
+    return {name: fit_rl_runs([eval_points(read_metrics(d))]) for name, d in runs.items()}
+
+
+def comparison_plots(runs: dict[str, Path], out_dir: Path, *, fits: dict[str, RLFit] | None = None) -> list[Path]:
+    fits = fits if fits is not None else run_fits(runs)
     return [
         _per_run_plot(runs, "eval/kl_from_init_k3", "eval/gold_mean", xlabel="KL(pi || pi_0), nats", ylabel="gold reward R* (held-out)",
-                      title="gold reward vs KL from the initial policy", path=out_dir / "frontier_gold_vs_kl.png"),
+                      title="gold reward vs KL from the initial policy (dashed: fitted RL law)", path=out_dir / "frontier_gold_vs_kl.png",
+                      fits=fits),
         _per_run_plot(runs, "step", "eval/proxy_gold_gap", xlabel="PPO iteration", ylabel="proxy - gold (held-out)",
                       title="proxy-gold gap (overoptimisation shows as a growing gap)", path=out_dir / "proxy_gold_gap.png"),
     ]
@@ -127,10 +250,12 @@ img{{max-width:520px;border:1px solid #ddd}} table{{border-collapse:collapse}} t
 
 def write_run_report(run_dir: Path, name: str) -> Path:
     run_dir = Path(run_dir)
-    plots = run_plots(run_dir, name)
+    fit = fit_rl_runs([eval_points(read_metrics(run_dir))])
+    plots = run_plots(run_dir, name, fit=fit)
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
     cfg = (run_dir / "config.json").read_text() if (run_dir / "config.json").exists() else "{}"
-    body = _table({name: summary}) + "".join(_img(p) for p in plots) + f"<h2>config</h2><pre>{html.escape(cfg)}</pre>"
+    body = (_table({name: summary}) + "".join(_img(p) for p in plots) + fit_table({name: fit})
+            + f"<h2>config</h2><pre>{html.escape(cfg)}</pre>")
     page = run_dir / "report.html"
     page.write_text(PAGE.format(title=f"tether run: {html.escape(name)}", body=body))
     return page
@@ -138,10 +263,11 @@ def write_run_report(run_dir: Path, name: str) -> Path:
 
 def write_comparison_report(runs: dict[str, Path], out_dir: Path, title: str) -> Path:
     out_dir = Path(out_dir)
-    plots = comparison_plots(runs, out_dir)
+    fits = run_fits(runs)
+    plots = comparison_plots(runs, out_dir, fits=fits)
     summaries = {n: json.loads((d / "summary.json").read_text()) for n, d in runs.items() if (d / "summary.json").exists()}
     links = "".join(f'<li><a href="{html.escape(d.name)}/report.html">{html.escape(n)}</a></li>' for n, d in runs.items())
-    body = _table(summaries) + "".join(_img(p) for p in plots) + f"<h2>runs</h2><ul>{links}</ul>"
+    body = _table(summaries) + "".join(_img(p) for p in plots) + fit_table(fits) + f"<h2>runs</h2><ul>{links}</ul>"
     page = out_dir / "report.html"
     page.write_text(PAGE.format(title=html.escape(title), body=body))
     return page

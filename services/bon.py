@@ -1,0 +1,308 @@
+"""`tether bon`: best-of-n gold and proxy curves vs KL, per ensemble aggregation, with and without label noise.
+
+Coste et al. 2023 (PAPERS.md s.3), figure "BoN with and without label noise": sample N responses per
+held-out prompt from pi_0, pick the best of n by the aggregated proxy score (mean / WCO / UWO), and
+plot the gold reward of the pick against KL_bon(n) = log n - (n - 1) / n. The expectation for every
+n <= N comes from the same N samples with the unbiased estimator (learner.best_of_n). Each gold
+curve is fitted with Gao et al. 2022's best-of-n form R(d) = d (alpha - beta d), d = sqrt(KL),
+on rewards recentred at pi_0 (learner.scaling_laws).
+
+"Clean" is a second proxy ensemble trained like the first but on unflipped gold labels
+(proxy.label_noise=0); it scores the very same samples, so the two differ only in their labels.
+"""
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from learner.best_of_n import bon_curve, kl_bon
+from learner.config import TetherConfig
+from learner.ensemble import AGGREGATIONS, aggregate
+from learner.scaling_laws import d_from_kl, fit_bon, recentre
+
+log = logging.getLogger(__name__)
+BON_SEED = 20_000_003  # sampling seed of chunk c is BON_SEED + c: a rerun draws the same samples
+PROMPT_SEED_OFFSET = 99991  # services/train.py's held-out eval prompts (a prefix of ours): BoN(1) ~ eval/gold_mean at step 0
+
+
+def bon_ns(n_max: int, *, dense_up_to: int = 64, points: int = 40) -> list[int]:
+    """Every n in 1..n_max up to ``dense_up_to``; beyond, ~``points`` log-spaced n plus the powers of two (always 1 and n_max)."""
+    if n_max < 1:
+        raise ValueError(f"n_max must be >= 1, got {n_max}")
+    if n_max <= dense_up_to:
+        return list(range(1, n_max + 1))
+    grid = np.unique(np.round(np.geomspace(1, n_max, points)).astype(int))
+    pow2 = [2**i for i in range(int(math.log2(n_max)) + 1)]
+    return sorted({1, n_max, *grid.tolist(), *pow2})
+
+
+def sample_and_score(roles, prompts: list[str], n_max: int, *, chunk: int = 256, progress: bool = True) -> dict:
+    """n_max samples per prompt from the roles' (initial) policy, scored by the roles' proxy ensemble and gold.
+
+    Returns {"texts": P*N strings (prompt-major), "proxy": (P, N, k), "gold": (P, N), "response_len": (P, N),
+    "drift": {"bon/kl_from_init_k1", "bon/kl_from_init_k3"} sample-weighted means (about 0: these are pi_0's own samples)}.
+    """
+    flat = [p for p in prompts for _ in range(n_max)]  # (P*N,) prompt-major
+    texts, proxy, gold, lens = [], [], [], []
+    kl = {"bon/kl_from_init_k1": 0.0, "bon/kl_from_init_k3": 0.0}
+    bar = tqdm(total=len(flat), desc="best-of-n samples", unit="sample", disable=not progress)
+    try:
+        for c, s in enumerate(range(0, len(flat), chunk)):
+            part = flat[s : s + chunk]
+            r = roles.generate(part, BON_SEED + c)
+            scored, drift = roles.score_and_drift(r, "bon")
+            texts += r.texts
+            proxy += scored.proxy_scores
+            gold += scored.gold
+            lens += [len(x) for x in r.response_ids]
+            for key in kl:
+                kl[key] += drift[key] * len(part) / len(flat)
+            bar.update(len(part))
+    finally:
+        bar.close()
+    P = len(prompts)
+    return {
+        "texts": texts,
+        "proxy": np.asarray(proxy, dtype=np.float64).reshape(P, n_max, -1),  # (P, N, k)
+        "gold": np.asarray(gold, dtype=np.float64).reshape(P, n_max),  # (P, N)
+        "response_len": np.asarray(lens, dtype=np.int64).reshape(P, n_max),  # (P, N)
+        "drift": kl,
+    }
+
+
+def score_texts(ensemble, texts: list[str], *, chunk: int = 256) -> np.ndarray:
+    """(B, k) member scores of an in-process learner.reward.ProxyEnsemble, in chunks."""
+    with torch.no_grad():
+        parts = [ensemble.score_texts(texts[i : i + chunk]).double().numpy() for i in range(0, len(texts), chunk)]
+    return np.concatenate(parts, axis=0)
+
+
+def bon_curves(members: np.ndarray, gold: np.ndarray, ns: list[int], *, aggregation: str, uwo_lambda: float) -> dict:
+    """Best-of-n curve of one (ensemble, aggregation), averaged over prompts.
+
+    members: (P, N, k) member scores; gold: (P, N). Selection is by the aggregate (learner.ensemble.aggregate).
+    Returns lists of len(ns): n, kl (nats), proxy (aggregate of the pick), proxy_member_mean (member mean of
+    the pick), gold, gold_se (standard error over prompts).
+    """
+    P, N, k = members.shape
+    agg, _ = aggregate(torch.from_numpy(members.reshape(P * N, k)), aggregation, uwo_lambda=uwo_lambda)
+    agg = agg.double().numpy().reshape(P, N)  # (P, N)
+    mmean = members.mean(axis=2)  # (P, N)
+    per_prompt = [bon_curve(agg[i], gold[i], ns) for i in range(P)]
+    gold_pp = np.stack([c["gold"] for c in per_prompt])  # (P, len(ns))
+    proxy_pp = np.stack([c["proxy"] for c in per_prompt])  # (P, len(ns))
+    # the member mean of the sample picked by the aggregate: the same estimator with member mean as the "gold"
+    mmean_pp = np.stack([bon_curve(agg[i], mmean[i], ns)["gold"] for i in range(P)])
+    se = gold_pp.std(axis=0, ddof=1) / math.sqrt(P) if P > 1 else np.full(len(ns), np.nan)
+    return {
+        "n": list(ns), "kl": np.asarray(kl_bon(np.asarray(ns)), dtype=np.float64).reshape(-1).tolist(),
+        "proxy": proxy_pp.mean(axis=0).tolist(), "proxy_member_mean": mmean_pp.mean(axis=0).tolist(),
+        "gold": gold_pp.mean(axis=0).tolist(), "gold_se": se.tolist(),
+    }
+
+
+def fit_curve(curve: dict) -> dict:
+    """Gao et al. best-of-n fit of gold vs d = sqrt(KL_bon), recentred at n = 1 (pi_0). {"error": ...} if it cannot be fitted."""
+    try:
+        f = fit_bon(d_from_kl(curve["kl"]), recentre(curve["gold"], curve["gold"][0]))
+    except ValueError as e:  # n_max < 3: fewer than two distinct d > 0
+        return {"error": str(e)}
+    return {"alpha": f.alpha, "beta": f.beta, "r2": f.r2, "peak_d": f.peak_d, "peak_kl": f.peak_d**2,
+            "peak_gold_gain": f.peak_r, "n_points": f.n_points}
+
+
+def _finite(x):
+    """JSON has no inf / nan: write null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
+
+
+def run_bon(cfg: TetherConfig, out_dir: Path, *, n_max: int, n_prompts: int, clean_cfg: TetherConfig | None = None,
+            aggregations: tuple[str, ...] = AGGREGATIONS, uwo_lambda: float = 0.5, chunk: int = 256, progress: bool = True,
+            cfg_source: str = "<config>", clean_cfg_source: str | None = None, roles=None) -> dict:
+    """Best-of-n curves for every (ensemble, aggregation); writes bon.json, samples.npz, bon_gold.png, bon_proxy.png, report.html.
+
+    Assets are resolved first (learner.assets.store.AssetError, naming the prepare command, before anything loads).
+    ``uwo_lambda``: Coste et al. use 0.5 for best-of-n. Returns what bon.json holds.
+    """
+    from learner.assets.build import resolve, set_threads
+    from learner.assets.data import load_imdb, make_prompts
+
+    if n_max < 1 or n_prompts < 1:
+        raise ValueError(f"n_max and n_prompts must be >= 1, got {n_max} and {n_prompts}")
+    bad = [a for a in aggregations if a not in AGGREGATIONS]
+    if bad:
+        raise ValueError(f"unknown aggregation {bad[0]!r}; accepted: {', '.join(AGGREGATIONS)}")
+    if cfg.task.objective != "sentiment":
+        raise ValueError(f"best-of-n needs learned proxies (task.objective=sentiment); {cfg.task.objective!r} scores with its gold itself")
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    set_threads(cfg.train.threads)
+    paths = resolve(cfg, cfg_source=cfg_source)
+    clean_paths = resolve(clean_cfg, cfg_source=clean_cfg_source or cfg_source) if clean_cfg is not None else None
+    split = load_imdb(cfg.task)
+    prompts = make_prompts(split.heldout_text, n_prompts, cfg.task, seed=cfg.train.seed + PROMPT_SEED_OFFSET)
+    timing: dict[str, float] = {}
+
+    t = time.perf_counter()
+    own_roles = roles is None
+    if own_roles:
+        from services.roleset import make_roleset
+
+        roles = make_roleset(cfg, paths)
+    timing["time_s/start_roles"] = time.perf_counter() - t
+    t = time.perf_counter()
+    try:
+        s = sample_and_score(roles, prompts, n_max, chunk=chunk, progress=progress)
+    finally:
+        if own_roles:
+            roles.close()
+    timing["time_s/sample_and_score"] = time.perf_counter() - t
+    members = {"noisy": s["proxy"]}  # (P, N, k)
+    if clean_paths is not None:
+        from learner.reward import ProxyEnsemble
+
+        t = time.perf_counter()
+        ens = ProxyEnsemble(clean_paths.proxies, aggregation="mean", uwo_lambda=uwo_lambda, max_len=clean_cfg.proxy.max_len)
+        members["clean"] = score_texts(ens, s["texts"], chunk=chunk).reshape(len(prompts), n_max, -1)
+        timing["time_s/clean_score"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    ns = bon_ns(n_max)
+    curves = {}
+    for ens_name, m in members.items():
+        for a in aggregations:
+            c = bon_curves(m, s["gold"], ns, aggregation=a, uwo_lambda=uwo_lambda)
+            c["fit"] = fit_curve(c)
+            curves[f"{ens_name}/{a}"] = c
+    timing["time_s/estimate"] = time.perf_counter() - t
+    np.savez_compressed(out_dir / "samples.npz", gold=s["gold"], response_len=s["response_len"],
+                        **{f"proxy_{k}": v for k, v in members.items()})
+    (out_dir / "samples.jsonl").write_text("".join(json.dumps({"prompt": i // n_max, "gold": g, "text": x}) + "\n"
+                                                  for i, (x, g) in enumerate(zip(s["texts"], s["gold"].reshape(-1).tolist()))))
+    timing["time_s/total"] = time.perf_counter() - t_start
+    result = {
+        "settings": {
+            "name": cfg.name, "n_max": n_max, "n_prompts": n_prompts, "n_samples": n_max * n_prompts, "ns": ns,
+            "aggregations": list(aggregations), "uwo_lambda": uwo_lambda, "ensembles": list(members),
+            "label_noise": {"noisy": cfg.proxy.label_noise, **({"clean": clean_cfg.proxy.label_noise} if clean_cfg is not None else {})},
+            "n_members": {k: int(v.shape[2]) for k, v in members.items()},
+            "runtime/mode": cfg.runtime.mode, "runtime/engine": cfg.runtime.engine, "sample_seed": BON_SEED,
+            "prompt_seed": cfg.train.seed + PROMPT_SEED_OFFSET, "policy": str(paths.policy),
+            "proxies": {"noisy": [str(p) for p in paths.proxies], **({"clean": [str(p) for p in clean_paths.proxies]} if clean_paths else {})},
+        },
+        "samples": {"gold/mean": float(s["gold"].mean()), "gold/std": float(s["gold"].std()),
+                    "rollout/response_len": float(s["response_len"].mean()), **s["drift"]},
+        "curves": curves,
+        "timing": timing,
+        "config": cfg.model_dump(mode="json"),
+    }
+    (out_dir / "bon.json").write_text(json.dumps(_finite(result), indent=1))
+    write_bon_report(result, out_dir)
+    log.info("best-of-n: %d curves in %.0fs -> %s", len(curves), timing["time_s/total"], out_dir)
+    return result
+
+
+# -- plots and page ------------------------------------------------------------------------------
+
+def _plots(result: dict, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from services.report import COLORS, _save
+
+    curves = result["curves"]
+    aggs = result["settings"]["aggregations"]
+    style = {"noisy": ("-", "o", "full"), "clean": ("--", "s", "none")}
+
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    for (name, c) in curves.items():
+        ens, a = name.split("/")
+        ls, mk, fill = style[ens]
+        col = COLORS[aggs.index(a) % len(COLORS)]
+        ax.plot(c["kl"], c["gold"], mk, color=col, fillstyle=fill, ms=4, alpha=0.8)
+        if "alpha" in c["fit"]:
+            d = np.linspace(0.0, math.sqrt(max(c["kl"])), 100)
+            ax.plot(d**2, c["gold"][0] + d * (c["fit"]["alpha"] - c["fit"]["beta"] * d), ls, color=col,
+                    label=f"{a}, {ens} (fit R^2 {c['fit']['r2']:.2f})")
+        else:
+            ax.plot(c["kl"], c["gold"], ls, color=col, label=f"{a}, {ens}")
+    ax.set_xlabel("KL_bon(n) = log n - (n-1)/n, nats")
+    ax.set_ylabel("gold reward R* of the best of n")
+    ax.set_title("best-of-n gold vs KL (solid: noisy labels, dashed: clean; lines: Gao et al. fit)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    gold_png = _save(fig, out_dir / "bon_gold.png")
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharex=True)
+    for (name, c) in curves.items():
+        ens, a = name.split("/")
+        ls, mk, fill = style[ens]
+        col = COLORS[aggs.index(a) % len(COLORS)]
+        axes[0].plot(c["kl"], c["proxy"], ls + mk, color=col, fillstyle=fill, ms=3, label=f"{a}, {ens}")
+        axes[1].plot(c["kl"], c["proxy_member_mean"], ls + mk, color=col, fillstyle=fill, ms=3, label=f"{a}, {ens}")
+    axes[0].set_title("proxy: the aggregate used for selection", fontsize=9)
+    axes[1].set_title("proxy: member mean of the selected sample", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("KL_bon(n), nats")
+        ax.set_ylabel("proxy reward (each ensemble's own scale)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    return [gold_png, _save(fig, out_dir / "bon_proxy.png")]
+
+
+def fmt_num(x, spec: str = ".3f") -> str:
+    """A number for a table; '-' for None, inf and nan."""
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+
+
+def fit_rows(result: dict) -> list[dict]:
+    """One row per curve: the final values at n_max, the empirical best n and the fit (what the CLI and the page show)."""
+    rows = []
+    for name, c in result["curves"].items():
+        f = c["fit"]
+        best = int(np.argmax(c["gold"]))
+        rows.append({"curve": name, "gold/n1": c["gold"][0], "gold/n_max": c["gold"][-1], "gold/best": c["gold"][best], "best_n": c["n"][best],
+                     "proxy/n_max": c["proxy"][-1], "kl/n_max": c["kl"][-1], "fit/alpha": f.get("alpha"), "fit/beta": f.get("beta"),
+                     "fit/r2": f.get("r2"), "fit/peak_d": f.get("peak_d"), "fit/peak_kl": f.get("peak_kl")})
+    return rows
+
+
+def write_bon_report(result: dict, out_dir: Path) -> Path:
+    """bon_gold.png, bon_proxy.png and report.html (plots embedded) in out_dir."""
+    from services.report import PAGE, _img
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = _plots(result, out_dir)
+    rows = fit_rows(result)
+    keys = list(rows[0]) if rows else []
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(v if isinstance(v, str) else fmt_num(v, 'd' if isinstance(v, int) else '.3f'))}</td>"
+                                    for v in r.values()) + "</tr>" for r in rows)
+    st = result["settings"]
+    intro = (f"<p>{st['n_prompts']} held-out prompts x {st['n_max']} samples from the initial policy ({st['runtime/engine']}); "
+             f"UWO lambda {st['uwo_lambda']}; label noise {html.escape(json.dumps(st['label_noise']))}. Gold at n = 1 is the mean gold "
+             f"of all samples; fit: Gao et al. R(d) = d (alpha - beta d) on gold recentred at n = 1, peak d* = alpha / (2 beta), "
+             f"peak KL = d*^2 (- : no finite peak).</p>")
+    page = out_dir / "report.html"
+    page.write_text(PAGE.format(title=f"tether best-of-n: {html.escape(st['name'])}",
+                                body=intro + f"<table><tr>{head}</tr>{body}</table>" + "".join(_img(p) for p in plots)
+                                + f"<h2>samples</h2><pre>{html.escape(json.dumps(result['samples'], indent=1))}</pre>"))
+    return page
