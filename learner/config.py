@@ -373,7 +373,9 @@ class TetherConfig(_Strict):
         own = set(ALGORITHM_SECTIONS[self.algorithm])
         for algo, sections in ALGORITHM_SECTIONS.items():
             for sec in sections:
-                if sec not in own and sec in self.model_fields_set and getattr(self, sec).model_fields_set:
+                # a section at its defaults (e.g. in a full model_dump) sets nothing; a changed one is an error
+                value = getattr(self, sec)
+                if sec not in own and sec in self.model_fields_set and value.model_dump() != type(value)().model_dump():
                     raise ValueError(
                         f"section '{sec}' configures algorithm '{algo}' and does not apply to algorithm '{self.algorithm}'; "
                         f"remove it or set algorithm: {algo} (sections of '{self.algorithm}': {', '.join(ALGORITHM_SECTIONS[self.algorithm])})"
@@ -453,6 +455,18 @@ def _validate(data: dict, *, source: str) -> TetherConfig:
         return TetherConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from None
+
+
+def config_from_dump(data: dict) -> TetherConfig:
+    """Validate a stored config, also a full ``model_dump`` (every section present): the sections of
+    algorithms other than its own are dropped first, as they only hold defaults there."""
+    data = copy.deepcopy(data)
+    algo = data.get("algorithm", "ppo")
+    for a, secs in ALGORITHM_SECTIONS.items():
+        if a != algo:
+            for sec in secs:
+                data.pop(sec, None)
+    return TetherConfig.model_validate(data)
 
 
 def load_config(path_or_preset: str | Path, overrides: list[str] | None = None) -> TetherConfig:

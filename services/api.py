@@ -26,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from learner.config import TetherConfig
+from learner.config import TetherConfig, config_from_dump
 from services.api_models import (Checkpoint, CommandAccepted, CommandInfo, Health, MetricRow, ParamChange, ParamUpdate, Run,
                                  RunCreate)
 from services.jobs import RayJobs
@@ -188,7 +188,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         records each change with its time and step (GET /runs/{id}/changes)."""
         rec = get_record(run_id)
         try:
-            body.check_against(TetherConfig.model_validate(rec["config"]))
+            body.check_against(config_from_dump(rec["config"]))
         except ValueError as e:
             field_name = str(e).split(":", 1)[0]
             return JSONResponse(status_code=422, content={"message": f"invalid request: {e}",
