@@ -18,7 +18,7 @@ from learner.config import TetherConfig
 from learner.fdpg import MovingBaseline, RunningLogZ, fdpg_loss, log_target, pseudo_reward
 from learner.learners import NotApplicable
 from learner.logprobs import masked_sum
-from learner.policy_model import pad_batch, response_logprobs
+from learner.policy_model import optimizer_step, pad_batch, response_logprobs
 from learner.types import ScoredRollouts
 
 
@@ -69,7 +69,7 @@ class FDPGLearner:
         log_z = self.log_z.update(log_pt, q_lp)
         out: dict[str, float] = {"fdpg/log_z": log_z, "fdpg/constraint_rate": sat}
         stats: dict[str, list[float]] = {"loss/policy": [], "fdpg/pseudo_reward_mean": [], "fdpg/log_t_mean": [], "fdpg/weight_mean": [],
-                                         "ppo/grad_norm": []}
+                                         "optim/grad_norm": []}
         if math.isfinite(log_z):
             pi_lp = self._seq_logp(self.model, batch, mask) if self.proposal is not None else q_lp
             pr, _ = pseudo_reward(policy_logp_seq=pi_lp, log_ptilde=log_pt, log_z=log_z, divergence=c.divergence)
@@ -82,12 +82,9 @@ class FDPGLearner:
                 lp = masked_sum(response_logprobs(self.model, mb), mb["response_mask"], dim=1)  # (b,) with grad
                 loss, st = fdpg_loss(policy_logp_seq=lp, proposal_logp_seq=q_lp[it], log_ptilde=log_pt[it], log_z=log_z, baseline=b,
                                      divergence=c.divergence, clip_weight=c.clip_weight)
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
-                self.opt.step()
+                gn = optimizer_step(self.opt, loss, self.model.parameters(), c.max_grad_norm)
                 stats["loss/policy"].append(loss.item())
-                stats["ppo/grad_norm"].append(float(gn))
+                stats["optim/grad_norm"].append(gn)
                 for k, v in st.items():
                     stats[k].append(v)
             out["fdpg/baseline"] = b

@@ -67,3 +67,12 @@ def response_logprobs(lm_or_policy: nn.Module, batch: dict[str, torch.Tensor], *
     if return_logits:
         out.append(logits)
     return out[0] if len(out) == 1 else tuple(out)
+
+
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, max_grad_norm: float) -> float:
+    """zero_grad, backward, clip the gradient norm, step; returns the norm before clipping."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gn = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    opt.step()
+    return float(gn)

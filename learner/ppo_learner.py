@@ -16,7 +16,7 @@ from learner.config import TetherConfig
 from learner.elastic_reset import ElasticReset
 from learner.kl import exact_kl_from_logits, kl_estimate, make_kl_controller
 from learner.logprobs import entropy_from_logits, masked_mean, masked_sum, masked_whiten
-from learner.policy_model import PolicyWithValue, pad_batch, response_logprobs
+from learner.policy_model import PolicyWithValue, optimizer_step, pad_batch, response_logprobs
 from learner.ppo import gae, per_token_rewards, policy_loss, value_loss
 from learner.types import ScoredRollouts
 
@@ -101,10 +101,7 @@ class PPOLearner:
                 vl, vst = value_loss(values=values, old_values=old_values[idx_t], returns=returns[idx_t], mask=m, clip=c.value_clip)
                 ent = masked_mean(entropy_from_logits(mb_logits), m)
                 loss = pl + c.value_coef * vl - c.entropy_coef * ent
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
-                self.opt.step()
+                gn = optimizer_step(self.opt, loss, self.model.parameters(), c.max_grad_norm)
                 if self.elastic is not None:
                     self.elastic.update(self.model)  # EMA after every optimiser step (paper, Alg. 1)
                 for k, v in (("loss/policy", pl.item()), ("loss/value", vl.item()), ("loss/entropy", ent.item()),

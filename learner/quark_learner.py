@@ -18,7 +18,7 @@ import torch
 
 from learner.config import TetherConfig
 from learner.learners import QUARK_META, NotApplicable
-from learner.policy_model import pad_batch, response_logprobs
+from learner.policy_model import optimizer_step, pad_batch, response_logprobs
 from learner.quark import DataPool, condition, quark_loss, quantile_tokens, reward_token_strings
 from learner.types import ScoredRollouts
 
@@ -103,7 +103,7 @@ class QuarkLearner:
         rewards = np.asarray(self.pool.rewards)
         bins = quantile_tokens(rewards, q.k)
         rng = np.random.default_rng(self.cfg.train.seed * 100003 + self.iteration)
-        stats: dict[str, list[float]] = {"loss/quark": [], "loss/nll": [], "loss/kl": [], "loss/entropy": [], "ppo/grad_norm": [], "kl/to_ref_exact": []}
+        stats: dict[str, list[float]] = {"loss/quark": [], "loss/nll": [], "loss/kl": [], "loss/entropy": [], "optim/grad_norm": [], "kl/to_ref_exact": []}
         self.model.train()
         for _ in range(q.steps_per_iteration):
             idx = rng.choice(len(samples), size=q.minibatch_size, replace=len(samples) < q.minibatch_size)
@@ -117,12 +117,9 @@ class QuarkLearner:
                 _, ref_logits = response_logprobs(self.ref, plain, return_logits=True)
             loss, st = quark_loss(logits=logits, ref_logits=ref_logits, tokens=cond["input_ids"][:, P : P + R], mask=mask,
                                   kl_coef=q.kl_coef, entropy_coef=q.entropy_coef)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), q.max_grad_norm)
-            self.opt.step()
+            gn = optimizer_step(self.opt, loss, self.model.parameters(), q.max_grad_norm)
             stats["loss/quark"].append(loss.item())
-            stats["ppo/grad_norm"].append(float(gn))
+            stats["optim/grad_norm"].append(gn)
             stats["kl/to_ref_exact"].append(st["loss/kl"] * float(mask.sum(1).mean()))  # per-token mean x mean length ~ per sequence
             for k, v in st.items():
                 stats[k].append(v)

@@ -9,13 +9,6 @@ from services.train import Trainer
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024)
-    yield
-    ray.shutdown()
-
-
 def _cfg(tiny_assets, **sections):
     base = tiny_assets[0]
     upd = {"runtime": base.runtime.model_copy(update={"mode": "ray", "engine": "vllm", "checkpoint_every": 0})}

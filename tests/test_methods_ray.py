@@ -1,6 +1,5 @@
 """f-DPG (lagged proposal), Quark (reward tokens in vLLM's vocabulary) and SALSA through Ray actors and vLLM."""
 import pytest
-import ray
 
 from learner.assets.build import prepare
 from learner.config import load_config
@@ -8,13 +7,6 @@ from services.runlog import read_metrics
 from services.train import Trainer
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024)
-    yield
-    ray.shutdown()
 
 
 def _cfg(tiny_cfg, *overrides):
