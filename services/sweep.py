@@ -646,7 +646,7 @@ def format_table(summary: dict) -> str:
             lines.append(f"{m:<16} no fit: {fit['error']}")
         else:
             n = lambda v, spec=".4f": "-" if v is None else format(v, spec)  # noqa: E731
-            lines.append(f"{m:<16} {n(fit['alpha']):>8} {n(fit['beta']):>8} {n(fit['r2'], '.3f'):>6} {n(fit['peak_kl'], '.3f'):>8} "
+            lines.append(f"{m:<16} {n(fit['alpha']):>8} {n(fit['beta']):>8} {n(fit['r2'], '.3f'):>6} {n(fit['peak_kl'], '.4g'):>8} "
                          f"{fit['n_points']:>6}")
     return "\n".join(lines)
 
