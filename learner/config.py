@@ -264,7 +264,7 @@ class ReferenceConfig(_Strict):
         if self.kind == "initial":
             given = [f for f in ("n_sft", "weights", "start_from", "sft_tokens", "sft_lr") if getattr(self, f) is not None]
             if given:
-                raise ValueError(f"reference.{', reference.'.join(given)} apply only to kind 'sft' or 'soup', not 'initial'")
+                raise ValueError(f"reference.{', reference.'.join(given)} {'applies' if len(given) == 1 else 'apply'} only to kind 'sft' or 'soup', not 'initial'")
         if self.kind != "soup" and self.weights is not None:
             raise ValueError(f"reference.weights applies only to kind 'soup', not '{self.kind}'")
         n = self.n_sft_
@@ -380,8 +380,6 @@ class TetherConfig(_Strict):
                         f"section '{sec}' configures algorithm '{algo}' and does not apply to algorithm '{self.algorithm}'; "
                         f"remove it or set algorithm: {algo} (sections of '{self.algorithm}': {', '.join(ALGORITHM_SECTIONS[self.algorithm])})"
                     )
-        if self.task.objective == "toxicity" and self.algorithm == "fdpg" and self.fdpg.target == "gdc":
-            pass  # the constraint is then 'non-toxic' (gold = non-toxicity logit > threshold)
         return self
 
     @property
