@@ -187,6 +187,12 @@ ALGORITHMS = ("ppo", "fdpg", "quark")
 ALGORITHM_SECTIONS = {"ppo": ("ppo", "kl", "elastic_reset"), "fdpg": ("fdpg",), "quark": ("quark",)}
 
 
+def without_other_algorithms(data: dict, algorithm: str) -> dict:
+    """``data`` (a config dict) without the sections of algorithms other than ``algorithm`` (a shallow copy)."""
+    other = {sec for a, secs in ALGORITHM_SECTIONS.items() if a != algorithm for sec in secs}
+    return {k: v for k, v in data.items() if k not in other}
+
+
 class FDPGConfig(_Strict):
     """f-DPG (Go et al. 2023): minimise D_f(pi || p) towards a target p; PAPERS.md s.5."""
 
@@ -406,8 +412,7 @@ class TetherConfig(_Strict):
             algo = over.get("algorithm", base.get("algorithm", "ppo"))
             if algo not in ALGORITHM_SECTIONS:
                 raise ConfigError(f"variant '{vname}': algorithm {algo!r} is not one of {', '.join(ALGORITHMS)}")
-            inherited = {k: v for k, v in copy.deepcopy(base).items()
-                         if not any(k in secs for a, secs in ALGORITHM_SECTIONS.items() if a != algo)}
+            inherited = without_other_algorithms(copy.deepcopy(base), algo)
             merged = _deep_merge(inherited, over)
             merged["name"] = f"{self.name}-{vname}" if "name" not in over else over["name"]
             out.append(_validate(merged, source=f"variant '{vname}'"))
@@ -458,13 +463,18 @@ def _validate(data: dict, *, source: str) -> TetherConfig:
 def config_from_dump(data: dict) -> TetherConfig:
     """Validate a stored config, also a full ``model_dump`` (every section present): the sections of
     algorithms other than its own are dropped first, as they only hold defaults there."""
-    data = copy.deepcopy(data)
-    algo = data.get("algorithm", "ppo")
-    for a, secs in ALGORITHM_SECTIONS.items():
-        if a != algo:
-            for sec in secs:
-                data.pop(sec, None)
-    return TetherConfig.model_validate(data)
+    return TetherConfig.model_validate(without_other_algorithms(copy.deepcopy(data), data.get("algorithm", "ppo")))
+
+
+def read_config_file(p: Path) -> dict:
+    """The mapping in a YAML config file; ConfigError if it is not valid YAML or not a mapping."""
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of config sections, got {type(data).__name__}")
+    return data
 
 
 def load_config(path_or_preset: str | Path, overrides: list[str] | None = None) -> TetherConfig:
@@ -477,21 +487,13 @@ def load_config(path_or_preset: str | Path, overrides: list[str] | None = None) 
         else:
             names = ", ".join(sorted(x.stem for x in PRESETS_DIR.glob("*.yaml")))
             raise ConfigError(f"config '{path_or_preset}' is neither a file nor a preset; presets: {names}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping of config sections, got {type(data).__name__}")
+    data = read_config_file(p)
     overridden = {item.split("=", 1)[0].split(".")[0] for item in overrides or [] if "=" in item}
     if "algorithm" in overridden:
         # Switching algorithm on the command line drops the file's sections of the other algorithms
         # (as a variant does); sections set by the overrides themselves are still checked.
         algo = next(yaml.safe_load(i.split("=", 1)[1]) for i in reversed(overrides or []) if i.split("=", 1)[0] == "algorithm")
-        for a, secs in ALGORITHM_SECTIONS.items():
-            if a != algo:
-                for sec in secs:
-                    data.pop(sec, None)
+        data = without_other_algorithms(data, str(algo))
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like section.field=value (e.g. train.iterations=5)")

@@ -57,7 +57,8 @@ import yaml
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
-from learner.config import ALGORITHM_SECTIONS, PRESETS_DIR, ConfigError, TetherConfig, _deep_merge, _validate, load_config
+from learner.config import (PRESETS_DIR, ConfigError, TetherConfig, _deep_merge, _validate, load_config, read_config_file,
+                            without_other_algorithms)
 
 log = logging.getLogger(__name__)
 SPEC_KEYS = ("name", "base", "set", "seeds", "methods")
@@ -178,11 +179,9 @@ def _load_base(base: Any, spec_path: Path) -> tuple[dict, Path]:
             raise SweepSpecError(f"sweep spec {spec_path}: base '{base}' is neither a YAML file (relative to the spec's folder or the "
                                  f"working directory) nor a preset; presets: {presets}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise SweepSpecError(f"base {path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise SweepSpecError(f"base {path}: the top level must be a mapping of config sections, got {type(data).__name__}")
+        data = read_config_file(path)
+    except ConfigError as e:
+        raise SweepSpecError(f"base: {e}") from None
     data.pop("variants", None)
     return data, path.resolve()
 
@@ -273,7 +272,7 @@ def load_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None) -> Sw
             gnested = _nest(values)
             # As for variants: the base's sections of other algorithms were written for the base's method.
             algo = _algorithm(base, set_nested, m["config"], gnested)
-            inherited = {k: v for k, v in base.items() if not any(k in secs for a, secs in ALGORITHM_SECTIONS.items() if a != algo)}
+            inherited = without_other_algorithms(base, algo)
             for seed in seeds if seeds is not None else [None]:
                 merged = copy.deepcopy(inherited)
                 for layer in (set_nested, m["config"], gnested, {} if seed is None else {"train": {"seed": seed}}):

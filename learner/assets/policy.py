@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from learner.config import PolicyConfig
+from learner.policy_model import optimizer_step
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +104,7 @@ def pretrain(cfg: PolicyConfig, tok, train_texts: list[str], heldout_texts: list
         starts = rng.integers(0, len(train_stream) - cfg.context - 1, size=cfg.batch_size)
         x = torch.from_numpy(np.stack([train_stream[s : s + cfg.context] for s in starts]).astype(np.int64))
         loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, model.parameters(), 1.0)
         sched.step()
         step += 1
         ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()

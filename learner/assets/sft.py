@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from learner.assets.policy import heldout_perplexity, load_policy, pack
+from learner.policy_model import optimizer_step
 from learner.soup import weight_soup
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,7 @@ def finetune(base: str | Path, out_dir: Path, train_texts: list[str], *, tokens:
         starts = rng.integers(0, len(stream) - context - 1, size=batch_size)
         x = torch.from_numpy(np.stack([stream[s : s + context] for s in starts]).astype(np.int64))
         loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, model.parameters(), 1.0)
         sched.step()
         losses.append(loss.item())
     out_dir.mkdir(parents=True, exist_ok=True)
