@@ -45,12 +45,6 @@ class PPOLearner:
         self.iteration = 0
         self.version = 0
 
-    @classmethod
-    def from_path(cls, cfg: TetherConfig, policy_path) -> "PPOLearner":
-        from learner.learners import make_learner
-
-        return make_learner(cfg, policy_path)
-
     # -- weights ---------------------------------------------------------------------------------
     def policy_state_dict(self) -> dict[str, torch.Tensor]:
         """The causal LM's weights (no value head), as the rollout engines expect them."""

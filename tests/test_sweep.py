@@ -223,14 +223,18 @@ def test_sweep_report_numbers_and_per_method_fits(tmp_path):
     assert f"{np.mean(golds):+.3f} &plusmn; {np.std(golds, ddof=1):.3f}" in html
 
 
-# -- a real sweep on the tiny task -------------------------------------------------------------------
-@pytest.mark.slow
-def test_sweep_runs_skips_and_resumes_on_the_tiny_task(tiny_assets, tmp_path, capsys):
-    cfg = tiny_assets[0]
+def _write_tiny_base(cfg, tmp_path) -> None:
+    """base.yaml: the session's tiny config, in-process roles, 2 iterations."""
     base = cfg.dump()
     base["runtime"] = {**base.get("runtime", {}), "mode": "local", "engine": "transformers"}
     base["train"] = {**base.get("train", {}), "iterations": 2}
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+
+
+# -- a real sweep on the tiny task -------------------------------------------------------------------
+@pytest.mark.slow
+def test_sweep_runs_skips_and_resumes_on_the_tiny_task(tiny_assets, tmp_path, capsys):
+    _write_tiny_base(tiny_assets[0], tmp_path)
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"name": "tiny-sweep", "base": "base.yaml", "seeds": [0], "methods": {
         "ppo_kl": {"config": {"kl": {"mode": "fixed"}}, "grid": {"kl.coef": [0.01, 0.05]}},
@@ -283,11 +287,7 @@ def test_sweep_runs_skips_and_resumes_on_the_tiny_task(tiny_assets, tmp_path, ca
 @pytest.mark.slow
 def test_submitted_sweep_runs_each_cell_as_a_ray_job(ray_head, tiny_assets, tmp_path, monkeypatch):
     """--submit against a real local Ray head with the dashboard (tests/test_api_ray.py's fixture): one job per unfinished cell."""
-    cfg = tiny_assets[0]
-    base = cfg.dump()
-    base["runtime"] = {**base.get("runtime", {}), "mode": "local", "engine": "transformers"}
-    base["train"] = {**base.get("train", {}), "iterations": 2}
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    _write_tiny_base(tiny_assets[0], tmp_path)
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"name": "ray-sweep", "base": "base.yaml", "seeds": [0],
                                     "methods": {"ppo_kl": {"grid": {"kl.coef": [0.01, 0.05]}}}}))

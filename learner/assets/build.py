@@ -129,21 +129,27 @@ def prepare(cfg: TetherConfig, *, rebuild: bool = False, cfg_source: str = "<con
     return out
 
 
-def _sft_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
-    folder, key = stage_folder(cfg, "sft")
-    if (m := _reuse(cfg, "sft", rebuild)) is not None:
+def _built_stage(cfg: TetherConfig, stage: str, rebuild: bool, build) -> dict:
+    """Reuse an up-to-date artefact, or run ``build(tmp_dir) -> metrics`` and commit it with its manifest."""
+    folder, key = stage_folder(cfg, stage)
+    if (m := _reuse(cfg, stage, rebuild)) is not None:
         return m
-    from learner.assets.sft import build_sft
-
     t0 = time.time()
     tmp = store.fresh_dir(folder)
-    r, p = cfg.reference, cfg.policy
-    metrics = build_sft(resolve_partial(cfg)["policy"], tmp, split.train_text, split.heldout_text, n=r.n_sft_, tokens=r.sft_tokens_, lr=r.sft_lr_,
-                        seed=cfg.task.seed, batch_size=p.batch_size, context=p.context)
-    m = store.write_manifest(tmp, "sft", key, _parts(cfg, "sft"), metrics, time.time() - t0)
+    metrics = build(tmp)
+    m = store.write_manifest(tmp, stage, key, _parts(cfg, stage), metrics, time.time() - t0)
     store.commit_dir(tmp, folder)
-    store.update_index(task_dir(cfg), "sft", m, folder)
+    store.update_index(task_dir(cfg), stage, m, folder)
     return m
+
+
+def _sft_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
+    from learner.assets.sft import build_sft
+
+    r, p = cfg.reference, cfg.policy
+    return _built_stage(cfg, "sft", rebuild, lambda tmp: build_sft(
+        resolve_partial(cfg)["policy"], tmp, split.train_text, split.heldout_text, n=r.n_sft_, tokens=r.sft_tokens_, lr=r.sft_lr_,
+        seed=cfg.task.seed, batch_size=p.batch_size, context=p.context))
 
 
 def _reuse(cfg: TetherConfig, stage: str, rebuild: bool) -> dict | None:
@@ -202,34 +208,16 @@ def _policy_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
 def _gold_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
     if cfg.gold.kind == "hf_classifier":
         return {"stage": "gold", "source": cfg.gold.name_or_path, "note": "loaded from_pretrained; not built here"}
-    folder, key = stage_folder(cfg, "gold")
-    if (m := _reuse(cfg, "gold", rebuild)) is not None:
-        return m
     from learner.assets.gold import train_gold
 
-    t0 = time.time()
-    tmp = store.fresh_dir(folder)
-    metrics = train_gold(cfg.gold, split, tmp)
-    m = store.write_manifest(tmp, "gold", key, _parts(cfg, "gold"), metrics, time.time() - t0)
-    store.commit_dir(tmp, folder)
-    store.update_index(task_dir(cfg), "gold", m, folder)
-    return m
+    return _built_stage(cfg, "gold", rebuild, lambda tmp: train_gold(cfg.gold, split, tmp))
 
 
 def _proxy_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
-    folder, key = stage_folder(cfg, "proxy")
-    if (m := _reuse(cfg, "proxy", rebuild)) is not None:
-        return m
     from learner.assets.proxy import build_proxies
 
-    t0 = time.time()
-    tmp = store.fresh_dir(folder)
     paths = resolve_partial(cfg)
-    metrics = build_proxies(cfg, split, paths["policy"], paths["gold"], tmp)
-    m = store.write_manifest(tmp, "proxy", key, _parts(cfg, "proxy"), metrics, time.time() - t0)
-    store.commit_dir(tmp, folder)
-    store.update_index(task_dir(cfg), "proxy", m, folder)
-    return m
+    return _built_stage(cfg, "proxy", rebuild, lambda tmp: build_proxies(cfg, split, paths["policy"], paths["gold"], tmp))
 
 
 def resolve_partial(cfg: TetherConfig) -> dict:
