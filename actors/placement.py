@@ -1,6 +1,7 @@
 """Ray start-up and placement: every role's resources become one placement group, here and nowhere else."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -18,13 +19,45 @@ class RuntimeSetupError(RuntimeError):
     """Ray could not be reached, or the actors cannot be placed: the message says what to change."""
 
 
+def actor_env_vars() -> dict[str, str]:
+    """The environment every tether actor needs: the one place that decides it (the driver's ray.init, the
+    service's and the sweep's Ray jobs all take it from here)."""
+    # vLLM logs every weight reload at INFO; the driver shows actor logs, so keep them to warnings.
+    return {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+
+
+def job_env_vars() -> dict[str, str]:
+    """env_vars of a Ray job that runs `tether train` (service runs, sweep cells): the actors' env, one thread
+    for the entrypoint process (its roles set their own thread counts)."""
+    return {"OMP_NUM_THREADS": "1", **actor_env_vars()}
+
+
+def job_runtime_env() -> dict:
+    """The runtime env of the Ray job this process runs in ({} outside a job). Ray injects it as JSON in
+    RAY_JOB_CONFIG_JSON_ENV_VAR and merges it with ray.init's runtime env, refusing any key set by both."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw).get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return {}
+
+
+def driver_runtime_env() -> dict:
+    """ray.init's runtime env: the actors' env vars minus those the enclosing Ray job already sets (the job's
+    value wins: it is what the submitter asked for), so Ray's merge never meets the same key twice."""
+    taken = set((job_runtime_env().get("env_vars") or {}))
+    env = {k: v for k, v in actor_env_vars().items() if k not in taken}
+    return {"env_vars": env} if env else {}
+
+
 def connect(rt: RuntimeConfig) -> str:
     """Join RAY_ADDRESS / runtime.ray_address, or start a local cluster. Fails fast, never hangs."""
     if ray.is_initialized():
         return "already connected"
     address = rt.ray_address or os.environ.get("RAY_ADDRESS")
-    # vLLM logs every weight reload at INFO; the driver shows actor logs, so keep them to warnings.
-    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}}
+    env = driver_runtime_env()
     if address:
         _check_reachable(address, rt.connect_timeout_s)
         try:

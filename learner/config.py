@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: JSON 1e309 parses to inf; a non-finite coefficient is refused here, not at sampling time.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TaskConfig(_Strict):
@@ -30,7 +31,7 @@ class TaskConfig(_Strict):
     max_reviews: int | None = Field(None, ge=200, description="Use only the first N reviews after shuffling (tests use a few thousand). None = all 25k.")
     prompt_words_min: int = Field(2, ge=1, description="Prompts are review prefixes of between prompt_words_min and prompt_words_max words (Elastic Reset IMDB uses short prefixes).")
     prompt_words_max: int = Field(5, ge=1, description="Upper bound of prompt length in words.")
-    seed: int = Field(0, description="Seed of the train/held-out split and of prompt sampling.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the train/held-out split and of prompt sampling.")
 
     @model_validator(mode="after")
     def _words(self) -> "TaskConfig":
@@ -308,7 +309,7 @@ class TrainConfig(_Strict):
     iterations: int = Field(20, ge=1, description="PPO iterations.")
     eval_every: int = Field(2, ge=1, description="Gold evaluation on held-out prompts every N iterations.")
     eval_prompts: int = Field(64, ge=1, description="Held-out prompts per gold evaluation.")
-    seed: int = Field(0, description="Seed of the training run.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the training run (0 .. 2^31-1: every draw is seeded by seed*100003 + iteration).")
     threads: int | None = Field(None, ge=1, description="torch threads (None = free cores).")
 
 

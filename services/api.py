@@ -1,40 +1,51 @@
-"""`tether serve`: the REST API over Redis (run records, metrics, commands) and Ray's job submission.
+"""`tether serve`: the REST API over Redis (run records, metrics, commands), an admission queue, and Ray's job submission.
 
-Every endpoint except GET /healthz needs ``Authorization: Bearer <token>`` (401 when missing, 403 when
-wrong). The token comes from env TETHER_API_TOKEN, else from ``<data_dir>/api_token`` (generated once,
-mode 0600). A run's config is validated (services/api_models.ServiceRunConfig), its paths resolved inside
-the data directory, stored in Redis and in ``<data_dir>/service/<run_id>/tether.yaml``, then a Ray job
-runs ``tether prepare <yaml> && tether train <yaml> --run-id <id> --redis-url <url>``.
+Every endpoint except GET /healthz, the page and the API docs needs ``Authorization: Bearer <token>``
+(401 when missing, 403 when wrong), checked before the body is read (services/api_security.py). The
+token comes from env TETHER_API_TOKEN, else from ``<data_dir>/api_token`` (generated once, mode 0600).
+A run's config is validated (services/api_models.ServiceRunConfig and the service's limits), its paths
+resolved inside the data directory, stored in Redis and in ``<data_dir>/service/<run_id>/tether.yaml``,
+and queued; the scheduler (services/scheduler.py) admits it when the cluster has room, as a Ray job
+running ``tether prepare <yaml> && tether train <yaml> --run-id <id> --redis-url <url>``.
+While Redis is unreachable every endpoint answers 503 with a JSON reason, and so does /healthz.
 """
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import logging
 import os
 import secrets
 import shlex
 import sys
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
 import yaml
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 
+from actors.placement import job_env_vars
 from learner.config import TetherConfig, config_from_dump
-from services.api_models import (Checkpoint, CommandAccepted, CommandInfo, Health, MetricRow, ParamChange, ParamUpdate, Run,
-                                 RunCreate)
+from services.api_models import (DEFAULT_LIMITS, Checkpoint, CommandAccepted, CommandInfo, Error, Health, MetricRow, ParamChange,
+                                 ParamUpdate, Run, RunCreate, errors, over_limits)
+from services.api_security import Gate
 from services.jobs import RayJobs
 from services.redis_store import RunStore
+from services.scheduler import TERMINAL, NeverFits, Scheduler, run_resources
+from services.streams import metric_events, parse_stream_id
 
 log = logging.getLogger(__name__)
-TERMINAL = ("stopped", "finished", "failed", "submit_failed")
 STATIC = Path(__file__).resolve().parent / "static"
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+MAX_STEP = 2**53  # steps are stream-id prefixes; larger values would reach Redis as invalid ids
+RUN_ID = PathParam(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="A run id as returned by POST /runs (e.g. r-1a2b3c4d).")
 
 
 @dataclass
@@ -43,8 +54,12 @@ class ServiceSettings:
     redis_url: str
     token: str
     jobs: RayJobs | None = None
-    job_env: dict[str, str] = field(default_factory=lambda: {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
+    job_env: dict[str, str] = field(default_factory=job_env_vars)
     tether_bin: str = field(default_factory=lambda: str(Path(sys.executable).with_name("tether")))
+    max_runs: int | None = None  # None: as many as the cluster's CPUs/GPUs hold (services/scheduler.py)
+    limits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    max_body_bytes: int = 1024 * 1024  # a full config dump is about 6 KB
+    scheduler_poll_s: float = 1.0
 
 
 def load_or_create_token(data_dir: Path) -> tuple[str, str]:
@@ -62,40 +77,76 @@ def load_or_create_token(data_dir: Path) -> tuple[str, str]:
 
 
 def combined_status(state: str, job_status: str | None) -> str:
-    if job_status in ("FAILED", "STOPPED") and state not in TERMINAL:
-        return "failed" if job_status == "FAILED" else "stopped"
-    if job_status == "PENDING" and state == "created":
+    if state == "submitted" and job_status == "PENDING":
         return "pending"
-    if job_status == "RUNNING" and state == "created":
+    if state == "submitted" and job_status == "RUNNING":
         return "starting"
     return state
+
+
+def _invalid(fields: list[tuple[str, str]], *, loc_prefix: tuple = ("body",), types: list[str] | None = None) -> JSONResponse:
+    message = "; ".join(f"{f or '<body>'}: {m}" for f, m in fields)
+    detail = [{"loc": [*loc_prefix, *f.split(".")], "field": f, "msg": m, "type": (types or ["value_error"] * len(fields))[i]}
+              for i, (f, m) in enumerate(fields)]
+    return JSONResponse(status_code=422, content={"message": f"invalid request: {message}", "detail": detail})
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
     data_dir = Path(settings.data_dir).resolve()
     store = RunStore(settings.redis_url)
-    bearer = HTTPBearer(auto_error=False, description="The service token: env TETHER_API_TOKEN or <data_dir>/api_token.")
-    app = FastAPI(
-        title="tether", version="0.1.0",
-        description="Runs of RL alignment with drift control (PPO+KL, Elastic Reset, reward ensembles): create, watch, steer. "
-        "Send `Authorization: Bearer <token>` on every endpoint but /healthz.",
-    )
-    app.state.store, app.state.settings = store, settings
+    q = shlex.quote
 
-    def auth(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if cred is None:
-            raise HTTPException(401, "missing bearer token: send 'Authorization: Bearer <token>' (the token is in env TETHER_API_TOKEN "
-                                     "or <data_dir>/api_token of the server)", headers={"WWW-Authenticate": "Bearer"})
-        if not secrets.compare_digest(cred.credentials.encode(), settings.token.encode()):
-            raise HTTPException(403, "invalid bearer token: it does not match the server's token")
+    def submit(rec: dict[str, Any]) -> None:
+        if settings.jobs is None:
+            raise RuntimeError("this server was started without Ray job submission (--no-ray)")
+        cfg_path, run_id = rec["config_path"], rec["id"]
+        entrypoint = (f"{q(settings.tether_bin)} prepare {q(cfg_path)} && "
+                      f"{q(settings.tether_bin)} train {q(cfg_path)} --run-id {run_id} --redis-url {q(settings.redis_url)}")
+        settings.jobs.submit(entrypoint, job_id=rec["job_id"], env=settings.job_env)
+
+    scheduler = Scheduler(store, settings.jobs, submit, max_runs=settings.max_runs)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        stop = threading.Event()
+        th = threading.Thread(target=scheduler.run_forever, args=(stop,), kwargs={"poll_s": settings.scheduler_poll_s},
+                              name="tether-scheduler", daemon=True)
+        th.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            th.join(10)
+
+    # Documented for every endpoint by the app: the gate's answers, validation errors, Redis outages.
+    common = errors(401, 403, 413, 422, 503)
+    app = FastAPI(
+        title="tether", version="0.2.0", lifespan=lifespan, responses=common,
+        description="Runs of RL alignment with drift control (PPO+KL, Elastic Reset, reward ensembles): create, watch, steer. "
+        "Send `Authorization: Bearer <token>` on every endpoint but /healthz, / and the API docs.",
+    )
+    app.add_middleware(Gate, token=settings.token, max_body=settings.max_body_bytes)
+    app.state.store, app.state.settings, app.state.scheduler = store, settings, scheduler
+    # The token is checked by the Gate before the body is read; this dependency only declares the scheme in OpenAPI.
+    bearer = HTTPBearer(auto_error=False, description="The service token: env TETHER_API_TOKEN or <data_dir>/api_token.")
+    auth = [Depends(bearer)]
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        fields = [".".join(str(p) for p in e["loc"] if p != "body") for e in errors]
-        message = "; ".join(f"{f or '<body>'}: {e['msg']}" for f, e in zip(fields, errors))
-        detail = [{"loc": list(e["loc"]), "field": f, "msg": e["msg"], "type": e["type"]} for f, e in zip(fields, errors)]
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        fields = [".".join(str(p) for p in e["loc"] if p not in ("body", "path", "query", "header")) for e in errs]
+        detail = [{"loc": [str(p) if not isinstance(p, int) else p for p in e["loc"]], "field": f, "msg": e["msg"], "type": e["type"]}
+                  for f, e in zip(fields, errs)]
+        message = "; ".join(f"{f or '<body>'}: {e['msg']}" for f, e in zip(fields, errs))
         return JSONResponse(status_code=422, content={"message": f"invalid request: {message}", "detail": detail})
+
+    @app.exception_handler(redis.RedisError)
+    async def _redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
+        if isinstance(exc, REDIS_DOWN):
+            return JSONResponse(status_code=503, content={"detail": f"Redis is unreachable ({type(exc).__name__}: {exc}); the service's state "
+                                                                    "is there: try again when it is back"}, headers={"Retry-After": "5"})
+        log.exception("Redis error")
+        return JSONResponse(status_code=503, content={"detail": f"Redis answered an error ({type(exc).__name__}: {exc})"})
 
     def get_record(run_id: str) -> dict[str, Any]:
         rec = store.get_run(run_id)
@@ -103,11 +154,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             raise HTTPException(404, f"no run with id {run_id!r}")
         return rec
 
-    def view(rec: dict[str, Any]) -> Run:
-        job_status = None
-        if settings.jobs is not None and rec.get("job_id"):
-            job_status = settings.jobs.status(rec["job_id"])
-        return Run(**{**rec, "job_status": job_status, "status": combined_status(rec.get("state", "created"), job_status)})
+    def view(rec: dict[str, Any], positions: dict[str, int] | None = None) -> Run:
+        pos = (positions if positions is not None else scheduler.positions()).get(rec["id"]) if rec.get("state") == "queued" else None
+        return Run(**{**rec, "queue_position": pos, "status": combined_status(rec.get("state", "queued"), rec.get("job_status"))})
 
     def run_dir(rec: dict[str, Any]) -> Path:
         d = rec.get("run_dir")
@@ -115,7 +164,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             raise HTTPException(404, "the run has not started yet (no run folder)")
         p = Path(d).resolve()
         if not p.is_relative_to(data_dir):
-            raise HTTPException(500, "the run folder recorded for this run is outside the data directory; refusing to read it")
+            raise HTTPException(404, "the run folder recorded for this run is outside the data directory; refusing to read it")
         return p
 
     def command(run_id: str, type_: str, args: dict | None = None) -> CommandAccepted:
@@ -125,26 +174,34 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         cid = store.send_command(run_id, type_, args or {})
         return CommandAccepted(run_id=run_id, command_id=cid, type=type_, args=args or {})
 
-    @app.get("/healthz", response_model=Health, tags=["service"])
-    def healthz() -> Health:
+    @app.get("/healthz", response_model=Health, tags=["service"], responses={503: {"model": Health, "description": "Redis is unreachable."}})
+    def healthz():
         try:
-            ok = bool(store.r.ping())
-        except Exception:  # noqa: BLE001 - health reports, never raises
-            ok = False
-        return Health(ok=ok, redis=ok)
+            store.r.ping()
+        except Exception as e:  # noqa: BLE001 - health reports, never raises
+            return JSONResponse(status_code=503, content=Health(ok=False, redis=False, reason=f"Redis is unreachable ({type(e).__name__})").model_dump())
+        return Health(ok=True, redis=True)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page():
-        index = STATIC / "index.html"
-        if not index.exists():
-            raise HTTPException(404, "the web page is not installed")
-        return FileResponse(index)
+        return FileResponse(STATIC / "index.html")
 
-    @app.post("/runs", response_model=Run, status_code=201, tags=["runs"], dependencies=[Depends(auth)],
-              responses={503: {"description": "Ray's job submission failed (the run is kept with state submit_failed)"}})
-    def create_run(body: RunCreate) -> Run:
-        run_id = f"r-{uuid.uuid4().hex[:8]}"
+    @app.post("/runs", response_model=Run, status_code=201, tags=["runs"], dependencies=auth,
+              responses={201: {"description": "Stored and queued (status 'queued', with its queue_position) or admitted at once "
+                                               "(its Ray job submitted)."},
+                         **errors(503)})
+    def create_run(body: RunCreate):
+        """Validate, store and queue a run; it is admitted in order when the cluster has room for what it declares."""
         cfg = TetherConfig.model_validate(body.config.model_dump(exclude_unset=True))
+        over = over_limits(cfg, settings.limits)
+        if over:
+            return _invalid(over)
+        need = run_resources(cfg)
+        try:
+            scheduler.check_fits(need)
+        except NeverFits as e:
+            return _invalid([("config.runtime", str(e))])
+        run_id = f"r-{uuid.uuid4().hex[:8]}"
         # Paths were checked to be relative and free of '..': resolve them inside the data directory.
         cfg.data_dir = str(data_dir / cfg.data_dir)
         cfg.runs_dir = str(data_dir / cfg.runs_dir / run_id)
@@ -152,88 +209,96 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         folder.mkdir(parents=True, exist_ok=True)
         cfg_path = folder / "tether.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg.dump(), sort_keys=False))
-        job_id = f"tether-{run_id}"
-        store.create_run(run_id, {"name": cfg.name, "config": cfg.dump(), "job_id": job_id, "config_path": str(cfg_path)})
-        q = shlex.quote
-        entrypoint = (f"{q(settings.tether_bin)} prepare {q(str(cfg_path))} && "
-                      f"{q(settings.tether_bin)} train {q(str(cfg_path))} --run-id {run_id} --redis-url {q(settings.redis_url)}")
-        if settings.jobs is None:
-            store.update_run(run_id, state="submit_failed", error="this server was started without Ray job submission")
-            raise HTTPException(503, "this server was started without Ray job submission (--no-ray); the run was stored, not started")
-        try:
-            settings.jobs.submit(entrypoint, job_id=job_id, env=settings.job_env)
-        except Exception as e:  # noqa: BLE001 - reported to the client with the cause
-            store.update_run(run_id, state="submit_failed", error=str(e))
-            raise HTTPException(503, f"Ray job submission failed: {e}") from None
-        return view(get_record(run_id))
+        store.create_run(run_id, {"name": cfg.name, "config": cfg.dump(), "job_id": f"tether-{run_id}", "config_path": str(cfg_path),
+                                  "state": "queued", "resources": need})
+        scheduler.enqueue(run_id)
+        scheduler.tick(reconcile=False)  # admit now if there is room: the client learns a submission failure at once
+        rec = get_record(run_id)
+        if rec["state"] == "submit_failed":
+            raise HTTPException(503, f"{rec.get('error')}; the run was stored (state submit_failed), not started")
+        return view(rec)
 
-    @app.get("/runs", response_model=list[Run], tags=["runs"], dependencies=[Depends(auth)])
+    @app.get("/runs", response_model=list[Run], tags=["runs"], dependencies=auth)
     def list_runs() -> list[Run]:
-        return [view(r) for r in store.list_runs()]
+        positions = scheduler.positions()
+        return [view(r, positions) for r in store.list_runs()]
 
-    @app.get("/runs/{run_id}", response_model=Run, tags=["runs"], dependencies=[Depends(auth)])
-    def get_run(run_id: str) -> Run:
+    @app.get("/runs/{run_id}", response_model=Run, tags=["runs"], dependencies=auth, responses=errors(404))
+    def get_run(run_id: str = RUN_ID) -> Run:
         return view(get_record(run_id))
 
     for kind, doc in (("pause", "Pause between iterations (the trainer blocks until resume or stop)."),
                       ("resume", "Resume a paused run."),
-                      ("stop", "Stop after the current iteration, with a checkpoint (state 'stopped')."),
+                      ("stop", "Stop after the current iteration, with a checkpoint (state 'stopped'); a queued run is taken off the "
+                               "queue (state 'cancelled')."),
                       ("reset", "Elastic Reset now: policy <- EMA, EMA <- initial, then a weight sync (needs elastic_reset.enabled).")):
         app.post(f"/runs/{{run_id}}/{kind}", response_model=CommandAccepted, status_code=202, tags=["control"],
-                 dependencies=[Depends(auth)], summary=doc, name=f"{kind}_run")(_command_endpoint(kind, get_record, command))
+                 dependencies=auth, summary=doc, name=f"{kind}_run", responses=errors(404, 409))(
+            _command_endpoint(kind, get_record, command, scheduler))
 
-    @app.patch("/runs/{run_id}/params", response_model=CommandAccepted, status_code=202, tags=["control"], dependencies=[Depends(auth)])
-    def set_params(run_id: str, body: ParamUpdate) -> CommandAccepted:
+    @app.patch("/runs/{run_id}/params", response_model=CommandAccepted, status_code=202, tags=["control"], dependencies=auth,
+               responses=errors(404, 409))
+    def set_params(body: ParamUpdate, run_id: str = RUN_ID):
         """Change parameters that are safe to change mid-run; the trainer applies them between iterations and
         records each change with its time and step (GET /runs/{id}/changes)."""
         rec = get_record(run_id)
         try:
             body.check_against(config_from_dump(rec["config"]))
         except ValueError as e:
-            field_name = str(e).split(":", 1)[0]
-            return JSONResponse(status_code=422, content={"message": f"invalid request: {e}",
-                                                          "detail": [{"loc": ["body", field_name], "field": field_name, "msg": str(e)}]})
+            return _invalid([(str(e).split(":", 1)[0], str(e))])
         return command(run_id, "set", body.model_dump(exclude_none=True))
 
-    @app.get("/runs/{run_id}/commands", response_model=list[CommandInfo], tags=["control"], dependencies=[Depends(auth)])
-    def list_commands(run_id: str) -> list[dict]:
+    @app.get("/runs/{run_id}/commands", response_model=list[CommandInfo], tags=["control"], dependencies=auth, responses=errors(404))
+    def list_commands(run_id: str = RUN_ID) -> list[dict]:
         get_record(run_id)
         return store.commands(run_id)
 
-    @app.get("/runs/{run_id}/changes", response_model=list[ParamChange], tags=["control"], dependencies=[Depends(auth)])
-    def list_changes(run_id: str) -> list[dict]:
+    @app.get("/runs/{run_id}/changes", response_model=list[ParamChange], tags=["control"], dependencies=auth, responses=errors(404))
+    def list_changes(run_id: str = RUN_ID) -> list[dict]:
         get_record(run_id)
         return store.changes(run_id)
 
-    @app.get("/runs/{run_id}/metrics", response_model=list[MetricRow], tags=["metrics"], dependencies=[Depends(auth)])
-    def metrics(run_id: str, from_step: int | None = Query(None, ge=0, description="First step (inclusive)."),
-                to_step: int | None = Query(None, ge=0, description="Last step (inclusive)."),
+    @app.get("/runs/{run_id}/metrics", response_model=list[MetricRow], tags=["metrics"], dependencies=auth, responses=errors(404))
+    def metrics(run_id: str = RUN_ID,
+                from_step: int | None = Query(None, ge=0, le=MAX_STEP, description="First step (inclusive)."),
+                to_step: int | None = Query(None, ge=0, le=MAX_STEP, description="Last step (inclusive)."),
                 count: int | None = Query(None, ge=1, le=100_000, description="At most this many rows.")) -> list[dict]:
         get_record(run_id)
         return store.metrics(run_id, start="-" if from_step is None else str(from_step),
                              end="+" if to_step is None else str(to_step), count=count)
 
-    @app.get("/runs/{run_id}/metrics/stream", tags=["metrics"], dependencies=[Depends(auth)],
-             responses={200: {"content": {"text/event-stream": {"example": 'id: 12-1\nevent: metrics\ndata: {"step": 12, "reward/gold_mean": 0.4}\n\n'}},
-                              "description": "Server-sent events: 'metrics' per row, 'end' when the run is over; ': keep-alive' comments."}})
-    async def stream(run_id: str, request: Request,
-                     after: str = Query("0", description="Send rows after this stream id ('0' = the whole history first, '$' = only new)."),
-                     max_events: int | None = Query(None, ge=1, description="Close after this many 'metrics' events.")):
+    @app.get("/runs/{run_id}/metrics/stream", tags=["metrics"], dependencies=auth, response_class=StreamingResponse,
+             responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"},
+                                                               "example": 'id: 12-1\nevent: metrics\ndata: {"step": 12, "reward/gold_mean": 0.4}\n\n'}},
+                              "description": "Server-sent events: 'metrics' per row, 'end' when the run is over, 'error' if Redis "
+                                             "goes away; ': keep-alive' comments."},
+                        **errors(400, 404)})
+    def stream(request: Request, run_id: str = RUN_ID,
+               after: str = Query("0", max_length=64, pattern=r"^(\$|\d{1,20}(-\d{1,20})?)$",
+                                  description="Send rows after this stream id ('0' = the whole history first, '$' = only new)."),
+               max_events: int | None = Query(None, ge=1, le=1_000_000, description="Close after this many 'metrics' events.")):
+        try:
+            last = parse_stream_id(after, where="after")
+            header = request.headers.get("last-event-id")
+            if header is not None:
+                last = parse_stream_id(header, where="the Last-Event-ID header")
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from None
         get_record(run_id)
-        last = request.headers.get("last-event-id") or after
-        return StreamingResponse(_events(store, run_id, last, max_events, request), media_type="text/event-stream",
+        return StreamingResponse(metric_events(settings.redis_url, run_id, last, max_events, request), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.get("/runs/{run_id}/report", response_class=HTMLResponse, tags=["results"], dependencies=[Depends(auth)])
-    def report(run_id: str):
+    @app.get("/runs/{run_id}/report", response_class=HTMLResponse, tags=["results"], dependencies=auth,
+             responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}, "description": "The HTML report."}, **errors(404)})
+    def report(run_id: str = RUN_ID):
         """The run's HTML report (written when the run ends)."""
         p = run_dir(get_record(run_id)) / "report.html"
         if not p.exists():
             raise HTTPException(404, "no report yet: it is written when the run ends")
         return FileResponse(p, media_type="text/html")
 
-    @app.get("/runs/{run_id}/checkpoints", response_model=list[Checkpoint], tags=["results"], dependencies=[Depends(auth)])
-    def checkpoints(run_id: str) -> list[Checkpoint]:
+    @app.get("/runs/{run_id}/checkpoints", response_model=list[Checkpoint], tags=["results"], dependencies=auth, responses=errors(404))
+    def checkpoints(run_id: str = RUN_ID) -> list[Checkpoint]:
         root = run_dir(get_record(run_id)) / "checkpoints"
         if not root.exists():
             return []
@@ -247,32 +312,17 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     return app
 
 
-def _command_endpoint(kind: str, get_record, command):
-    def endpoint(run_id: str) -> CommandAccepted:
-        if kind == "reset" and not (get_record(run_id).get("config") or {}).get("elastic_reset", {}).get("enabled"):
+def _command_endpoint(kind: str, get_record, command, scheduler: Scheduler):
+    def endpoint(run_id: str = RUN_ID) -> CommandAccepted:
+        rec = get_record(run_id)
+        if kind == "reset" and not (rec.get("config") or {}).get("elastic_reset", {}).get("enabled"):
             raise HTTPException(409, "reset needs elastic_reset.enabled: true in the run's config (there is no EMA to reset to)")
+        if kind == "stop" and rec.get("state") == "queued" and scheduler.cancel(run_id):
+            return CommandAccepted(run_id=run_id, command_id="cancelled", type="stop", args={})
         return command(run_id, kind)
 
     endpoint.__name__ = f"{kind}_run"
     return endpoint
 
 
-async def _events(store: RunStore, run_id: str, last: str, max_events: int | None, request: Request):
-    """SSE: history after ``last`` then live rows (blocking XREAD in a worker thread), 'end' when the run is over."""
-    sent = 0
-    while True:
-        if await request.is_disconnected():
-            return
-        rows = await asyncio.to_thread(store.read_metrics, run_id, last, block_ms=1000)
-        for row in rows:
-            last = row["id"]
-            yield f"id: {row['id']}\nevent: metrics\ndata: {json.dumps(row)}\n\n"
-            sent += 1
-            if max_events is not None and sent >= max_events:
-                return
-        if not rows:
-            rec = await asyncio.to_thread(store.get_run, run_id)
-            if rec and rec.get("state") in TERMINAL:
-                yield f"event: end\ndata: {json.dumps({'state': rec['state']})}\n\n"
-                return
-            yield ": keep-alive\n\n"
+__all__ = ["ServiceSettings", "create_app", "load_or_create_token", "combined_status", "Error"]

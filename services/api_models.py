@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from learner.config import TetherConfig
 from services.control import ParamUpdate  # noqa: F401 - re-exported: the PATCH /runs/{id}/params body
@@ -49,6 +49,64 @@ class ServiceRunConfig(TetherConfig):
             raise ValueError(f"{info.field_name}.name_or_path must be a model hub name like 'org/model' (local paths are refused), got {name!r}")
         return v
 
+    @field_validator("runtime")
+    @classmethod
+    def _cluster(cls, v):
+        if v.ray_address is not None:
+            raise ValueError("runtime.ray_address cannot be set through the API: the service decides which Ray cluster runs its jobs "
+                             "(tether serve --ray-address); leave it out")
+        return v
+
+
+# What a submitted config may ask for, as dotted field -> largest accepted value. `tether serve --limit
+# FIELD=MAX` changes one; the defaults keep one run within what a small cluster can serve in hours.
+DEFAULT_LIMITS: dict[str, float] = {
+    "train.iterations": 5_000,
+    "train.eval_prompts": 1_024,
+    "generation.max_new_tokens": 512,
+    "ppo.batch_size": 1_024, "fdpg.batch_size": 1_024, "quark.batch_size": 1_024,
+    "ppo.epochs": 16,
+    "quark.steps_per_iteration": 256,
+    "runtime.kv_cache_gib": 16,
+    "runtime.rollout_actors": 16,
+    "runtime.object_store_mb": 8_192,
+    "policy.pretrain_tokens": 20_000_000,
+    "policy.n_layer": 48, "policy.hidden": 4_096, "policy.context": 4_096,
+    "proxy.n_pairs": 20_000, "proxy.n_eval_pairs": 5_000, "proxy.epochs": 20,
+    "reference.sft_tokens": 5_000_000,
+    "task.max_reviews": 25_000,
+}
+
+
+def parse_limits(items: list[str]) -> dict[str, float]:
+    """DEFAULT_LIMITS with ``FIELD=MAX`` overrides (the --limit flags of `tether serve`)."""
+    out = dict(DEFAULT_LIMITS)
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in DEFAULT_LIMITS:
+            raise ValueError(f"--limit takes FIELD=MAX with FIELD one of {', '.join(sorted(DEFAULT_LIMITS))}; got {item!r}")
+        try:
+            v = float(value)
+        except ValueError:
+            raise ValueError(f"--limit {key}: the maximum must be a number, got {value!r}") from None
+        if not v > 0 or v != v or v == float("inf"):
+            raise ValueError(f"--limit {key}: the maximum must be a finite number > 0, got {value!r}")
+        out[key] = v
+    return out
+
+
+def over_limits(cfg: TetherConfig, limits: dict[str, float]) -> list[tuple[str, str]]:
+    """(field, message) for every field of ``cfg`` above its limit."""
+    out = []
+    for dotted, cap in limits.items():
+        value: Any = cfg
+        for part in dotted.split("."):
+            value = getattr(value, part, None)
+        if isinstance(value, (int, float)) and value > cap:
+            out.append((f"config.{dotted}", f"{value:g} is above this service's limit {cap:g} (the operator sets it with "
+                                            f"`tether serve --limit {dotted}=MAX`)"))
+    return out
+
 
 RUN_EXAMPLE = {
     "config": {
@@ -69,7 +127,7 @@ class RunCreate(BaseModel):
 
 
 class Run(BaseModel):
-    """A run: its Redis record combined with the Ray job's status."""
+    """A run: its Redis record combined with the Ray job's status (as last seen by the scheduler)."""
 
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
         "id": "r-1a2b3c4d", "name": "imdb-kl", "state": "running", "status": "running", "job_id": "tether-r-1a2b3c4d",
@@ -78,8 +136,12 @@ class Run(BaseModel):
     }]})
     id: str
     name: str
-    state: str = Field(description="What the trainer reported: created, running, paused, stopped, finished, failed, submit_failed.")
-    status: str = Field(description="state combined with the Ray job status (e.g. a job that died while 'running' is 'failed').")
+    state: str = Field(description="queued (waiting for admission), submitted (its Ray job was submitted), then what the trainer "
+                       "reported: running, paused, stopped, finished, failed; or submit_failed, cancelled (stopped while queued).")
+    status: str = Field(description="state combined with the Ray job status (a submitted run whose job is PENDING is 'pending', "
+                        "RUNNING but not reporting yet 'starting').")
+    queue_position: int | None = Field(None, description="1 = next to be admitted; None when not queued.")
+    resources: dict[str, float] | None = Field(None, description="CPUs and GPUs the run declares (what admission counts).")
     job_id: str | None = None
     job_status: str | None = Field(None, description="Ray job status: PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED (None when unknown).")
     iteration: int = 0
@@ -138,5 +200,48 @@ class Checkpoint(BaseModel):
 
 
 class Health(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"ok": True, "redis": True}]})
     ok: bool
     redis: bool
+    reason: str | None = Field(None, description="Why the service is not healthy (503).")
+
+
+class Error(BaseModel):
+    """The body of every error but 422."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"detail": "no run with id 'r-00000000'"}]})
+    detail: str
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    field: str = Field(description="The dotted field, e.g. config.kl.coef.")
+    msg: str
+    type: str
+
+
+class ValidationFailed(BaseModel):
+    """The body of a 422: one entry per invalid field."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "message": "invalid request: config.kl.coef: Input should be greater than or equal to 0",
+        "detail": [{"loc": ["body", "config", "kl", "coef"], "field": "config.kl.coef", "msg": "Input should be greater than or equal to 0",
+                    "type": "greater_than_equal"}]}]})
+    message: str
+    detail: list[FieldError]
+
+
+_WHY = {
+    400: "Bad request (e.g. an unusable Last-Event-ID header).",
+    401: "Missing bearer token.",
+    403: "Wrong bearer token.",
+    404: "No such run (or nothing of it to show yet).",
+    409: "The run's state does not allow this.",
+    413: "The request body is larger than the service accepts.",
+    503: "Redis (or Ray job submission) is unavailable.",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these status codes (401, 403, 413, 422 and 503 are added to every endpoint by the app)."""
+    return {c: {"model": ValidationFailed if c == 422 else Error, "description": _WHY.get(c, "Validation error.")} for c in codes}

@@ -33,7 +33,7 @@ class StopRequested(Exception):
 class ParamUpdate(BaseModel):
     """Parameters that are safe to change while a run is going. Give at least one."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"kl_coef": 0.02}, {"kl_target": 4.0, "eval_every": 5}]})
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [{"kl_coef": 0.02}, {"kl_target": 4.0, "eval_every": 5}]})
 
     kl_coef: float | None = Field(None, ge=0, description="KL penalty beta from now on (the adaptive controller continues from it).")
     kl_target: float | None = Field(None, gt=0, description="Target KL (nats per sequence) of the adaptive controller; kl.mode must be 'adaptive'.")

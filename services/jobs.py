@@ -10,10 +10,24 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
 log = logging.getLogger(__name__)
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# progress bars and vLLM's per-reload loader lines say nothing about why a job failed
+_NOISE = re.compile(r"(\d+%\|)|(Loading safetensors checkpoint shards)|(^\(\w+ pid=\d+\)\s*$)")
+
+
+def log_tail(text: str, lines: int) -> list[str]:
+    """The last ``lines`` informative lines of a job log: ANSI colours, progress bars and blank lines dropped."""
+    out = []
+    for raw in text.replace("\r", "\n").splitlines():
+        ln = _ANSI.sub("", raw).rstrip()
+        if ln.strip() and not _NOISE.search(ln):
+            out.append(ln)
+    return out[-lines:]
 
 
 def find_ray_token() -> str | None:
@@ -63,6 +77,37 @@ class RayJobs:
 
     def logs(self, job_id: str) -> str:
         return self.client().get_job_logs(job_id)
+
+    def failure(self, job_id: str, *, lines: int = 25) -> str:
+        """Why a job ended badly: Ray's status message (its first line) and the last ``lines`` lines of the job's log."""
+        parts = []
+        try:
+            msg = (self.client().get_job_info(job_id).message or "").strip()
+            if msg:
+                # the first line; Ray appends the whole log after ", last available logs": the tail below has it
+                parts.append("Ray: " + msg.splitlines()[0].split(", last available logs")[0])
+        except Exception as e:  # noqa: BLE001 - the reason is best effort; the status already says it failed
+            parts.append(f"Ray: (job info unavailable: {e})")
+        try:
+            tail = log_tail(self.logs(job_id), lines)
+            if tail:
+                parts.append("last lines of the job's log:\n" + "\n".join(tail))
+        except Exception as e:  # noqa: BLE001
+            parts.append(f"(job log unavailable: {e})")
+        return "\n".join(parts)
+
+    def cluster_resources(self) -> dict[str, float]:
+        """Total CPU and GPU of the cluster's alive nodes, from the dashboard's state API (/api/v0/nodes)."""
+        r = self.client()._do_request("GET", "/api/v0/nodes?limit=10000&detail=false")
+        if r.status_code != 200:
+            raise RuntimeError(f"the Ray dashboard at {self.address} answered {r.status_code} to /api/v0/nodes: {r.text[:200]}")
+        nodes = r.json()["data"]["result"]["result"]
+        total = {"CPU": 0.0, "GPU": 0.0}
+        for n in nodes:
+            if n.get("state") == "ALIVE":
+                for k in total:
+                    total[k] += float((n.get("resources_total") or {}).get(k, 0.0))
+        return total
 
     def stop(self, job_id: str) -> bool:
         return bool(self.client().stop_job(job_id))

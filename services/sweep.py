@@ -57,6 +57,7 @@ import yaml
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
+from actors.placement import job_env_vars
 from learner.config import (PRESETS_DIR, ConfigError, TetherConfig, _deep_merge, _validate, load_config, read_config_file,
                             without_other_algorithms)
 
@@ -66,7 +67,6 @@ METHOD_KEYS = ("config", "grid")
 RESERVED = {"name": "cell names are derived from the sweep's name", "variants": "a sweep's methods take the place of variants",
             "train.seed": "list seeds under `seeds:`"}
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,47}$")
-JOB_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 RAY_DONE = ("SUCCEEDED", "FAILED", "STOPPED")
 LOST_AFTER_S = 600.0
 FINAL_KEYS = {"gold": "eval/gold_mean", "proxy": "eval/proxy_mean", "kl": "eval/kl_from_init_k3", "gap": "eval/proxy_gold_gap"}
@@ -396,7 +396,8 @@ def run_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None, *, sub
     """Run every unfinished cell of a sweep, then write its report.
 
     Locally (``submit`` None) cells run one after another in this process; with ``submit`` = a Ray
-    dashboard address each is a Ray job (at most ``max_parallel`` at a time; None = all), waited for.
+    dashboard address each is a Ray job (at most ``max_parallel`` at a time; None = as many as the cluster's
+    CPUs/GPUs hold for what a cell declares, see ``auto_parallel``), waited for.
     ``notify`` receives one line per cell started / skipped (default: logging). Raises SweepSpecError
     before anything runs when any cell's config is invalid, AssetError when task assets are missing.
     """
@@ -422,13 +423,39 @@ def run_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None, *, sub
         elif todo:
             from services.jobs import RayJobs
 
-            statuses.update(_run_ray(todo, RayJobs(submit, auth=ray_auth), sweep_name=sweep.name, max_parallel=max_parallel,
-                                     poll_s=poll_s, say=say, bar=bar))
+            jobs = RayJobs(submit, auth=ray_auth)
+            if max_parallel is None:
+                max_parallel = auto_parallel(todo, jobs)
+                say(f"== at most {max_parallel} cell job(s) at once (what the cluster's CPUs/GPUs hold; --max-parallel to change)")
+            statuses.update(_run_ray(todo, jobs, sweep_name=sweep.name, max_parallel=max_parallel, poll_s=poll_s, say=say, bar=bar))
     finally:
         bar.close()
     report = write_sweep_report(sweep.dir)
     summary = json.loads((sweep.dir / "sweep_summary.json").read_text())
     return SweepResult(sweep.dir, {c.id: statuses[c.id] for c in sweep.cells}, report, summary)
+
+
+def auto_parallel(cells: list[Cell], jobs) -> int:
+    """How many cells fit side by side in the cluster: its total CPUs (GPUs) over the most any cell declares.
+    Jobs that do not fit would each wait for their placement group and fail after runtime.connect_timeout_s."""
+    from services.scheduler import run_resources
+
+    try:
+        cap = jobs.cluster_resources()
+    except Exception as e:  # noqa: BLE001 - submission will report an unreachable dashboard with the address
+        log.warning("cannot read the cluster's resources (%s): one cell job at a time", e)
+        return 1
+    need = [run_resources(c.config) for c in cells]
+    fits = []
+    for k in ("CPU", "GPU"):
+        most = max(n[k] for n in need)
+        if most > 0:
+            fits.append(int(cap.get(k, 0.0) // most + 1e-9))
+    if fits and min(fits) < 1:
+        worst = max(need, key=lambda n: (n["GPU"], n["CPU"]))
+        raise RuntimeError(f"a cell declares {worst['CPU']:g} CPUs and {worst['GPU']:g} GPUs, more than the whole cluster at "
+                           f"{jobs.address} ({cap.get('CPU', 0):g} CPUs, {cap.get('GPU', 0):g} GPUs); lower runtime.<role> resources")
+    return max(1, min(fits)) if fits else len(cells)
 
 
 def _run_local(c: Cell, *, progress: bool) -> str:
@@ -463,7 +490,7 @@ def _run_ray(cells: list[Cell], jobs, *, sweep_name: str, max_parallel: int | No
             if _has_checkpoint(c.dir):
                 resumed.add(c.id)
             try:
-                jobs.submit(cell_entrypoint(c.dir), job_id=job_id, env=JOB_ENV)
+                jobs.submit(cell_entrypoint(c.dir), job_id=job_id, env=job_env_vars())
             except Exception as e:  # noqa: BLE001 - reported with the address; jobs already submitted keep running
                 raise RuntimeError(f"Ray job submission to {jobs.address} failed for cell {c.id}: {e}") from None
             (c.dir / "job.json").write_text(json.dumps({"job_id": job_id, "address": jobs.address}))

@@ -30,7 +30,7 @@ def _fields(resp) -> list[str]:
 
 def test_auth_401_403_and_health(api):
     client, _ = api
-    assert client.get("/healthz").json() == {"ok": True, "redis": True}
+    assert client.get("/healthz").json() == {"ok": True, "redis": True, "reason": None}
     r = client.get("/runs")
     assert r.status_code == 401 and "missing bearer token" in r.json()["detail"] and r.headers["www-authenticate"] == "Bearer"
     r = client.get("/runs", headers={"Authorization": "Bearer wrong"})
