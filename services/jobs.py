@@ -69,9 +69,13 @@ class RayJobs:
         return self.client().submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env={"env_vars": env or {}})
 
     def status(self, job_id: str) -> str | None:
+        """PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED; LOST when the cluster answers that the job does not exist
+        (a restarted head forgets its jobs); None when the dashboard cannot be asked now."""
         try:
             return str(self.client().get_job_status(job_id).value)
         except Exception as e:  # noqa: BLE001 - status is informative; the Redis record still answers
+            if "status code 404" in str(e) and "does not exist" in str(e):
+                return "LOST"
             log.debug("no Ray status for %s: %s", job_id, e)
             return None
 
@@ -102,12 +106,10 @@ class RayJobs:
         if r.status_code != 200:
             raise RuntimeError(f"the Ray dashboard at {self.address} answered {r.status_code} to /api/v0/nodes: {r.text[:200]}")
         nodes = r.json()["data"]["result"]["result"]
-        total = {"CPU": 0.0, "GPU": 0.0}
-        for n in nodes:
-            if n.get("state") == "ALIVE":
-                for k in total:
-                    total[k] += float((n.get("resources_total") or {}).get(k, 0.0))
-        return total
+        alive = [n for n in nodes if n.get("state") == "ALIVE"]
+        if not alive:  # a head that is still starting lists no node yet: that is "unknown", not "empty"
+            raise RuntimeError(f"the Ray cluster at {self.address} lists no alive node yet")
+        return {k: sum(float((n.get("resources_total") or {}).get(k, 0.0)) for n in alive) for k in ("CPU", "GPU")}
 
     def stop(self, job_id: str) -> bool:
         return bool(self.client().stop_job(job_id))

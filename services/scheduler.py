@@ -42,7 +42,7 @@ TICKET = "tether:queue:ticket"
 LOCK = "tether:scheduler:lock"
 TERMINAL = ("stopped", "finished", "failed", "submit_failed", "cancelled")
 ACTIVE = ("submitted", "running", "paused")
-JOB_DONE = ("SUCCEEDED", "FAILED", "STOPPED")
+JOB_DONE = ("SUCCEEDED", "FAILED", "STOPPED", "LOST")
 EPS = 1e-9
 _UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
@@ -126,15 +126,20 @@ class Scheduler:
             if not self.store.r.set(LOCK, token, nx=True, px=30_000):
                 return []  # another replica is ticking
             try:
-                active = [r for r in self.store.list_runs() if r.get("state") in ACTIVE]
+                runs = self.store.list_runs()
+                active = [r for r in runs if r.get("state") in ACTIVE]
+                # Over by the trainer's word while its job is still exiting (writing the report, releasing its actors):
+                # it holds its resources until the job ends, so it still counts.
+                exiting = [r for r in runs if r.get("state") in TERMINAL and r.get("job_id") and r.get("job_status") in ("PENDING", "RUNNING")]
                 if reconcile:
                     active = [r for r in active if not self._reconcile(r)]
-                return self._admit(active)
+                    exiting = [r for r in exiting if self._reconcile(r) is False]
+                return self._admit(active, exiting)
             finally:
                 self.store.r.eval(_UNLOCK, 1, LOCK, token)
 
     def _reconcile(self, rec: dict[str, Any]) -> bool:
-        """Refresh one admitted run's job status; True when the run is over."""
+        """Refresh one admitted run's job status; True when its job is over (the run marked terminal if it was not)."""
         if self.jobs is None or not rec.get("job_id"):
             return False
         status = self.jobs.status(rec["job_id"])
@@ -151,24 +156,25 @@ class Scheduler:
             self.store.update_run(rec["id"], state="finished", error="the Ray job succeeded but the trainer's final report did not reach Redis")
         else:
             state = "stopped" if status == "STOPPED" else "failed"
-            reason = self.jobs.failure(rec["job_id"])
+            reason = ("The cluster does not know this job (was the Ray head restarted?)" if status == "LOST"
+                      else self.jobs.failure(rec["job_id"]))
             self.store.update_run(rec["id"], state=state, error=f"the Ray job {rec['job_id']} is {status}. {reason}".strip())
             log.warning("run %s: Ray job %s %s", rec["id"], rec["job_id"], status)
         return True
 
-    def _fits(self, need: dict[str, float], active: list[dict[str, Any]]) -> bool:
+    def _fits(self, need: dict[str, float], active: list[dict[str, Any]], holding: list[dict[str, Any]]) -> bool:
         if self.max_runs is not None and len(active) >= self.max_runs:
             return False
         cap = self.capacity()
         if cap is None:
             return True
         for k in ("CPU", "GPU"):
-            used = sum(float((r.get("resources") or {}).get(k, 0.0)) for r in active)
+            used = sum(float((r.get("resources") or {}).get(k, 0.0)) for r in [*active, *holding])
             if used + need.get(k, 0.0) > cap.get(k, 0.0) + EPS:
                 return False
         return True
 
-    def _admit(self, active: list[dict[str, Any]]) -> list[str]:
+    def _admit(self, active: list[dict[str, Any]], holding: list[dict[str, Any]]) -> list[str]:
         admitted = []
         while True:
             head = self.store.r.zrange(QUEUE, 0, 0)
@@ -178,7 +184,7 @@ class Scheduler:
             if rec is None or rec.get("state") != "queued":  # deleted or cancelled meanwhile
                 self.store.r.zrem(QUEUE, head[0])
                 continue
-            if not self._fits(rec.get("resources") or {}, active):
+            if not self._fits(rec.get("resources") or {}, active, holding):
                 return admitted
             self.store.r.zrem(QUEUE, rec["id"])
             try:

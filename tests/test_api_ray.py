@@ -80,56 +80,126 @@ def ray_head():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _client(tiny_cfg, tether_redis, jobs, token="tok"):
+def _client(tiny_cfg, tether_redis, jobs, token="tok", **kw):
     svc = Path(tiny_cfg.data_dir).resolve().parent  # the service data dir holds the prepared tiny assets
-    return TestClient(create_app(ServiceSettings(data_dir=svc, redis_url=tether_redis.url, token=token, jobs=jobs))), svc
+    return TestClient(create_app(ServiceSettings(data_dir=svc, redis_url=tether_redis.url, token=token, jobs=jobs, **kw))), svc
 
 
-def test_create_run_submits_a_ray_job_that_reports_to_redis(ray_head, tiny_assets, tether_redis):
+AUTH = {"Authorization": "Bearer tok"}
+
+
+def _tiny_body(cfg, name: str, **runtime) -> dict:
+    body = cfg.model_dump(mode="json")
+    body.update(data_dir=Path(cfg.data_dir).name, runs_dir="service-runs", name=name)
+    body["runtime"].update(runtime)
+    return body
+
+
+def _wait_done(client, run_id: str, timeout: float = 400) -> dict:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        run = client.get(f"/runs/{run_id}", headers=AUTH).json()
+        if run["status"] in ("finished", "failed", "stopped", "submit_failed") and run["job_status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return run
+        time.sleep(2)
+    raise AssertionError(f"run {run_id} did not end within {timeout}s: {run}")
+
+
+def test_create_run_in_the_default_mode_runs_a_ray_job_with_vllm_to_finished(ray_head, tiny_assets, tether_redis):
+    """The README's `POST /runs` path as a user takes it: the default runtime (Ray actors + vLLM) in a Ray job.
+    Before the fix the job failed at start (the job's and the trainer's runtime envs set the same variable)."""
     cfg = tiny_assets[0]
     client, svc = _client(cfg, tether_redis, ray_head["jobs"])
-    body = cfg.model_dump(mode="json")
-    body.update(data_dir=Path(cfg.data_dir).name, runs_dir="service-runs", name="tiny-job")
-    body["runtime"].update(mode="local", engine="transformers")
-    auth = {"Authorization": "Bearer tok"}
-    r = client.post("/runs", json={"config": body}, headers=auth)
-    assert r.status_code == 201, r.text
-    run = r.json()
-    assert run["job_id"] == f"tether-{run['id']}" and run["job_status"] in ("PENDING", "RUNNING")
-    t0 = time.time()
-    while time.time() - t0 < 400:
-        run = client.get(f"/runs/{run['id']}", headers=auth).json()
-        if run["status"] in ("finished", "failed", "stopped") and run["job_status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
-            break
-        time.sleep(2)
-    logs = ray_head["jobs"].logs(run["job_id"])
-    assert run["status"] == "finished" and run["job_status"] == "SUCCEEDED", logs[-3000:]
-    rows = client.get(f"/runs/{run['id']}/metrics", headers=auth).json()
-    assert [r["step"] for r in rows] == [1, 2, 3, 3] and "eval/gold_mean" in rows[-1]
-    assert Path(run["run_dir"]).resolve().is_relative_to(svc / "service-runs" / run["id"])
-    assert client.get(f"/runs/{run['id']}/report", headers=auth).status_code == 200
-    assert [c["step"] for c in client.get(f"/runs/{run['id']}/checkpoints", headers=auth).json()] == [3]
+    body = _tiny_body(cfg, "tiny-job")
+    assert body["runtime"]["mode"] == "ray" and body["runtime"]["engine"] == "vllm"
+    with client:
+        r = client.post("/runs", json={"config": body}, headers=AUTH)
+        assert r.status_code == 201, r.text
+        run = r.json()
+        assert run["job_id"] == f"tether-{run['id']}" and run["state"] == "submitted" and run["status"] in ("pending", "starting")
+        run = _wait_done(client, run["id"])
+        logs = ray_head["jobs"].logs(run["job_id"])
+        assert run["status"] == "finished" and run["job_status"] == "SUCCEEDED" and run["error"] is None, logs[-3000:]
+        assert "RolloutActor" in logs  # the roles ran as Ray actors, not in-process
+        rows = client.get(f"/runs/{run['id']}/metrics", headers=AUTH).json()
+        assert [r["step"] for r in rows] == [1, 2, 3, 3] and "eval/gold_mean" in rows[-1]
+        assert all(abs(r["rollout/behaviour_logp_gap"]) < 1e-3 for r in rows[:3])  # vLLM's log-probs are the learner's
+        assert Path(run["run_dir"]).resolve().is_relative_to(svc / "service-runs" / run["id"])
+        assert client.get(f"/runs/{run['id']}/report", headers=AUTH).status_code == 200
+        assert [c["step"] for c in client.get(f"/runs/{run['id']}/checkpoints", headers=AUTH).json()] == [3]
+
+
+def test_a_failed_job_carries_its_reason(ray_head, tiny_assets, tether_redis):
+    """A job that fails before the trainer reports anything: the record says failed, with Ray's message and the log's last lines."""
+    cfg = tiny_assets[0]
+    from actors.placement import job_env_vars
+
+    client, _ = _client(cfg, tether_redis, ray_head["jobs"], job_env={**job_env_vars(), "HF_HUB_OFFLINE": "1"})
+    body = _tiny_body(cfg, "no-hub")
+    body["gold"] = {"kind": "hf_classifier", "name_or_path": "org/missing-model"}  # a hub model this cluster cannot reach
+    with client:
+        r = client.post("/runs", json={"config": body}, headers=AUTH)
+        assert r.status_code == 201, r.text
+        run = _wait_done(client, r.json()["id"], timeout=200)
+        assert run["status"] == run["state"] == "failed" and run["job_status"] == "FAILED"
+        err = run["error"]
+        assert "exit code 1" in err and ("org/missing-model" in err or "huggingface" in err), err
+        assert "last lines of the job's log" in run["error"]
+        assert client.get("/runs", headers=AUTH).json()[0]["error"] == run["error"]
+
+
+def test_runs_beyond_the_cluster_wait_queued_and_run_in_order(ray_head, tiny_assets, tether_redis):
+    """Admission: each run declares 2 CPUs (train.threads=2, local mode: quick), the cluster has 2: one at a time, in order."""
+    cfg = tiny_assets[0]
+    client, _ = _client(cfg, tether_redis, ray_head["jobs"], scheduler_poll_s=0.5)
+    with client:
+        too_big = _tiny_body(cfg, "huge", learner={"num_cpus": 8})
+        r = client.post("/runs", json={"config": too_big}, headers=AUTH)
+        assert r.status_code == 422 and "whole Ray cluster has 2 CPUs" in r.json()["message"]
+        ids = []
+        for i in range(3):
+            body = _tiny_body(cfg, f"q{i}", mode="local", engine="transformers")
+            body["train"]["threads"] = 2
+            run = client.post("/runs", json={"config": body}, headers=AUTH).json()
+            ids.append(run["id"])
+            assert run["resources"] == {"CPU": 2.0, "GPU": 0.0}
+        first = [client.get(f"/runs/{i}", headers=AUTH).json() for i in ids]
+        assert first[0]["state"] == "submitted" and [r["state"] for r in first[1:]] == ["queued", "queued"]
+        assert [r["queue_position"] for r in first] == [None, 1, 2]
+        most_active, t0 = 0, time.time()
+        while time.time() - t0 < 400:
+            runs = [client.get(f"/runs/{i}", headers=AUTH).json() for i in ids]
+            most_active = max(most_active, sum(r["state"] in ("submitted", "running", "paused") for r in runs))
+            if all(r["state"] in ("finished", "failed") for r in runs):
+                break
+            time.sleep(0.5)
+        assert [r["state"] for r in runs] == ["finished"] * 3 and most_active == 1, runs
+        info = [ray_head["jobs"].client().get_job_info(r["job_id"]) for r in runs]
+        for a, b in zip(info, info[1:]):  # Ray's own clock: each job started after the previous one ended
+            assert b.start_time >= a.end_time
+        assert [r["admitted"] for r in runs] == sorted(r["admitted"] for r in runs)
 
 
 def test_wrong_ray_auth_mode_is_reported(ray_head, tiny_assets, tether_redis):
     client, _ = _client(tiny_assets[0], tether_redis, RayJobs(ray_head["url"], auth="disabled"))
-    r = client.post("/runs", json={"config": {"name": "x"}}, headers={"Authorization": "Bearer tok"})
+    r = client.post("/runs", json={"config": {"name": "x"}}, headers=AUTH)
     assert r.status_code == 503 and "Ray job submission failed" in r.json()["detail"]
-    (run,) = client.get("/runs", headers={"Authorization": "Bearer tok"}).json()
+    (run,) = client.get("/runs", headers=AUTH).json()
     assert run["state"] == "submit_failed" and run["error"]
 
 
-def test_ray_job_submit_cli_runs_tether_train(ray_head, tiny_assets, tmp_path):
-    """The README's `ray job submit -- tether train ...`, with the client told the auth mode."""
+def test_ray_job_submit_cli_runs_tether_train_in_the_default_mode(ray_head, tiny_assets, tmp_path):
+    """The README's `ray job submit -- tether train ...` in the default runtime (Ray actors + vLLM), with the
+    client told the auth mode and the submitter's own runtime env setting a variable tether's actors also set."""
     cfg = tiny_assets[0]
     tether = str(Path(sys.executable).with_name("tether"))
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(ray_head["tmp"] / "token")}
     out = subprocess.run(
-        [RAY, "job", "submit", "--address", ray_head["url"], "--", tether, "train", "tiny", "--set", f"data_dir={cfg.data_dir}",
-         "--set", f"runs_dir={tmp_path}", "--set", "runtime.mode=local", "--set", "runtime.engine=transformers", "--set", "train.threads=1"],
+        [RAY, "job", "submit", "--address", ray_head["url"], "--runtime-env-json", '{"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}',
+         "--", tether, "train", "tiny", "--set", f"data_dir={cfg.data_dir}", "--set", f"runs_dir={tmp_path}", "--set", "train.threads=1"],
         env=env, capture_output=True, text=True, timeout=400,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "succeeded" in out.stdout.lower() and "report:" in out.stdout
+    assert "succeeded" in out.stdout.lower() and "report:" in out.stdout and "RolloutActor" in out.stdout
     (run,) = list(tmp_path.glob("*-tiny"))
     assert len((run / "main" / "metrics.jsonl").read_text().splitlines()) == cfg.train.iterations + 1
