@@ -17,6 +17,7 @@ import yaml
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from learner.config import load_config  # noqa: E402
 from learner.scaling_laws import FitResult  # noqa: E402
 from services.report import RLFit, draw_rl_fit, fit_rl_runs, write_comparison_report, write_run_report  # noqa: E402
 from services.runlog import RunLog  # noqa: E402
@@ -285,18 +286,30 @@ def test_sweep_runs_skips_and_resumes_on_the_tiny_task(tiny_assets, tmp_path, ca
 
 
 @pytest.mark.slow
-def test_submitted_sweep_runs_each_cell_as_a_ray_job(ray_head, tiny_assets, tmp_path, monkeypatch):
-    """--submit against a real local Ray head with the dashboard (tests/test_api_ray.py's fixture): one job per unfinished cell."""
-    _write_tiny_base(tiny_assets[0], tmp_path)
+def test_submitted_sweep_runs_each_cell_as_a_ray_job_in_the_default_mode(ray_head, tiny_assets, tmp_path, monkeypatch):
+    """--submit against a real local Ray head with the dashboard (tests/test_api_ray.py's fixture): one job per unfinished
+    cell, each in the default runtime (Ray actors + vLLM). Each cell declares 2 CPUs and the head has 2, so the cells run
+    one at a time (before, every cell was submitted at once and the second could not place its actors)."""
+    base = tiny_assets[0].dump()
+    base["train"] = {**base.get("train", {}), "iterations": 2}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    assert load_config(tmp_path / "base.yaml").runtime.mode == "ray"
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"name": "ray-sweep", "base": "base.yaml", "seeds": [0],
                                     "methods": {"ppo_kl": {"grid": {"kl.coef": [0.01, 0.05]}}}}))
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(ray_head["tmp"] / "token"))
-    res = run_sweep(spec, tmp_path / "sw", submit=ray_head["url"], ray_auth="token", progress=False, poll_s=1.0)
+    said: list[str] = []
+    res = run_sweep(spec, tmp_path / "sw", submit=ray_head["url"], ray_auth="token", progress=False, poll_s=1.0, notify=said.append)
     assert res.statuses == {"ppo_kl/kl.coef=0.01/seed-0": "ran", "ppo_kl/kl.coef=0.05/seed-0": "ran"}
+    assert any("at most 1 cell job(s) at once" in line for line in said), said
+    infos = []
     for cid in res.statuses:
         d = tmp_path / "sw" / cid
         job = json.loads((d / "job.json").read_text())
         assert job["address"] == ray_head["url"] and ray_head["jobs"].status(job["job_id"]) == "SUCCEEDED"
         assert json.loads((d / "status.json").read_text())["state"] == "finished"
+        assert "RolloutActor" in ray_head["jobs"].logs(job["job_id"])  # the roles ran as Ray actors
+        infos.append(ray_head["jobs"].client().get_job_info(job["job_id"]))
+    infos.sort(key=lambda i: i.start_time)
+    assert infos[1].start_time >= infos[0].end_time
     assert set(run_sweep(spec, tmp_path / "sw", submit=ray_head["url"], progress=False).statuses.values()) == {"skipped"}
