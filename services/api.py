@@ -29,12 +29,16 @@ import yaml
 from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from actors.placement import job_env_vars
 from learner.config import TetherConfig, config_from_dump
 from services.api_models import (DEFAULT_LIMITS, Checkpoint, CommandAccepted, CommandInfo, Error, Health, MetricRow, ParamChange,
                                  ParamUpdate, Run, RunCreate, errors, over_limits)
+from services.api_schema import truthful_openapi
 from services.api_security import Gate
 from services.jobs import RayJobs
 from services.redis_store import RunStore
@@ -97,14 +101,13 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     q = shlex.quote
 
     def submit(rec: dict[str, Any]) -> None:
-        if settings.jobs is None:
-            raise RuntimeError("this server was started without Ray job submission (--no-ray)")
         cfg_path, run_id = rec["config_path"], rec["id"]
         entrypoint = (f"{q(settings.tether_bin)} prepare {q(cfg_path)} && "
                       f"{q(settings.tether_bin)} train {q(cfg_path)} --run-id {run_id} --redis-url {q(settings.redis_url)}")
         settings.jobs.submit(entrypoint, job_id=rec["job_id"], env=settings.job_env)
 
-    scheduler = Scheduler(store, settings.jobs, submit, max_runs=settings.max_runs)
+    # Without Ray (--no-ray) this replica stores and queues runs; a replica with Ray on the same Redis admits them.
+    scheduler = Scheduler(store, settings.jobs, None if settings.jobs is None else submit, max_runs=settings.max_runs)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -119,13 +122,14 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             th.join(10)
 
     # Documented for every endpoint by the app: the gate's answers, validation errors, Redis outages.
-    common = errors(401, 403, 413, 422, 503)
+    common = errors(400, 401, 403, 413, 422, 503)
     app = FastAPI(
         title="tether", version="0.2.0", lifespan=lifespan, responses=common,
         description="Runs of RL alignment with drift control (PPO+KL, Elastic Reset, reward ensembles): create, watch, steer. "
         "Send `Authorization: Bearer <token>` on every endpoint but /healthz, / and the API docs.",
     )
     app.add_middleware(Gate, token=settings.token, max_body=settings.max_body_bytes)
+    app.openapi = truthful_openapi(app, settings.limits)
     app.state.store, app.state.settings, app.state.scheduler = store, settings, scheduler
     # The token is checked by the Gate before the body is read; this dependency only declares the scheme in OpenAPI.
     bearer = HTTPBearer(auto_error=False, description="The service token: env TETHER_API_TOKEN or <data_dir>/api_token.")
@@ -139,6 +143,15 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                   for f, e in zip(fields, errs)]
         message = "; ".join(f"{f or '<body>'}: {e['msg']}" for f, e in zip(fields, errs))
         return JSONResponse(status_code=422, content={"message": f"invalid request: {message}", "detail": detail})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names only the first route matching the path; list every method of the path
+            allowed = sorted({m for r in app.routes if isinstance(r, APIRoute) and r.matches(request.scope)[0] != Match.NONE
+                              for m in r.methods})
+            headers["Allow"] = ", ".join(allowed)
+        return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail}, headers=headers)
 
     @app.exception_handler(redis.RedisError)
     async def _redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
@@ -237,15 +250,17 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             _command_endpoint(kind, get_record, command, scheduler))
 
     @app.patch("/runs/{run_id}/params", response_model=CommandAccepted, status_code=202, tags=["control"], dependencies=auth,
-               responses=errors(404, 409))
+               responses={409: {"model": Error, "description": "The run is over, or its config does not have this parameter "
+                                                              "(e.g. kl_target with a fixed KL coefficient); the detail names it."},
+                          **errors(404)})
     def set_params(body: ParamUpdate, run_id: str = RUN_ID):
         """Change parameters that are safe to change mid-run; the trainer applies them between iterations and
         records each change with its time and step (GET /runs/{id}/changes)."""
         rec = get_record(run_id)
         try:
             body.check_against(config_from_dump(rec["config"]))
-        except ValueError as e:
-            return _invalid([(str(e).split(":", 1)[0], str(e))])
+        except ValueError as e:  # a well-formed request that this run's configuration cannot take: a conflict, not bad syntax
+            raise HTTPException(409, str(e)) from None
         return command(run_id, "set", body.model_dump(exclude_none=True))
 
     @app.get("/runs/{run_id}/commands", response_model=list[CommandInfo], tags=["control"], dependencies=auth, responses=errors(404))
@@ -270,8 +285,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @app.get("/runs/{run_id}/metrics/stream", tags=["metrics"], dependencies=auth, response_class=StreamingResponse,
              responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"},
                                                                "example": 'id: 12-1\nevent: metrics\ndata: {"step": 12, "reward/gold_mean": 0.4}\n\n'}},
-                              "description": "Server-sent events: 'metrics' per row, 'end' when the run is over, 'error' if Redis "
-                                             "goes away; ': keep-alive' comments."},
+                              "description": "Server-sent events: 'state' at the start and on every change, 'metrics' per row, "
+                                             "'end' when the run is over, 'error' if Redis goes away; ': keep-alive' comments."},
                         **errors(400, 404)})
     def stream(request: Request, run_id: str = RUN_ID,
                after: str = Query("0", max_length=64, pattern=r"^(\$|\d{1,20}(-\d{1,20})?)$",
@@ -289,17 +304,22 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get("/runs/{run_id}/report", response_class=HTMLResponse, tags=["results"], dependencies=auth,
-             responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}, "description": "The HTML report."}, **errors(404)})
+             responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}, "description": "The HTML report."},
+                        **errors(404, 409)})
     def report(run_id: str = RUN_ID):
-        """The run's HTML report (written when the run ends)."""
-        p = run_dir(get_record(run_id)) / "report.html"
-        if not p.exists():
-            raise HTTPException(404, "no report yet: it is written when the run ends")
+        """The run's HTML report (written when the run ends; 409 before)."""
+        rec = get_record(run_id)
+        p = run_dir(rec) / "report.html" if rec.get("run_dir") else None
+        if p is None or not p.exists():  # the run exists; its state does not have a report yet
+            raise HTTPException(409, f"no report yet: run {run_id} is {rec.get('state')}; the report is written when the run ends")
         return FileResponse(p, media_type="text/html")
 
     @app.get("/runs/{run_id}/checkpoints", response_model=list[Checkpoint], tags=["results"], dependencies=auth, responses=errors(404))
     def checkpoints(run_id: str = RUN_ID) -> list[Checkpoint]:
-        root = run_dir(get_record(run_id)) / "checkpoints"
+        rec = get_record(run_id)
+        if not rec.get("run_dir"):
+            return []  # not started yet: no checkpoints
+        root = run_dir(rec) / "checkpoints"
         if not root.exists():
             return []
         out = []

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.redis_store import RunStore
 
@@ -30,15 +30,32 @@ class StopRequested(Exception):
     """Raised by ``RunControl.poll`` when a stop command arrives; the Trainer ends cleanly with a checkpoint."""
 
 
+def _no_nulls(schema: dict) -> None:
+    """The JSON schema says what the validators enforce: each field optional but never null; at least one given."""
+    for prop in schema["properties"].values():
+        branch = next(b for b in prop.pop("anyOf") if b.get("type") != "null")
+        prop.update(branch)
+        prop.pop("default", None)
+    schema["minProperties"] = 1
+    schema["examples"] = [{"kl_coef": 0.02}, {"kl_target": 4.0, "eval_every": 5}]
+
+
 class ParamUpdate(BaseModel):
     """Parameters that are safe to change while a run is going. Give at least one."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [{"kl_coef": 0.02}, {"kl_target": 4.0, "eval_every": 5}]})
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra=lambda s: _no_nulls(s))
 
     kl_coef: float | None = Field(None, ge=0, description="KL penalty beta from now on (the adaptive controller continues from it).")
     kl_target: float | None = Field(None, gt=0, description="Target KL (nats per sequence) of the adaptive controller; kl.mode must be 'adaptive'.")
     uwo_lambda: float | None = Field(None, ge=0, description="UWO lambda of the proxy ensemble; ensemble.aggregation must be 'uwo'.")
     eval_every: int | None = Field(None, ge=1, description="Gold evaluation on held-out prompts every N iterations.")
+
+    @field_validator("kl_coef", "kl_target", "uwo_lambda", "eval_every", mode="before")
+    @classmethod
+    def _given(cls, v, info):
+        if v is None:  # leaving a field out keeps it; an explicit null would be ambiguous
+            raise ValueError(f"{info.field_name}: leave it out to keep the current value (null is not accepted)")
+        return v
 
     @model_validator(mode="after")
     def _some(self) -> "ParamUpdate":

@@ -60,10 +60,11 @@ class NeverFits(ValueError):
 
 
 class Scheduler:
-    """FIFO admission of queued runs. ``submit(record)`` submits one run's Ray job (raises on failure);
+    """FIFO admission of queued runs. ``submit(record)`` submits one run's Ray job (raises on failure); with
+    ``submit`` None this replica admits nothing (`tether serve --no-ray`: runs wait queued for a replica with Ray).
     ``jobs`` (services.jobs.RayJobs or None) answers job status, failure reasons and the cluster's size."""
 
-    def __init__(self, store: RunStore, jobs, submit: Callable[[dict[str, Any]], None], *, max_runs: int | None = None,
+    def __init__(self, store: RunStore, jobs, submit: Callable[[dict[str, Any]], None] | None, *, max_runs: int | None = None,
                  capacity_ttl_s: float = 10.0):
         if max_runs is not None and max_runs < 1:
             raise ValueError(f"max_runs must be >= 1 (or None for what the cluster's CPUs/GPUs allow), got {max_runs}")
@@ -175,7 +176,9 @@ class Scheduler:
         return True
 
     def _admit(self, active: list[dict[str, Any]], holding: list[dict[str, Any]]) -> list[str]:
-        admitted = []
+        admitted: list[str] = []
+        if self.submit is None:
+            return admitted
         while True:
             head = self.store.r.zrange(QUEUE, 0, 0)
             if not head:

@@ -42,15 +42,22 @@ def _row(entry_id: str, f: dict[str, str]) -> dict:
 
 async def metric_events(url: str, run_id: str, after: str, max_events: int | None, request: Request, *,
                         block_ms: int = 1000) -> AsyncIterator[str]:
-    """SSE: the history after ``after``, then live rows; 'end' when the run is over; 'error' if Redis goes away."""
+    """SSE: 'state' at the start and whenever the run's state changes; the history after ``after``, then live rows
+    ('metrics'); 'end' when the run is over; 'error' if Redis goes away."""
     client = aredis.Redis.from_url(url, decode_responses=True, socket_timeout=block_ms / 1000 + 5, socket_connect_timeout=2)
     key = metrics_key(run_id)
     sent = 0
+    seen_state = None
     try:
         if after == "$":  # resolve "now" once: rows published after this moment are all delivered
             last = await client.xrevrange(key, count=1)
             after = last[0][0] if last else "0-0"
         while True:
+            raw = await client.hget(run_key(run_id), "state")
+            state = json.loads(raw) if raw is not None else None
+            if state != seen_state:  # at the start and at every change: queued -> submitted -> running -> ...
+                seen_state = state
+                yield f"event: state\ndata: {json.dumps({'state': state})}\n\n"
             if await request.is_disconnected():
                 return
             got = await client.xread({key: after}, block=block_ms, count=100)
@@ -62,9 +69,8 @@ async def metric_events(url: str, run_id: str, after: str, max_events: int | Non
                 if max_events is not None and sent >= max_events:
                     return
             if not rows:
-                state = await client.hget(run_key(run_id), "state")
-                if state is not None and json.loads(state) in TERMINAL:
-                    yield f"event: end\ndata: {json.dumps({'state': json.loads(state)})}\n\n"
+                if state in TERMINAL:
+                    yield f"event: end\ndata: {json.dumps({'state': state})}\n\n"
                     return
                 yield ": keep-alive\n\n"
     except (redis.ConnectionError, redis.TimeoutError, OSError) as e:

@@ -58,18 +58,22 @@ def test_invalid_config_422_names_the_field(api, config, field):
     assert store.list_runs() == []
 
 
-def test_create_without_ray_keeps_the_run_inside_the_data_dir(api, tmp_path):
+def test_create_without_ray_queues_the_run_inside_the_data_dir(api, tmp_path):
+    """`tether serve --no-ray`: runs are stored and wait queued, in order, for a replica with Ray; stop cancels a queued run."""
     client, store = api
     r = client.post("/runs", json={"config": {"name": "t1", "data_dir": "data", "runs_dir": "runs"}}, headers=AUTH)
-    assert r.status_code == 503 and "without Ray job submission" in r.json()["detail"]
-    (run,) = client.get("/runs", headers=AUTH).json()
-    assert run["name"] == "t1" and run["state"] == run["status"] == "submit_failed"
+    assert r.status_code == 201 and r.json()["state"] == r.json()["status"] == "queued" and r.json()["queue_position"] == 1
+    r2 = client.post("/runs", json={"config": {"name": "t2"}}, headers=AUTH).json()
+    assert r2["queue_position"] == 2 and r2["resources"] == {"CPU": 2.0, "GPU": 0.0}
+    run = client.get(f"/runs/{r.json()['id']}", headers=AUTH).json()
     stored = yaml.safe_load(open(run["config_path"]))
     svc = str((tmp_path / "svc").resolve())
     assert stored["data_dir"] == f"{svc}/data" and stored["runs_dir"] == f"{svc}/runs/{run['id']}"
-    assert client.post(f"/runs/{run['id']}/pause", headers=AUTH).status_code == 409  # a dead run takes no commands
-
-
+    assert client.post(f"/runs/{run['id']}/pause", headers=AUTH).status_code == 202  # kept for the trainer when it starts
+    assert client.post(f"/runs/{run['id']}/stop", headers=AUTH).json()["command_id"] == "cancelled"
+    assert client.get(f"/runs/{run['id']}", headers=AUTH).json()["state"] == "cancelled"
+    assert client.get(f"/runs/{r2['id']}", headers=AUTH).json()["queue_position"] == 1
+    assert client.post(f"/runs/{run['id']}/pause", headers=AUTH).status_code == 409  # a cancelled run takes no commands
 
 
 @pytest.mark.slow
@@ -90,16 +94,20 @@ def test_commands_reach_a_running_trainer_and_sse_streams(api, tiny_assets, tmp_
         events = []
         with client.stream("GET", "/runs/r-local/metrics/stream", params={"max_events": 3}, headers=AUTH) as r:
             assert r.headers["content-type"].startswith("text/event-stream")
+            kinds = []
             for line in r.iter_lines():
-                if line.startswith("data: "):
+                if line.startswith("event: "):
+                    kinds.append(line[7:])
+                elif line.startswith("data: ") and kinds[-1] == "metrics":
                     events.append(json.loads(line[6:]))
+        assert kinds[0] == "state"  # the run's state comes first
         assert [e["step"] for e in events] == [1, 2, 3] and all("reward/gold_mean" in e for e in events)
 
         # invalid params: 422 naming the field; kl_target on this adaptive run is fine, uwo_lambda is not
         r = client.patch("/runs/r-local/params", json={"kl_coef": "lots"}, headers=AUTH)
         assert r.status_code == 422 and _fields(r) == ["kl_coef"]
-        r = client.patch("/runs/r-local/params", json={"uwo_lambda": 0.2}, headers=AUTH)
-        assert r.status_code == 422 and _fields(r) == ["uwo_lambda"]
+        r = client.patch("/runs/r-local/params", json={"uwo_lambda": 0.2}, headers=AUTH)  # well-formed, but not this run's: 409
+        assert r.status_code == 409 and r.json()["detail"].startswith("uwo_lambda: applies only to ensemble.aggregation 'uwo'")
         assert client.patch("/runs/r-local/params", json={}, headers=AUTH).status_code == 422
         assert client.post("/runs/r-local/reset", headers=AUTH).status_code == 409  # no Elastic Reset in this config
 
@@ -125,7 +133,7 @@ def test_commands_reach_a_running_trainer_and_sse_streams(api, tiny_assets, tmp_
         assert [h["step"] for h in hist] == [2, 3]
         ckpts = client.get("/runs/r-local/checkpoints", headers=AUTH).json()
         assert ckpts and ckpts[-1]["step"] == run["iteration"]
-        assert client.get("/runs/r-local/report", headers=AUTH).status_code == 404  # written by `tether train` at the end
+        assert client.get("/runs/r-local/report", headers=AUTH).status_code == 409  # written by `tether train` at the end
         from services.report import write_run_report
 
         write_run_report(trainer.run_dir, cfg.name)

@@ -46,8 +46,11 @@ async def _client(url: str, connected: asyncio.Event, counter: list, rows: list,
             counter.append(1)
             if len(counter) == N_CLIENTS:
                 connected.set()
+            event = None
             async for line in r.aiter_lines():
-                if line.startswith("data: "):
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "metrics":
                     rows.append(json.loads(line[6:])["step"])
 
 
@@ -82,4 +85,5 @@ def test_resume_with_last_event_id_and_end_of_a_finished_run(server):
     assert got == [3, 4, 5, 6, 7]  # the header wins over after=0
     store.update_run("r-sse", state="finished")
     body = httpx.get(f"{url}/runs/r-sse/metrics/stream", params={"after": "$"}, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).text
-    assert "event: end" in body and '"state": "finished"' in body and "event: metrics" not in body
+    assert body.startswith('event: state\ndata: {"state": "finished"}') and "event: metrics" not in body
+    assert "event: end" in body and '"state": "finished"' in body
