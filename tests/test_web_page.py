@@ -148,3 +148,24 @@ def test_page_shows_live_chart_and_buttons_steer_the_run(server, browser, tiny_a
         if th.is_alive():
             store.send_command("r-web", "stop")
             th.join(60)
+
+
+def test_page_shows_the_queue_and_why_a_run_failed(server, browser):
+    """A failed run's reason (Ray's message and the job log's tail) and the queue positions, as a person sees them."""
+    from services.scheduler import Scheduler
+
+    store = server["store"]
+    reason = "the Ray job tether-r-bad is FAILED. Ray: Job entrypoint command failed with exit code 1\nlast lines of the job's log:\nOSError: no hub"
+    store.create_run("r-bad", {"name": "bad", "config": {}, "state": "failed", "job_id": "tether-r-bad", "job_status": "FAILED", "error": reason})
+    sched = Scheduler(store, None, None)
+    for rid in ("r-q1", "r-q2"):
+        store.create_run(rid, {"name": rid, "config": {}, "state": "queued"})
+        sched.enqueue(rid)
+    browser.call("Page.enable")
+    browser.call("Page.navigate", url=f"{server['url']}/#token={server['token']}&run=r-bad")
+    _wait(lambda: browser.js("document.querySelector('tr[data-id=\"r-q2\"]') !== null"), what="runs in the list")
+    cells = browser.js("[...document.querySelectorAll('tr[data-id=\"r-q2\"] td')].map(td => td.textContent)")
+    assert cells[:4] == ["r-q2", "r-q2", "queued", "#2"], cells
+    _wait(lambda: not browser.js("document.getElementById('error').hidden"), what="the error shown")
+    shown = browser.js("document.getElementById('error').textContent")
+    assert "exit code 1" in shown and "OSError: no hub" in shown and browser.js("document.getElementById('status').textContent") == "failed"
