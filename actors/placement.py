@@ -29,7 +29,9 @@ def actor_env_vars() -> dict[str, str]:
 def job_env_vars() -> dict[str, str]:
     """env_vars of a Ray job that runs `tether train` (service runs, sweep cells): the actors' env, one thread
     for the entrypoint process (its roles set their own thread counts)."""
-    return {"OMP_NUM_THREADS": "1", **actor_env_vars()}
+    # RAY_JOB_STOP_WAIT_TIME_S: `ray job stop` sends SIGTERM, then SIGKILL after this many seconds (Ray's default 3);
+    # closing the actors and the vLLM engines (which unlink their /dev/shm buffers) takes about 6 s here.
+    return {"OMP_NUM_THREADS": "1", "RAY_JOB_STOP_WAIT_TIME_S": "30", **actor_env_vars()}
 
 
 def job_runtime_env() -> dict:

@@ -11,6 +11,8 @@ Shaped like veRL's ``checkpoint_engine/base.py`` (``send_weights(iterable of (na
 Backends:
   tmpfs         one safetensors file per version under /dev/shm/tether-<run_id>/v<version>/; the
                 handle is that folder (a str). Same machine only: a tmpfs file is not shared across nodes.
+                close() removes the folder; a folder whose writer died without close() (SIGKILL, OOM)
+                is removed by the next TmpfsWeightSync made on that machine (collect_stale).
   object_store  ``ray.put`` of the tensors as numpy arrays; the handle is the ObjectRef. Works across
                 nodes; a vLLM receiver writes what it got into its own local tmpfs folder, then reloads.
 
@@ -22,11 +24,13 @@ other tensor that shares storage with one already sent.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import shutil
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
@@ -41,6 +45,10 @@ VERSION_KEY = "tether_policy_version"
 # Embedding -> output-layer names of tied models (Llama-style, GPT-2-style).
 TIED_OUTPUT = {"model.embed_tokens.weight": "lm_head.weight", "transformer.wte.weight": "lm_head.weight"}
 _RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+OWNER_FILE = "owner.json"
+# A folder without owner.json (written before owners were recorded, or by a writer that died between
+# mkdir and the owner file) is only removed once nothing has changed in it for this long.
+UNOWNED_MAX_AGE_S = 3600.0
 
 
 def prepare_tensors(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -68,6 +76,80 @@ def default_root() -> Path:
     if shm.is_dir() and os.access(shm, os.W_OK):
         return shm
     return Path(tempfile.gettempdir())
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of process `pid` in clock ticks since boot (/proc/<pid>/stat field 22), None when it is gone.
+
+    pid + start time names one process for good: a pid reused after the owner died has another start time.
+    A zombie counts as gone: it holds its pid but will never clean up.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # after the command name, which may hold spaces and ')'
+    if len(fields) < 20 or fields[0] in ("Z", "X"):  # fields[0] is field 3 (state), fields[19] field 22
+        return None
+    return int(fields[19])
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def owner_record(pid: int | None = None) -> dict[str, Any]:
+    """What owner.json holds: the writing process (this one by default), its start time and pid namespace."""
+    pid = os.getpid() if pid is None else pid
+    return {"pid": pid, "start_time": process_start_time(pid), "pid_ns": _pid_namespace()}
+
+
+def _owner_gone(owner: dict[str, Any]) -> bool:
+    if owner.get("pid_ns") != _pid_namespace():
+        # Another container sharing /dev/shm (e.g. docker --ipc=host): its pids mean nothing here.
+        return False
+    start = process_start_time(int(owner["pid"]))
+    return start is None or start != owner.get("start_time")
+
+
+def _last_change(folder: Path) -> float:
+    # Every send adds a v<version> folder, so a live writer keeps this recent.
+    return max([folder.stat().st_mtime, *(p.lstat().st_mtime for p in folder.iterdir())])
+
+
+def collect_stale(root: str | Path, *, unowned_max_age_s: float = UNOWNED_MAX_AGE_S) -> list[Path]:
+    """Remove the tether-* weight folders under `root` left by processes that died without close();
+    returns the folders removed.
+
+    A folder goes when its owner.json names a process that is gone (no such pid, or a pid reused by a
+    process with another start time), or when it has no readable owner.json and has not changed for
+    `unowned_max_age_s`. A folder whose owner is alive, or is in another pid namespace, is kept.
+    """
+    removed: list[Path] = []
+    if process_start_time(os.getpid()) is None:  # no /proc (not Linux): no way to tell a dead owner from a live one
+        return removed
+    try:
+        folders = [p for p in Path(root).glob("tether-*") if p.is_dir() and not p.is_symlink()]
+    except OSError:
+        return removed
+    for folder in folders:
+        try:
+            try:
+                stale = _owner_gone(json.loads((folder / OWNER_FILE).read_text()))
+            except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):  # no owner.json, or not ours
+                stale = time.time() - _last_change(folder) > unowned_max_age_s
+        except OSError:  # removed meanwhile, or another user's folder: not ours to judge
+            continue
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
+            if not folder.exists():
+                removed.append(folder)
+    if removed:
+        log.info("removed %d weight-sync folder(s) left by dead processes: %s", len(removed), ", ".join(map(str, removed)))
+    return removed
 
 
 class WeightSync(ABC):
@@ -102,12 +184,17 @@ class TmpfsWeightSync(WeightSync):
         if keep < 1:
             raise ValueError(f"weight sync keep ({keep}) must be >= 1")
         self.run_id, self.keep = run_id, keep
-        self.folder = (Path(root) if root is not None else default_root()) / f"tether-{run_id}"
+        self.root = Path(root) if root is not None else default_root()
+        self.folder = self.root / f"tether-{run_id}"
+        # close() never runs in a process killed by SIGKILL: its folders are collected here instead.
+        collect_stale(self.root)
 
     def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> str:
         from safetensors.torch import save_file
 
         tensors = prepare_tensors(named_tensors)
+        if not (self.folder / OWNER_FILE).exists():
+            self._claim()
         final = self.folder / f"v{int(version)}"
         # Write beside, then rename: a receiver never sees a half-written file.
         tmp = self.folder / f".v{int(version)}.{os.getpid()}.tmp"
@@ -118,6 +205,13 @@ class TmpfsWeightSync(WeightSync):
         os.replace(tmp, final)
         self._clean()
         return str(final)
+
+    def _claim(self) -> None:
+        """Make the folder and record this process as its owner, so that collect_stale can tell when it is orphaned."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{OWNER_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(owner_record()))
+        os.replace(tmp, self.folder / OWNER_FILE)  # never a half-written owner.json
 
     def versions(self) -> list[int]:
         """Versions currently on disk, oldest first."""

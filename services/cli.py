@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,21 @@ def _load(args):
         return load_config(args.config, args.set)
     except ConfigError as e:
         sys.exit(f"tether: {e}")
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (`kill`, `ray job stop`, docker stop) into SystemExit, as Ctrl+C is a KeyboardInterrupt:
+    with Python's default disposition the process dies at once, and no `finally` runs (tmpfs weight
+    folders, the embedded Redis server stay behind)."""
+
+    def handler(signum: int, frame) -> None:
+        # In a process that called ray.init, Ray's C++ failure-signal handler saw this SIGTERM first and armed
+        # a 3 s alarm that aborts the process (SIGABRT) mid clean-up; closing the vLLM engines takes longer.
+        signal.alarm(0)
+        logging.getLogger(__name__).info("%s received: cleaning up and exiting", signal.Signals(signum).name)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def cmd_prepare(args) -> int:
@@ -60,6 +76,7 @@ def cmd_train(args) -> int:
     from services.report import write_comparison_report, write_run_report
     from services.train import train
 
+    exit_on_sigterm()  # the trainer's finally closes the roles, which removes their /dev/shm weight folders
     if args.resume:
         root = Path(args.resume)
         if not (root / "tether.yaml").exists():
@@ -124,6 +141,19 @@ def cmd_serve(args) -> int:
     from services.jobs import RayJobs
     from services.redis_store import EmbeddedRedis
 
+    # uvicorn handles SIGTERM/SIGINT itself, shuts down, then re-raises the signal under the handler found
+    # before it started: ours, so the finally below stops the embedded server (Ctrl+C: KeyboardInterrupt).
+    exit_on_sigterm()
+    from services.api_models import parse_limits
+
+    try:
+        limits = parse_limits(args.limit)
+    except ValueError as e:
+        sys.exit(f"tether: {e}")
+    if args.max_runs is not None and args.max_runs < 1:
+        sys.exit(f"tether: --max-runs must be >= 1 (or left out: as many runs as the cluster's CPUs/GPUs hold), got {args.max_runs}")
+    if not 0 < args.max_body_mb <= 1024:
+        sys.exit(f"tether: --max-body-mb must be in (0, 1024], got {args.max_body_mb}")
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     embedded = None
@@ -133,11 +163,14 @@ def cmd_serve(args) -> int:
         url = embedded.start()
     token, source = load_or_create_token(data_dir)
     jobs = None if args.no_ray else RayJobs(args.ray_address, auth=args.ray_auth)
-    app = create_app(ServiceSettings(data_dir=data_dir, redis_url=url, token=token, jobs=jobs))
+    app = create_app(ServiceSettings(data_dir=data_dir, redis_url=url, token=token, jobs=jobs, max_runs=args.max_runs, limits=limits,
+                                     max_body_bytes=int(args.max_body_mb * 1024 * 1024)))
     print(f"tether serve: http://{args.host}:{args.port}/  (API docs /docs)")
     print(f"  redis: {url} ({'embedded, data in ' + str(embedded.dir) if embedded else 'external'})")
     print(f"  ray jobs: {'disabled' if jobs is None else args.ray_address + ' (auth ' + args.ray_auth + ')'}")
     print(f"  API token: {source}")
+    print(f"  admission: {'at most ' + str(args.max_runs) + ' runs at once, and ' if args.max_runs else ''}what the cluster's CPUs/GPUs hold; "
+          f"request bodies up to {args.max_body_mb:g} MB")
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     finally:
@@ -272,7 +305,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="Ray dashboard address for job submission (default env TETHER_RAY_DASHBOARD or http://127.0.0.1:8265)")
     sp.add_argument("--ray-auth", choices=["token", "disabled"], default=os.environ.get("TETHER_RAY_AUTH", "token"),
                     help="Ray 2.60 auth mode of that cluster: token (sent from RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH / ~/.ray/auth_token) or disabled")
-    sp.add_argument("--no-ray", action="store_true", help="no job submission (runs can still be watched and steered)")
+    sp.add_argument("--no-ray", action="store_true", help="no job submission: runs are stored and wait queued (a replica with Ray on the same Redis admits them); runs can still be watched and steered")
+    sp.add_argument("--max-runs", type=int, default=None,
+                    help="at most this many runs at once (default: as many as the cluster's CPUs/GPUs hold for what each run declares); "
+                         "the others wait as 'queued', in order")
+    sp.add_argument("--limit", action="append", default=[], metavar="FIELD=MAX",
+                    help="largest value a submitted config may ask for, e.g. --limit train.iterations=10000 (defaults: services/api_models.py)")
+    sp.add_argument("--max-body-mb", type=float, default=1.0, help="largest request body accepted, in MB (default 1; 413 above)")
     sp.set_defaults(fn=cmd_serve)
 
     sp = sub.add_parser("bon", help="best-of-n gold and proxy curves vs KL from the initial policy, per ensemble aggregation, noisy vs clean labels")
@@ -290,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--submit", metavar="DASHBOARD_ADDR", help="run each unfinished cell as a Ray job on this dashboard (e.g. http://127.0.0.1:8265) and wait")
     sp.add_argument("--ray-auth", choices=["token", "disabled"], default=os.environ.get("TETHER_RAY_AUTH", "token"),
                     help="with --submit: the cluster's Ray auth mode (as for `tether serve`)")
-    sp.add_argument("--max-parallel", type=int, default=None, help="with --submit: at most this many cell jobs at once (default all)")
+    sp.add_argument("--max-parallel", type=int, default=None, help="with --submit: at most this many cell jobs at once (default: as many as the cluster's CPUs/GPUs hold for what a cell declares)")
     sp.add_argument("--report-only", action="store_true", help="only (re)write the report of the sweep folder")
     sp.set_defaults(fn=cmd_sweep)
 

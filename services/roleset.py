@@ -46,7 +46,7 @@ class LocalRoleSet:
 
         tok = AutoTokenizer.from_pretrained(str(paths.policy))
         init_lm = load_policy(paths.policy)
-        self.engine = make_engine(cfg, str(paths.policy), seed=cfg.train.seed, run_id=f"local-{uuid.uuid4().hex[:8]}")
+        self.engine = make_engine(cfg, str(paths.policy), seed=cfg.train.seed, run_id=f"{cfg.name}-local-{uuid.uuid4().hex[:8]}")
         self.ensemble = ProxyEnsemble(paths.proxies, aggregation=cfg.ensemble.aggregation, uwo_lambda=cfg.ensemble.lam, max_len=cfg.proxy.max_len)
         self.evaluator = GoldEvaluator(load_gold(paths.gold), copy.deepcopy(init_lm), tok.pad_token_id)
         self.learner = make_learner(cfg, paths.policy, reference=paths.reference, reference_weights=paths.reference_weights)
@@ -103,6 +103,9 @@ class RayRoleSet:
     """Rollout actors (vLLM or transformers), a reward actor, a gold actor and the learner, on one placement group."""
 
     def __init__(self, cfg: TetherConfig, paths: TaskPaths):
+        import signal
+        import threading
+
         import ray
 
         from actors.placement import connect, place
@@ -111,7 +114,12 @@ class RayRoleSet:
         self._ray = ray
         self.cfg = cfg
         rt = cfg.runtime
+        on_sigterm = signal.getsignal(signal.SIGTERM)
         log.info("ray: %s", connect(rt))
+        if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
+            # ray.init replaces a SIGTERM handler with its own sys.exit: keep the caller's (`tether train`'s
+            # also stops Ray's abort watchdog, so that close() can finish).
+            signal.signal(signal.SIGTERM, on_sigterm)
         self.placement = place(rt)
         run_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
         pol, gold = str(paths.policy), str(paths.gold)
