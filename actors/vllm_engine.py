@@ -2,7 +2,7 @@
 
 A plain class (no Ray decorator): it runs in-process for tests and debugging, and an actor wraps it.
 vLLM starts helper processes with spawn, so an entry script that builds one needs
-``if __name__ == "__main__":`` (../shared/ENVIRONMENT.md, "vLLM on CPU").
+``if __name__ == "__main__":`` (docs/cpu-notes.md, "vLLM on CPU").
 
 Weights are updated in place, without a restart: safetensors in a tmpfs folder, then the worker method
 ``reload_weights`` (the model's own ``load_weights`` fails on CPU after start-up).

@@ -18,7 +18,7 @@ Backends:
 
 Tied embeddings: a tied model's ``lm_head.weight`` is the embedding tensor. safetensors refuses tensors
 that share memory, and vLLM's in-place reload left the output layer stale when only the embedding was
-sent (../shared/ENVIRONMENT.md: greedy outputs differed from transformers on 8/8 prompts). So every
+sent (docs/cpu-notes.md: greedy outputs differed from transformers on 8/8 prompts). So every
 backend sends ``lm_head.weight`` as its own clone (added when the sender omitted it), and clones any
 other tensor that shares storage with one already sent.
 """
@@ -270,7 +270,7 @@ class ObjectStoreWeightSync(WeightSync):
                 arrays[name], dtypes[name] = t.view(torch.int16).numpy(), "bfloat16"
             else:
                 arrays[name] = t.numpy()
-        return ray.put({"version": int(version), "tensors": arrays, "dtypes": dtypes})  # put once (STYLE: Ray hygiene)
+        return ray.put({"version": int(version), "tensors": arrays, "dtypes": dtypes})  # put once, not per tensor (Ray hygiene)
 
     def receive(self, handle) -> tuple[dict[str, torch.Tensor], int]:
         import ray

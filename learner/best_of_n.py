@@ -1,4 +1,4 @@
-"""Best-of-n sampling: KL from the base policy and unbiased score estimates (../shared/PAPERS.md s.3, s.4).
+"""Best-of-n sampling: KL from the base policy and unbiased score estimates (docs/methods.md s.3, s.4).
 
 References: Gao et al. 2022, "Scaling Laws for Reward Model Overoptimization" (best-of-n,
 KL_bon = log n - (n - 1) / n, and the unbiased estimator from N >= n samples); Coste et al. 2023,
@@ -43,7 +43,7 @@ def bon_unbiased(proxy: ArrayLike, gold: ArrayLike, n: int) -> tuple[float, floa
     """Unbiased (proxy, gold) expectation of the best-of-n sample, best by proxy, from N >= n i.i.d. samples.
 
     proxy, gold: (N,) scores of the same samples. Equals the average over all C(N, n) subsets of the
-    (proxy, gold) of each subset's argmax-proxy sample (Gao et al. 2022; PAPERS.md s.3).
+    (proxy, gold) of each subset's argmax-proxy sample (Gao et al. 2022; docs/methods.md s.4).
     Ties in proxy are broken uniformly at random, in expectation: tied samples share their mean gold.
 
     Naive form (exponential in N):

@@ -1,6 +1,6 @@
 """The one configuration schema used by the CLI, YAML presets, the runtime and (later) the REST API.
 
-Every field carries a description; defaults follow the papers in ../shared/PAPERS.md and cite them.
+Every field carries a description; defaults follow the papers (summarised in docs/methods.md) and cite them.
 Unknown fields are rejected (``extra="forbid"``) so a typo never silently falls back to a default.
 """
 from __future__ import annotations
@@ -195,7 +195,7 @@ def without_other_algorithms(data: dict, algorithm: str) -> dict:
 
 
 class FDPGConfig(_Strict):
-    """f-DPG (Go et al. 2023): minimise D_f(pi || p) towards a target p; PAPERS.md s.5."""
+    """f-DPG (Go et al. 2023): minimise D_f(pi || p) towards a target p; docs/methods.md s.5."""
 
     divergence: Literal["forward_kl", "reverse_kl", "js", "tv"] = Field("js", description="The f-divergence (Go et al.: JS is a good default and often beats forward KL).")
     target: Literal["rlhf", "gdc"] = Field(
@@ -239,7 +239,7 @@ class FDPGConfig(_Strict):
 
 
 class QuarkConfig(_Strict):
-    """Quark (Lu et al. 2022): quantised reward tokens over a data pool; PAPERS.md s.6."""
+    """Quark (Lu et al. 2022): quantised reward tokens over a data pool; docs/methods.md s.6."""
 
     k: int = Field(5, ge=2, le=64, description="Reward quantiles / reward tokens (paper: 5).")
     kl_coef: float = Field(0.05, ge=0, description="beta: weight of the exact per-token KL to the reference (paper: 0.05).")

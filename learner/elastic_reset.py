@@ -1,4 +1,4 @@
-"""Elastic Reset (Noukhovitch et al. 2023; ../shared/PAPERS.md s.2).
+"""Elastic Reset (Noukhovitch et al. 2023; docs/methods.md s.2).
 
 After every optimiser step: theta_ema <- eta * theta_ema + (1 - eta) * theta.
 Every n_reset steps (the caller decides when): theta <- theta_ema, then theta_ema <- theta_0.

@@ -1,4 +1,4 @@
-"""Aggregation of reward-model ensemble scores (Coste et al. 2023; ../shared/PAPERS.md s.3).
+"""Aggregation of reward-model ensemble scores (Coste et al. 2023; docs/methods.md s.3).
 
 For member scores r_1..r_k of one sample: mean; WCO (worst-case optimisation) = min_i r_i;
 UWO (uncertainty-weighted optimisation) = mean - lambda * Var_i(r_i), population variance.

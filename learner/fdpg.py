@@ -1,4 +1,4 @@
-"""f-DPG: distribution matching with any f-divergence (Go et al. 2023; ../shared/PAPERS.md s.5).
+"""f-DPG: distribution matching with any f-divergence (Go et al. 2023; docs/methods.md s.5).
 
 Target p(x) = p~(x) / Z with p~(x) = pi_0(x) exp(r(x) / beta) (RLHF as a target) or
 p~(x) = pi_0(x) 1[constraint(x)] (GDC, Khalifa et al. 2021). For samples x ~ q (the policy or a
@@ -31,7 +31,7 @@ LOG_T_CLAMP = 50.0
 
 
 def f_prime(log_t: Tensor, divergence: str) -> Tensor:
-    """f'(t) as a function of log t (Go et al. 2023; PAPERS.md s.5), elementwise.
+    """f'(t) as a function of log t (Go et al. 2023; docs/methods.md s.5), elementwise.
 
     forward KL, f(t) = -log t:                        f'(t) = -1/t      = -exp(-log t)
     reverse KL, f(t) = t log t:                       f'(t) = log t + 1

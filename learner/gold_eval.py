@@ -2,7 +2,7 @@
 
 KL(pi || pi_0) over sequences = E_pi[sum_t KL_t], estimated from samples of pi with their behaviour
 log-probs: the k1 sum (sum_t log pi - log pi_0) and the lower-variance k3 sum (both unbiased at
-temperature 1; Schulman's estimators, PAPERS.md section 1). Perplexity of the samples under pi_0 is
+temperature 1; Schulman's estimators, docs/methods.md s.1). Perplexity of the samples under pi_0 is
 the Elastic Reset paper's second drift measure.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-token KL estimators and KL-coefficient control (../shared/PAPERS.md s.1).
+"""Per-token KL estimators and KL-coefficient control (docs/methods.md s.1).
 
 Estimators follow Schulman's "Approximating KL divergence" note: with logr = log pi(a) - log pi_ref(a)
 and a ~ pi, k1 = logr (unbiased, high variance, can be negative), k2 = logr^2 / 2 (biased, low
@@ -29,7 +29,7 @@ def kl_estimate(logp: Tensor, ref_logp: Tensor, estimator: str) -> Tensor:
 
 
 def exact_kl_from_logits(logits: Tensor, ref_logits: Tensor) -> Tensor:
-    """Exact per-token KL(p || q) = sum_v p_v (log p_v - log q_v) over the full vocabulary (Quark, PAPERS.md s.6).
+    """Exact per-token KL(p || q) = sum_v p_v (log p_v - log q_v) over the full vocabulary (Quark, docs/methods.md s.6).
 
     logits, ref_logits: (B, T, V) -> (B, T), float32.
     """

@@ -1,4 +1,4 @@
-"""Token log-probabilities, entropies and masked reductions (the building blocks of PPO, ../shared/PAPERS.md s.1).
+"""Token log-probabilities, entropies and masked reductions (the building blocks of PPO, docs/methods.md s.1).
 
 Shapes: B = batch, T = tokens, V = vocabulary. Masks are 0/1 (bool, int or float) and are read as
 booleans: a position counts iff mask != 0. Masked-out positions may hold any finite or non-finite
@@ -63,7 +63,7 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
 def masked_whiten(x: Tensor, mask: Tensor, *, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
     """(x - mean) / sqrt(var + eps) with mean and (unbiased) var over the masked entries.
 
-    Used to whiten GAE advantages over the batch (PAPERS.md s.1). ``shift_mean=False`` keeps the
+    Used to whiten GAE advantages over the batch (docs/methods.md s.1). ``shift_mean=False`` keeps the
     mean (only rescales), as TRL/veRL do for rewards. Masked-out positions are returned as 0.
     """
     valid = _valid(x, mask)

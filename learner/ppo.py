@@ -1,4 +1,4 @@
-"""PPO core: KL-shaped per-token rewards, GAE, clipped policy and value losses (../shared/PAPERS.md s.1).
+"""PPO core: KL-shaped per-token rewards, GAE, clipped policy and value losses (docs/methods.md s.1).
 
 References: Ziegler et al. 2019 (reward = score - beta * KL); Schulman et al. 2016, "High-Dimensional
 Continuous Control Using GAE" eq. 16; Schulman et al. 2017, PPO eq. 7 (clipped surrogate) and the

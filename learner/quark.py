@@ -1,4 +1,4 @@
-"""Quark: quantized reward konditioning (Lu et al. 2022; ../shared/PAPERS.md s.6).
+"""Quark: quantized reward konditioning (Lu et al. 2022; docs/methods.md s.6).
 
 Every sample so far goes into a data pool. The pool is sorted by reward into K quantiles (K = 5 in
 the paper) and each sample's prompt is prefixed with its quantile's reward token. Training minimises

@@ -1,7 +1,7 @@
 """The Quark learner (Lu et al. 2022): reward-quantile tokens over a data pool of every sample so far.
 
 The policy's vocabulary gets K reward tokens (``expand_policy``); the rollout engines load that
-expanded folder. Iteration 0 samples come from the reference (no reward token, PAPERS.md s.6); later
+expanded folder. Iteration 0 samples come from the reference (no reward token, docs/methods.md s.6); later
 samples are conditioned on the best token. Each iteration adds the batch to the pool, re-quantises
 the pool, and takes ``steps_per_iteration`` gradient steps on random pool samples, each conditioned on
 its own quantile's token, with the loss of learner.quark.quark_loss (the reference sees no token).

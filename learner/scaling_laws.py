@@ -1,4 +1,4 @@
-"""Fits of gold reward against d = sqrt(KL(pi || pi_0)) (Gao et al. 2022; ../shared/PAPERS.md s.4).
+"""Fits of gold reward against d = sqrt(KL(pi || pi_0)) (Gao et al. 2022; docs/methods.md s.4).
 
 Gao et al. 2022, functional forms: best-of-n R(d) = d * (alpha_bon - beta_bon * d);
                                    RL         R(d) = d * (alpha_rl - beta_rl * log d).

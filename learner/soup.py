@@ -1,4 +1,4 @@
-"""Weight soups: the SALSA reference model (Chegini et al. 2024; ../shared/PAPERS.md s.7).
+"""Weight soups: the SALSA reference model (Chegini et al. 2024; docs/methods.md s.7).
 
 SALSA trains two SFT models from the same base and uses their weight average as the KL reference:
 theta_ref = alpha * theta_a + (1 - alpha) * theta_b, alpha = 0.5 performing best. ``weight_soup``

@@ -1,6 +1,6 @@
 """`tether bon`: best-of-n gold and proxy curves vs KL, per ensemble aggregation, with and without label noise.
 
-Coste et al. 2023 (PAPERS.md s.3), figure "BoN with and without label noise": sample N responses per
+Coste et al. 2023 (docs/methods.md s.3), figure "BoN with and without label noise": sample N responses per
 held-out prompt from pi_0, pick the best of n by the aggregated proxy score (mean / WCO / UWO), and
 plot the gold reward of the pick against KL_bon(n) = log n - (n - 1) / n. The expectation for every
 n <= N comes from the same N samples with the unbiased estimator (learner.best_of_n). Each gold

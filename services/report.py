@@ -3,7 +3,7 @@
 Per run: gold and proxy reward vs KL from the initial model; reward vs step with Elastic Reset
 markers; drift vs step. Per comparison: every method's gold-vs-KL frontier on one chart, and the
 proxy-gold gap. Gold-vs-KL charts also draw the fitted RL scaling law of Gao et al. 2022
-(R(d) = d (alpha - beta log d), d = sqrt(KL), PAPERS.md s.4) when there are enough evaluations,
+(R(d) = d (alpha - beta log d), d = sqrt(KL), docs/methods.md s.4) when there are enough evaluations,
 and the page lists its coefficients or says why there is no fit.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""learner/ never imports ray, fastapi or redis (STYLE.md): checked in a fresh interpreter."""
+"""learner/ never imports ray, fastapi or redis (the layering in README "Architecture"): checked in a fresh interpreter."""
 import subprocess
 import sys
 from pathlib import Path

@@ -1,7 +1,7 @@
 """The initial policy pi_0: a small Llama-style causal LM pretrained on IMDB text (the analogue of gpt2-imdb).
 
 Llama-style because vLLM's CPU build is tested here with that architecture; embeddings are tied, and
-the weight-sync code saves ``lm_head.weight`` as its own tensor (see ../shared/ENVIRONMENT.md).
+the weight-sync code saves ``lm_head.weight`` as its own tensor (see docs/cpu-notes.md).
 """
 from __future__ import annotations
 

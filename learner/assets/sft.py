@@ -1,4 +1,4 @@
-"""SALSA's SFT models (Chegini et al. 2024; ../shared/PAPERS.md s.7): n fine-tunes of pi_0 that differ
+"""SALSA's SFT models (Chegini et al. 2024; docs/methods.md s.7): n fine-tunes of pi_0 that differ
 only in seed and data order, and their weight soup as the KL reference.
 
 Each model continues training pi_0 on the IMDB training reviews for ``tokens`` tokens (warm-up then
