@@ -165,11 +165,15 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         rec = store.get_run(run_id)
         if rec is None:
             raise HTTPException(404, f"no run with id {run_id!r}")
-        return rec
+        return {"id": run_id, **rec}
 
     def view(rec: dict[str, Any], positions: dict[str, int] | None = None) -> Run:
         pos = (positions if positions is not None else scheduler.positions()).get(rec["id"]) if rec.get("state") == "queued" else None
-        return Run(**{**rec, "queue_position": pos, "status": combined_status(rec.get("state", "queued"), rec.get("job_status"))})
+        # a record written only by a trainer (fields missing) is still served whole, never a 500
+        base = {"id": rec.get("id") or "", "name": rec.get("name") or rec.get("id") or "", "state": "submitted",
+                "created": rec.get("updated") or 0.0, "updated": 0.0}
+        rec = {**base, **rec}
+        return Run(**{**rec, "queue_position": pos, "status": combined_status(rec["state"], rec.get("job_status"))})
 
     def run_dir(rec: dict[str, Any]) -> Path:
         d = rec.get("run_dir")

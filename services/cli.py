@@ -102,6 +102,7 @@ def cmd_train(args) -> int:
         if not url:
             sys.exit("tether: --run-id needs --redis-url (or env TETHER_REDIS_URL): the Redis server of `tether serve`")
         control = RunControl(url, args.run_id)
+        control.register(name=cfg.name, config=cfg.dump())
     dirs: dict[str, Path] = {}
     summaries = {}
     print(f"run folder: {root}")
@@ -255,7 +256,8 @@ def cmd_sweep(args) -> int:
         page, summary = write_sweep_report(sweep.dir), summarise(sweep.dir)
     else:
         try:
-            result = run_sweep(args.spec, args.dir, submit=args.submit, ray_auth=args.ray_auth, max_parallel=args.max_parallel, notify=tqdm.write)
+            result = run_sweep(args.spec, args.dir, submit=args.submit, ray_auth=args.ray_auth, max_parallel=args.max_parallel, notify=tqdm.write,
+                               redis_url=args.redis_url)
         except (ConfigError, AssetError, RuntimeSetupError) as e:
             sys.exit(f"tether: {e}")
         except RuntimeError as e:  # Ray job submission (unreachable dashboard, missing auth token)
@@ -330,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--ray-auth", choices=["token", "disabled"], default=os.environ.get("TETHER_RAY_AUTH", "token"),
                     help="with --submit: the cluster's Ray auth mode (as for `tether serve`)")
     sp.add_argument("--max-parallel", type=int, default=None, help="with --submit: at most this many cell jobs at once (default: as many as the cluster's CPUs/GPUs hold for what a cell declares)")
+    sp.add_argument("--redis-url", default=os.environ.get("TETHER_REDIS_URL"),
+                    help="with --submit: also make each cell a run of the `tether serve` on this Redis (metrics, page, commands); "
+                         "default env TETHER_REDIS_URL")
     sp.add_argument("--report-only", action="store_true", help="only (re)write the report of the sweep folder")
     sp.set_defaults(fn=cmd_sweep)
 

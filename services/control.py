@@ -89,6 +89,15 @@ class RunControl:
         self.paused = False
         self.state = "running"
 
+    def register(self, *, name: str, config: dict[str, Any]) -> None:
+        """Create the run's record when this run id has none (a `tether train --run-id` started by hand or by a
+        sweep), so the service lists it and serves it whole; an existing record is left as it is."""
+        try:
+            if self.store.get_run(self.run_id) is None:
+                self.store.create_run(self.run_id, {"name": name, "config": config, "state": "submitted"})
+        except REDIS_DOWN as e:
+            log.warning("Redis unreachable (%s): run %s not registered; its metrics are buffered", e, self.run_id)
+
     # -- metrics and state -----------------------------------------------------------------------
     @property
     def buffered(self) -> int:

@@ -348,10 +348,11 @@ def _has_checkpoint(cell_dir: Path) -> bool:
     return ck.is_dir() and any(p.name.startswith("step-") and (p / "driver.json").exists() for p in ck.iterdir())
 
 
-def run_cell(cell_dir: str | Path, *, progress: bool = True) -> str:
+def run_cell(cell_dir: str | Path, *, progress: bool = True, run_id: str | None = None, redis_url: str | None = None) -> str:
     """Run the cell in ``cell_dir`` (its cell.yaml): skipped when finished, resumed from a checkpoint when
     there is one, else started afresh (logs of an attempt that died before its first checkpoint are cleared).
-    Returns skipped | resumed | ran. The entrypoint of a sweep's Ray jobs (``cell_entrypoint``)."""
+    With ``run_id`` and ``redis_url`` it reports to that Redis (a `tether serve`'s) as that run: metrics,
+    state, commands. Returns skipped | resumed | ran. The entrypoint of a sweep's Ray jobs (``cell_entrypoint``)."""
     from services.report import write_run_report
     from services.train import train
 
@@ -367,15 +368,25 @@ def run_cell(cell_dir: str | Path, *, progress: bool = True) -> str:
         for stale in ("metrics.jsonl", "summary.json", "status.json"):
             (cell_dir / stale).unlink(missing_ok=True)
         shutil.rmtree(cell_dir / "tb", ignore_errors=True)
-    train(cfg, cell_dir, cfg_source=str(spec), progress=progress, resume=resume)
+    control = None
+    if run_id and redis_url:
+        from services.control import RunControl
+
+        control = RunControl(redis_url, run_id)
+        control.register(name=cfg.name, config=cfg.dump())
+    train(cfg, cell_dir, cfg_source=str(spec), progress=progress, resume=resume, control=control)
     write_run_report(cell_dir, cfg.name)
     return "resumed" if resume else "ran"
 
 
-def cell_entrypoint(cell_dir: str | Path, *, python: str | None = None) -> str:
-    """The shell command a Ray job runs for one cell: this interpreter's ``-m services.sweep run-cell <abs folder>``."""
+def cell_entrypoint(cell_dir: str | Path, *, python: str | None = None, run_id: str | None = None, redis_url: str | None = None) -> str:
+    """The shell command a Ray job runs for one cell: this interpreter's ``-m services.sweep run-cell <abs folder>``
+    (``--run-id ID --redis-url URL`` to report to a service's Redis)."""
     q = shlex.quote
-    return f"{q(python or sys.executable)} -m services.sweep run-cell {q(str(Path(cell_dir).resolve()))}"
+    cmd = f"{q(python or sys.executable)} -m services.sweep run-cell {q(str(Path(cell_dir).resolve()))}"
+    if run_id and redis_url:
+        cmd += f" --run-id {q(run_id)} --redis-url {q(redis_url)}"
+    return cmd
 
 
 def _check_assets(cells: list[Cell]) -> None:
@@ -392,13 +403,15 @@ def _check_assets(cells: list[Cell]) -> None:
 
 def run_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None, *, submit: str | None = None, progress: bool = True,
               ray_auth: str = "token", max_parallel: int | None = None, poll_s: float = 5.0,
-              notify: Callable[[str], None] | None = None) -> SweepResult:
+              notify: Callable[[str], None] | None = None, redis_url: str | None = None) -> SweepResult:
     """Run every unfinished cell of a sweep, then write its report.
 
     Locally (``submit`` None) cells run one after another in this process; with ``submit`` = a Ray
     dashboard address each is a Ray job (at most ``max_parallel`` at a time; None = as many as the cluster's
     CPUs/GPUs hold for what a cell declares, see ``auto_parallel``), waited for.
-    ``notify`` receives one line per cell started / skipped (default: logging). Raises SweepSpecError
+    ``notify`` receives one line per cell started / skipped (default: logging). With ``redis_url`` (a
+    `tether serve`'s Redis) each submitted cell is also a run of that service: its record (name = the cell
+    id), metrics and commands, so the page and the API show it. Raises SweepSpecError
     before anything runs when any cell's config is invalid, AssetError when task assets are missing.
     """
     say = notify or log.info
@@ -427,7 +440,8 @@ def run_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None, *, sub
             if max_parallel is None:
                 max_parallel = auto_parallel(todo, jobs)
                 say(f"== at most {max_parallel} cell job(s) at once (what the cluster's CPUs/GPUs hold; --max-parallel to change)")
-            statuses.update(_run_ray(todo, jobs, sweep_name=sweep.name, max_parallel=max_parallel, poll_s=poll_s, say=say, bar=bar))
+            statuses.update(_run_ray(todo, jobs, sweep_name=sweep.name, max_parallel=max_parallel, poll_s=poll_s, say=say, bar=bar,
+                                     redis_url=redis_url))
     finally:
         bar.close()
     report = write_sweep_report(sweep.dir)
@@ -471,7 +485,21 @@ def _run_local(c: Cell, *, progress: bool) -> str:
         return "failed"
 
 
-def _run_ray(cells: list[Cell], jobs, *, sweep_name: str, max_parallel: int | None, poll_s: float, say, bar) -> dict[str, str]:
+def _register(redis_url: str, c: Cell, job_id: str) -> str:
+    """A service run record for a submitted cell (state 'submitted'; the trainer reports the rest)."""
+    from services.redis_store import RunStore
+    from services.scheduler import run_resources
+
+    run_id = f"sw-{uuid.uuid4().hex[:8]}"
+    # `resources`: the service's admission counts what this cell holds on the cluster while its job runs
+    RunStore(redis_url).create_run(run_id, {"name": c.id, "config": c.config.dump(), "job_id": job_id, "state": "submitted",
+                                            "job_status": "PENDING", "sweep": c.id, "config_path": str((c.dir / "cell.yaml").resolve()),
+                                            "resources": run_resources(c.config)})
+    return run_id
+
+
+def _run_ray(cells: list[Cell], jobs, *, sweep_name: str, max_parallel: int | None, poll_s: float, say, bar,
+             redis_url: str | None = None) -> dict[str, str]:
     """Submit each cell as a Ray job (adopting one still running from an earlier call), wait, return statuses."""
     out: dict[str, str] = {}
     pending = list(cells)
@@ -489,11 +517,16 @@ def _run_ray(cells: list[Cell], jobs, *, sweep_name: str, max_parallel: int | No
             job_id = _safe(f"tether-sweep-{sweep_name}-{c.method}-{uuid.uuid4().hex[:8]}", allowed=r"A-Za-z0-9_-", limit=100)
             if _has_checkpoint(c.dir):
                 resumed.add(c.id)
+            run_id = _register(redis_url, c, job_id) if redis_url else None
             try:
-                jobs.submit(cell_entrypoint(c.dir), job_id=job_id, env=job_env_vars())
+                jobs.submit(cell_entrypoint(c.dir, run_id=run_id, redis_url=redis_url), job_id=job_id, env=job_env_vars())
             except Exception as e:  # noqa: BLE001 - reported with the address; jobs already submitted keep running
+                if run_id:
+                    from services.redis_store import RunStore
+
+                    RunStore(redis_url).update_run(run_id, state="submit_failed", error=f"Ray job submission failed: {e}")
                 raise RuntimeError(f"Ray job submission to {jobs.address} failed for cell {c.id}: {e}") from None
-            (c.dir / "job.json").write_text(json.dumps({"job_id": job_id, "address": jobs.address}))
+            (c.dir / "job.json").write_text(json.dumps({"job_id": job_id, "address": jobs.address, "run_id": run_id}))
             say(f"== {c.id}: submitted as Ray job {job_id}")
             running[job_id] = c
         time.sleep(poll_s)
@@ -684,10 +717,12 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("run-cell", help="run (or resume, or skip when finished) the sweep cell in DIR")
     sp.add_argument("dir")
     sp.add_argument("--no-progress", action="store_true")
+    sp.add_argument("--run-id", help="report to a `tether serve`'s Redis as this run (with --redis-url)")
+    sp.add_argument("--redis-url", help="that service's Redis, e.g. redis://127.0.0.1:16379/0")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        state = run_cell(args.dir, progress=not args.no_progress)
+        state = run_cell(args.dir, progress=not args.no_progress, run_id=args.run_id, redis_url=args.redis_url)
     except ConfigError as e:
         sys.exit(f"tether sweep: {e}")
     print(f"cell {args.dir}: {state}")

@@ -205,3 +205,19 @@ def test_concurrent_ticks_admit_each_run_once(tmp_path, tether_redis):
     [t.start() for t in ts]
     [t.join() for t in ts]
     assert sorted(submitted) == sorted(f"r-{i}" for i in range(30)) and len(submitted) == 30
+
+
+def test_a_run_known_only_from_its_trainer_is_served_whole(api):
+    """`tether train --run-id X --redis-url ...` started by hand: the trainer registers X, and a record written
+    only by a trainer (an older one, or a lost create) is served, never a 500."""
+    from services.control import RunControl
+
+    store = api.app.state.store
+    store.update_run("r-partial", state="running", iteration=3)  # fields of a trainer, no id/name/created
+    r = api.get("/runs/r-partial", headers=AUTH)
+    assert r.status_code == 200 and r.json()["id"] == r.json()["name"] == "r-partial" and r.json()["iteration"] == 3
+    ctl = RunControl(store, "r-hand")
+    ctl.register(name="by-hand", config={"name": "by-hand"})
+    ctl.register(name="again", config={})  # an existing record is kept
+    runs = {x["id"]: x for x in api.get("/runs", headers=AUTH).json()}
+    assert runs["r-hand"]["name"] == "by-hand" and runs["r-hand"]["state"] == "submitted"

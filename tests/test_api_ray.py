@@ -188,7 +188,7 @@ def test_wrong_ray_auth_mode_is_reported(ray_head, tiny_assets, tether_redis):
     assert run["state"] == "submit_failed" and run["error"]
 
 
-def test_ray_job_submit_cli_runs_tether_train_in_the_default_mode(ray_head, tiny_assets, tmp_path):
+def test_ray_job_submit_cli_runs_tether_train_in_the_default_mode(ray_head, tiny_assets, tether_redis, tmp_path):
     """The README's `ray job submit -- tether train ...` in the default runtime (Ray actors + vLLM), with the
     client told the auth mode and the submitter's own runtime env setting a variable tether's actors also set."""
     cfg = tiny_assets[0]
@@ -196,10 +196,15 @@ def test_ray_job_submit_cli_runs_tether_train_in_the_default_mode(ray_head, tiny
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(ray_head["tmp"] / "token")}
     out = subprocess.run(
         [RAY, "job", "submit", "--address", ray_head["url"], "--runtime-env-json", '{"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}',
-         "--", tether, "train", "tiny", "--set", f"data_dir={cfg.data_dir}", "--set", f"runs_dir={tmp_path}", "--set", "train.threads=1"],
+         "--", tether, "train", "tiny", "--set", f"data_dir={cfg.data_dir}", "--set", f"runs_dir={tmp_path}", "--set", "train.threads=1",
+         "--run-id", "r-cli", "--redis-url", tether_redis.url],
         env=env, capture_output=True, text=True, timeout=400,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "succeeded" in out.stdout.lower() and "report:" in out.stdout and "RolloutActor" in out.stdout
     (run,) = list(tmp_path.glob("*-tiny"))
     assert len((run / "main" / "metrics.jsonl").read_text().splitlines()) == cfg.train.iterations + 1
+    from services.redis_store import RunStore
+
+    store = RunStore(tether_redis.url)  # `--run-id/--redis-url`: the job reported to a service's Redis
+    assert store.get_run("r-cli")["state"] == "finished" and [m["step"] for m in store.metrics("r-cli")] == [1, 2, 3, 3]

@@ -286,7 +286,7 @@ def test_sweep_runs_skips_and_resumes_on_the_tiny_task(tiny_assets, tmp_path, ca
 
 
 @pytest.mark.slow
-def test_submitted_sweep_runs_each_cell_as_a_ray_job_in_the_default_mode(ray_head, tiny_assets, tmp_path, monkeypatch):
+def test_submitted_sweep_runs_each_cell_as_a_ray_job_in_the_default_mode(ray_head, tiny_assets, tether_redis, tmp_path, monkeypatch):
     """--submit against a real local Ray head with the dashboard (tests/test_api_ray.py's fixture): one job per unfinished
     cell, each in the default runtime (Ray actors + vLLM). Each cell declares 2 CPUs and the head has 2, so the cells run
     one at a time (before, every cell was submitted at once and the second could not place its actors)."""
@@ -299,7 +299,11 @@ def test_submitted_sweep_runs_each_cell_as_a_ray_job_in_the_default_mode(ray_hea
                                     "methods": {"ppo_kl": {"grid": {"kl.coef": [0.01, 0.05]}}}}))
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(ray_head["tmp"] / "token"))
     said: list[str] = []
-    res = run_sweep(spec, tmp_path / "sw", submit=ray_head["url"], ray_auth="token", progress=False, poll_s=1.0, notify=said.append)
+    from services.redis_store import RunStore
+
+    store = RunStore(tether_redis.url)
+    res = run_sweep(spec, tmp_path / "sw", submit=ray_head["url"], ray_auth="token", progress=False, poll_s=1.0, notify=said.append,
+                    redis_url=tether_redis.url)
     assert res.statuses == {"ppo_kl/kl.coef=0.01/seed-0": "ran", "ppo_kl/kl.coef=0.05/seed-0": "ran"}
     assert any("at most 1 cell job(s) at once" in line for line in said), said
     infos = []
@@ -309,6 +313,9 @@ def test_submitted_sweep_runs_each_cell_as_a_ray_job_in_the_default_mode(ray_hea
         assert job["address"] == ray_head["url"] and ray_head["jobs"].status(job["job_id"]) == "SUCCEEDED"
         assert json.loads((d / "status.json").read_text())["state"] == "finished"
         assert "RolloutActor" in ray_head["jobs"].logs(job["job_id"])  # the roles ran as Ray actors
+        rec = store.get_run(job["run_id"])  # each cell is also a run of the service on that Redis, with its metrics
+        assert rec["name"] == cid and rec["state"] == "finished" and rec["resources"] == {"CPU": 2.0, "GPU": 0.0}
+        assert [m["step"] for m in store.metrics(job["run_id"])] == [1, 2, 2]
         infos.append(ray_head["jobs"].client().get_job_info(job["job_id"]))
     infos.sort(key=lambda i: i.start_time)
     assert infos[1].start_time >= infos[0].end_time
