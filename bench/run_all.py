@@ -65,7 +65,7 @@ def bench_sync(engines: dict, policy_path: Path, repeats: int = 5) -> list[tuple
     import ray
 
     from actors.weight_sync import make_weight_sync
-    from learner.assets.policy import load_policy
+    from learner.policy_model import load_policy
 
     sd = {k: v.clone() for k, v in load_policy(policy_path).state_dict().items()}
     target = load_policy(policy_path)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from learner.kl import kl_estimate
-from learner.logprobs import masked_mean, masked_sum
+from learner.methods.kl import kl_estimate
+from learner.methods.logprobs import masked_mean, masked_sum
 from learner.policy_model import pad_batch, response_logprobs
 from learner.types import Rollouts
 
@@ -25,7 +25,7 @@ class GoldEvaluator:
         from transformers import AutoTokenizer
 
         from learner.assets.gold import load_gold
-        from learner.assets.policy import load_policy
+        from learner.policy_model import load_policy
 
         tok = AutoTokenizer.from_pretrained(str(policy_path))
         return cls(load_gold(gold_path), load_policy(policy_path), tok.pad_token_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from learner.logprobs import logprobs_from_logits
+from learner.methods.logprobs import logprobs_from_logits
 
 
 class PolicyWithValue(nn.Module):
@@ -76,3 +76,10 @@ def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, max_g
     gn = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     opt.step()
     return float(gn)
+
+
+def load_policy(path, dtype=torch.float32):
+    """The causal LM in a Hugging Face folder (or hub name): the runtime loader every role uses."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from learner.ensemble import aggregate
+from learner.methods.ensemble import aggregate
 from learner.types import Rollouts, ScoredRollouts
 
 

@@ -27,7 +27,7 @@ class TransformersEngine:
     def from_path(cls, path, gen: GenerationConfig, **kw) -> "TransformersEngine":
         from transformers import AutoTokenizer
 
-        from learner.assets.policy import load_policy
+        from learner.policy_model import load_policy
 
         return cls(load_policy(path), AutoTokenizer.from_pretrained(str(path)), gen, **kw)
 

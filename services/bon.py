@@ -3,9 +3,9 @@
 Coste et al. 2023 (docs/methods.md s.3), figure "BoN with and without label noise": sample N responses per
 held-out prompt from pi_0, pick the best of n by the aggregated proxy score (mean / WCO / UWO), and
 plot the gold reward of the pick against KL_bon(n) = log n - (n - 1) / n. The expectation for every
-n <= N comes from the same N samples with the unbiased estimator (learner.best_of_n). Each gold
+n <= N comes from the same N samples with the unbiased estimator (learner.analysis.best_of_n). Each gold
 curve is fitted with Gao et al. 2022's best-of-n form R(d) = d (alpha - beta d), d = sqrt(KL),
-on rewards recentred at pi_0 (learner.scaling_laws).
+on rewards recentred at pi_0 (learner.analysis.scaling_laws).
 
 "Clean" is a second proxy ensemble trained like the first but on unflipped gold labels
 (proxy.label_noise=0); it scores the very same samples, so the two differ only in their labels.
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from learner.best_of_n import bon_curve, kl_bon
+from learner.analysis.best_of_n import bon_curve, kl_bon
 from learner.config import TetherConfig
-from learner.ensemble import AGGREGATIONS, aggregate
-from learner.scaling_laws import d_from_kl, fit_bon, recentre
+from learner.methods.ensemble import AGGREGATIONS, aggregate
+from learner.analysis.scaling_laws import d_from_kl, fit_bon, recentre
 
 log = logging.getLogger(__name__)
 BON_SEED = 20_000_003  # sampling seed of chunk c is BON_SEED + c: a rerun draws the same samples
@@ -88,7 +88,7 @@ def score_texts(ensemble, texts: list[str], *, chunk: int = 256) -> np.ndarray:
 def bon_curves(members: np.ndarray, gold: np.ndarray, ns: list[int], *, aggregation: str, uwo_lambda: float) -> dict:
     """Best-of-n curve of one (ensemble, aggregation), averaged over prompts.
 
-    members: (P, N, k) member scores; gold: (P, N). Selection is by the aggregate (learner.ensemble.aggregate).
+    members: (P, N, k) member scores; gold: (P, N). Selection is by the aggregate (learner.methods.ensemble.aggregate).
     Returns lists of len(ns): n, kl (nats), proxy (aggregate of the pick), proxy_member_mean (member mean of
     the pick), gold, gold_se (standard error over prompts).
     """

@@ -21,7 +21,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from learner.scaling_laws import FitResult, d_from_kl, fit_rl, recentre  # noqa: E402
+from learner.analysis.scaling_laws import FitResult, d_from_kl, fit_rl, recentre  # noqa: E402
 from services.runlog import read_metrics  # noqa: E402
 
 KL_KEY, GOLD_KEY = "eval/kl_from_init_k3", "eval/gold_mean"

@@ -39,7 +39,7 @@ class LocalRoleSet:
 
         from actors.roles import make_engine
         from learner.assets.gold import load_gold
-        from learner.assets.policy import load_policy
+        from learner.policy_model import load_policy
         from learner.gold_eval import GoldEvaluator
         from learner.learners import make_learner
         from learner.reward import ProxyEnsemble

@@ -60,7 +60,7 @@ class Trainer:
         if cfg.algorithm == "quark":  # the policy gains K reward tokens; every role loads that folder
             import dataclasses
 
-            from learner.quark_learner import expand_policy
+            from learner.learners.quark import expand_policy
 
             self.reward_token_ids = expand_policy(self.paths.policy, self.run_dir / "quark-policy", cfg.quark.k)
             self.paths = dataclasses.replace(self.paths, policy=self.run_dir / "quark-policy")

@@ -1,4 +1,4 @@
-"""learner.best_of_n: KL of best-of-n and the unbiased best-of-n estimator (Gao et al. 2022; Coste et al. 2023)."""
+"""learner.analysis.best_of_n: KL of best-of-n and the unbiased best-of-n estimator (Gao et al. 2022; Coste et al. 2023)."""
 import itertools
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from learner.best_of_n import bon_curve, bon_unbiased, kl_bon, select_best
+from learner.analysis.best_of_n import bon_curve, bon_unbiased, kl_bon, select_best
 
 
 def _brute_force(proxy, gold, n):

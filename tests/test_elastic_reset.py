@@ -1,11 +1,11 @@
-"""learner.elastic_reset: the EMA and reset rule of Noukhovitch et al. 2023, checked against a hand-run."""
+"""learner.methods.elastic_reset: the EMA and reset rule of Noukhovitch et al. 2023, checked against a hand-run."""
 import copy
 
 import pytest
 import torch
 from torch import nn
 
-from learner.elastic_reset import ElasticReset
+from learner.methods.elastic_reset import ElasticReset
 
 ETA = 0.9
 

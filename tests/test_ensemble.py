@@ -1,8 +1,8 @@
-"""learner.ensemble: Coste et al. 2023 aggregations (mean, WCO, UWO)."""
+"""learner.methods.ensemble: Coste et al. 2023 aggregations (mean, WCO, UWO)."""
 import pytest
 import torch
 
-from learner.ensemble import aggregate
+from learner.methods.ensemble import aggregate
 
 
 def test_uwo_wco_mean_by_hand_on_1_2_3():

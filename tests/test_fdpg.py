@@ -1,10 +1,10 @@
-"""learner.fdpg: f-DPG (Go et al. 2023) f', targets, log Z, baseline and the surrogate loss."""
+"""learner.methods.fdpg: f-DPG (Go et al. 2023) f', targets, log Z, baseline and the surrogate loss."""
 import math
 
 import pytest
 import torch
 
-from learner.fdpg import (
+from learner.methods.fdpg import (
     DIVERGENCES,
     LOG_T_CLAMP,
     MovingBaseline,

@@ -1,10 +1,10 @@
-"""learner.kl: KL estimators (k1/k2/k3), exact full-vocabulary KL and the KL controllers."""
+"""learner.methods.kl: KL estimators (k1/k2/k3), exact full-vocabulary KL and the KL controllers."""
 import math
 
 import pytest
 import torch
 
-from learner.kl import (
+from learner.methods.kl import (
     AdaptiveKLController,
     FixedKLController,
     exact_kl_from_logits,

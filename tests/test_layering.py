@@ -31,3 +31,60 @@ def test_imports_point_one_way():
             text = p.read_text()
             for b in banned:
                 assert f"from {b}" not in text and f"import {b}" not in text, f"{p} imports {b}"
+
+
+def _project_imports() -> dict[str, set[str]]:
+    """module -> the project modules it imports anywhere in its file (top level or inside a function)."""
+    import ast
+
+    mods = {}
+    for layer in ("learner", "actors", "services"):
+        for p in (ROOT / layer).rglob("*.py"):
+            name = ".".join(p.relative_to(ROOT).with_suffix("").parts)
+            mods[name.removesuffix(".__init__")] = p
+    graph = {}
+    for name, p in mods.items():
+        deps = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            targets = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+            for t in targets:
+                while t and t not in mods:  # `from learner.methods.kl import x` -> learner.methods.kl
+                    t = t.rpartition(".")[0]
+                if t and t != name:
+                    deps.add(t)
+        graph[name] = deps
+    return graph
+
+
+def test_no_import_circles():
+    """No two project modules import each other, directly or through others (lazy imports count: a circle that
+    only works because one side imports inside a function still ties the two files together)."""
+    graph = _project_imports()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    circles = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == 1:
+                circles.append(stack[stack.index(d):] + [d])
+            elif d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+    assert not circles, "import circles:\n" + "\n".join(" -> ".join(c) for c in circles)
+
+
+def test_methods_and_analysis_are_pure_maths():
+    """learner/methods and learner/analysis import only each other and learner.types: no models, assets or runtime."""
+    for name, deps in _project_imports().items():
+        if name.startswith(("learner.methods", "learner.analysis")):
+            bad = [d for d in deps if not d.startswith(("learner.methods", "learner.analysis", "learner.types"))]
+            assert not bad, f"{name} imports {bad}"

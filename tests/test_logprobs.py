@@ -1,10 +1,10 @@
-"""learner.logprobs: hand-computed values, naive references and masking invariants."""
+"""learner.methods.logprobs: hand-computed values, naive references and masking invariants."""
 import math
 
 import pytest
 import torch
 
-from learner.logprobs import (
+from learner.methods.logprobs import (
     entropy_from_logits,
     logprobs_from_logits,
     masked_mean,

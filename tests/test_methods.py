@@ -9,13 +9,13 @@ import torch
 from transformers import AutoTokenizer
 
 from learner.assets.build import prepare, resolve
-from learner.assets.policy import load_policy
+from learner.policy_model import load_policy
 from learner.config import ConfigError, load_config
-from learner.fdpg_learner import FDPGLearner
+from learner.learners.fdpg import FDPGLearner
 from learner.learners import NotApplicable, make_learner
-from learner.logprobs import masked_sum
+from learner.methods.logprobs import masked_sum
 from learner.policy_model import pad_batch, response_logprobs
-from learner.quark_learner import QuarkLearner, expand_policy
+from learner.learners.quark import QuarkLearner, expand_policy
 from learner.rollout import TransformersEngine
 from learner.types import ScoredRollouts
 from services.runlog import read_metrics

@@ -1,10 +1,10 @@
-"""learner.ppo: per-token rewards, GAE, clipped policy and value losses."""
+"""learner.methods.ppo: per-token rewards, GAE, clipped policy and value losses."""
 import math
 
 import pytest
 import torch
 
-from learner.ppo import gae, per_token_rewards, policy_loss, value_loss
+from learner.methods.ppo import gae, per_token_rewards, policy_loss, value_loss
 
 
 def _random_mask(g, B, T):

@@ -4,8 +4,8 @@ import copy
 import torch
 from transformers import AutoTokenizer
 
-from learner.assets.policy import load_policy
-from learner.ppo_learner import PPOLearner
+from learner.policy_model import load_policy
+from learner.learners.ppo import PPOLearner
 from learner.rollout import TransformersEngine
 from learner.types import ScoredRollouts
 

@@ -1,9 +1,9 @@
-"""learner.quark: Lu et al. 2022 quantiles, data pool, reward tokens and loss."""
+"""learner.methods.quark: Lu et al. 2022 quantiles, data pool, reward tokens and loss."""
 import numpy as np
 import pytest
 import torch
 
-from learner.quark import DataPool, condition, quantile_tokens, quark_loss, reward_token_strings
+from learner.methods.quark import DataPool, condition, quantile_tokens, quark_loss, reward_token_strings
 
 
 def test_quantiles_by_hand():

@@ -1,10 +1,10 @@
-"""learner.scaling_laws: Gao et al. 2022 best-of-n and RL gold-reward forms."""
+"""learner.analysis.scaling_laws: Gao et al. 2022 best-of-n and RL gold-reward forms."""
 import math
 
 import numpy as np
 import pytest
 
-from learner.scaling_laws import d_from_kl, fit_bon, fit_rl, recentre
+from learner.analysis.scaling_laws import d_from_kl, fit_bon, fit_rl, recentre
 
 
 def test_bon_recovers_coefficients_exactly_and_peak_by_hand():

@@ -1,8 +1,8 @@
-"""learner.soup: weight averages of state dicts (SALSA, Chegini et al. 2024)."""
+"""learner.methods.soup: weight averages of state dicts (SALSA, Chegini et al. 2024)."""
 import pytest
 import torch
 
-from learner.soup import alpha_soup, weight_soup
+from learner.methods.soup import alpha_soup, weight_soup
 
 
 def _sd(seed):

@@ -23,7 +23,7 @@ NEW_TOKENS = 12
 
 @pytest.fixture(scope="module")
 def policy(tiny_assets):
-    from learner.assets.policy import load_policy
+    from learner.policy_model import load_policy
 
     _, _, paths = tiny_assets
     return load_policy(paths.policy).eval()

@@ -192,7 +192,7 @@ def _policy_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
     log.info("policy: training tokenizer (vocab %d) and pretraining %d tokens", cfg.tokenizer.vocab_size, cfg.policy.pretrain_tokens)
     tok = train_tokenizer(split.train_text, cfg.tokenizer.vocab_size, tmp)
     metrics = pretrain(cfg.policy, tok, split.train_text, split.heldout_text, tmp, seed=cfg.task.seed)
-    from learner.assets.policy import load_policy
+    from learner.policy_model import load_policy
 
     model = load_policy(tmp)
     prompts = make_prompts(split.heldout_text, 4, cfg.task, seed=7)

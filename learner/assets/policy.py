@@ -130,12 +130,6 @@ def pretrain(cfg: PolicyConfig, tok, train_texts: list[str], heldout_texts: list
     }
 
 
-def load_policy(path: str | Path, dtype=torch.float32):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-
-
 def sample(model, tok, prompts: list[str], *, max_new_tokens: int = 48, temperature: float = 1.0, top_k: int = 0, seed: int = 0, batch_size: int = 64) -> list[str]:
     """Continuations' text sampled by the transformers rollout engine (EOS-prefixed, left-padded prompts)."""
     from learner.config import GenerationConfig

@@ -139,7 +139,7 @@ def build_proxies(cfg: TetherConfig, split: ImdbSplit, policy_path, gold_path, o
     from transformers import AutoTokenizer
 
     from learner.assets.gold import load_gold
-    from learner.assets.policy import load_policy
+    from learner.policy_model import load_policy
 
     pc = cfg.proxy
     t0 = time.time()

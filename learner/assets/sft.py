@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from learner.assets.policy import heldout_perplexity, load_policy, pack
+from learner.assets.policy import heldout_perplexity, pack
+from learner.policy_model import load_policy
 from learner.policy_model import optimizer_step
-from learner.soup import weight_soup
+from learner.methods.soup import weight_soup
 
 log = logging.getLogger(__name__)
 

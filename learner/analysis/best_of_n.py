@@ -82,7 +82,7 @@ def bon_curve(proxy: ArrayLike, gold: ArrayLike, ns: list[int]) -> dict[str, NDA
 def select_best(scores: Tensor | ArrayLike) -> Tensor | NDArray[np.int64]:
     """Index of the best of n candidates per prompt. scores: (P, n) -> (P,); a Tensor gives a Tensor.
 
-    Ties go to the first candidate (argmax convention). Aggregate ensemble scores first (learner.ensemble).
+    Ties go to the first candidate (argmax convention). Aggregate ensemble scores first (learner.methods.ensemble).
     """
     if isinstance(scores, Tensor):
         if scores.dim() != 2:

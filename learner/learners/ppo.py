@@ -13,11 +13,11 @@ import numpy as np
 import torch
 
 from learner.config import TetherConfig
-from learner.elastic_reset import ElasticReset
-from learner.kl import exact_kl_from_logits, kl_estimate, make_kl_controller
-from learner.logprobs import entropy_from_logits, masked_mean, masked_sum, masked_whiten
+from learner.methods.elastic_reset import ElasticReset
+from learner.methods.kl import exact_kl_from_logits, kl_estimate, make_kl_controller
+from learner.methods.logprobs import entropy_from_logits, masked_mean, masked_sum, masked_whiten
 from learner.policy_model import PolicyWithValue, optimizer_step, pad_batch, response_logprobs
-from learner.ppo import gae, per_token_rewards, policy_loss, value_loss
+from learner.methods.ppo import gae, per_token_rewards, policy_loss, value_loss
 from learner.types import ScoredRollouts
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class PPOLearner:
     def reset_now(self) -> None:
         """Elastic Reset: policy <- EMA, then EMA <- initial (optionally optimiser and value head too)."""
         if self.elastic is None:
-            from learner.learners import NotApplicable
+            from learner.learners.base import NotApplicable
 
             raise NotApplicable("this run has no Elastic Reset (elastic_reset.enabled is false): there is no EMA to reset to")
         er = self.cfg.elastic_reset

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from learner.logprobs import masked_mean
+from learner.methods.logprobs import masked_mean
 
 
 def _zero(x: Tensor) -> Tensor:

@@ -4,7 +4,7 @@ The policy's vocabulary gets K reward tokens (``expand_policy``); the rollout en
 expanded folder. Iteration 0 samples come from the reference (no reward token, docs/methods.md s.6); later
 samples are conditioned on the best token. Each iteration adds the batch to the pool, re-quantises
 the pool, and takes ``steps_per_iteration`` gradient steps on random pool samples, each conditioned on
-its own quantile's token, with the loss of learner.quark.quark_loss (the reference sees no token).
+its own quantile's token, with the loss of learner.methods.quark.quark_loss (the reference sees no token).
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from learner.config import TetherConfig
-from learner.learners import QUARK_META, NotApplicable
+from learner.learners.base import QUARK_META, NotApplicable
 from learner.policy_model import optimizer_step, pad_batch, response_logprobs
-from learner.quark import DataPool, condition, quark_loss, quantile_tokens, reward_token_strings
+from learner.methods.quark import DataPool, condition, quark_loss, quantile_tokens, reward_token_strings
 from learner.types import ScoredRollouts
 
 
@@ -33,7 +33,7 @@ def expand_policy(base: str | Path, out_dir: Path, k: int) -> list[int]:
     """
     from transformers import AutoTokenizer
 
-    from learner.assets.policy import load_policy
+    from learner.policy_model import load_policy
 
     out_dir = Path(out_dir)
     meta_path = out_dir / QUARK_META

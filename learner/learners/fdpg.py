@@ -3,7 +3,7 @@
 One iteration: the batch was sampled from the proposal q (the current policy, or a lagged copy that
 the rollout engines then hold); log pi_0 (the reference: pi_0 or a SALSA soup), log q and the target
 log p~ are computed; Z and the baseline are updated; then one pass of minibatch steps on the f-DPG
-surrogate (learner.fdpg). The maths is in learner/fdpg.py; this class only wires it to models.
+surrogate (learner.methods.fdpg). The maths is in learner/methods/fdpg.py; this class only wires it to models.
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from learner.config import TetherConfig
-from learner.fdpg import MovingBaseline, RunningLogZ, fdpg_loss, log_target, pseudo_reward
-from learner.learners import NotApplicable
-from learner.logprobs import masked_sum
+from learner.methods.fdpg import MovingBaseline, RunningLogZ, fdpg_loss, log_target, pseudo_reward
+from learner.learners.base import NotApplicable
+from learner.methods.logprobs import masked_sum
 from learner.policy_model import optimizer_step, pad_batch, response_logprobs
 from learner.types import ScoredRollouts
 

@@ -14,8 +14,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from torch import Tensor
 
-from learner.kl import exact_kl_from_logits
-from learner.logprobs import entropy_from_logits, logprobs_from_logits, masked_mean
+from learner.methods.kl import exact_kl_from_logits
+from learner.methods.logprobs import entropy_from_logits, logprobs_from_logits, masked_mean
 
 
 def quantile_tokens(rewards: ArrayLike, k: int) -> NDArray[np.int64]:

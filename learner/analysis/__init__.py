@@ -1,0 +1,1 @@
+"""Analysis of finished samples and runs: best-of-n estimators, scaling-law fits."""
