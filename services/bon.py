@@ -161,7 +161,7 @@ def run_bon(cfg: TetherConfig, out_dir: Path, *, n_max: int, n_prompts: int, cle
     t = time.perf_counter()
     own_roles = roles is None
     if own_roles:
-        from services.roleset import make_roleset
+        from actors.roleset import make_roleset
 
         roles = make_roleset(cfg, paths)
     timing["time_s/start_roles"] = time.perf_counter() - t

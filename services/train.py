@@ -68,7 +68,7 @@ class Trainer:
         self.train_text = split.train_text
         self.eval_prompts = make_prompts(split.heldout_text, cfg.train.eval_prompts, cfg.task, seed=cfg.train.seed + 99991)
         if roles is None:
-            from services.roleset import make_roleset
+            from actors.roleset import make_roleset
 
             roles = make_roleset(cfg, self.paths)
         self.roles = roles

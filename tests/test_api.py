@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from learner.assets.build import resolve
 from services.api import ServiceSettings, create_app
 from services.control import RunControl
-from services.roleset import LocalRoleSet
+from actors.roleset import LocalRoleSet
 from services.train import Trainer
 
 TOKEN = "test-token-123"

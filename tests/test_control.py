@@ -9,7 +9,7 @@ from waiting import wait_for as _wait
 from learner.assets.build import resolve
 from services.control import RunControl
 from services.redis_store import EmbeddedRedis, RunStore
-from services.roleset import LocalRoleSet
+from actors.roleset import LocalRoleSet
 from services.train import Trainer
 
 pytestmark = pytest.mark.slow
@@ -74,8 +74,8 @@ def test_commands_pause_set_reset_resume_stop(tiny_assets, tmp_path, tether_redi
     assert max(r["step"] for r in store.metrics("r1")) == paused_at and trainer.iteration == paused_at
     # reset while paused: applied at once (EMA -> policy, then a weight sync)
     ack = _acked(store, "r1", store.send_command("r1", "reset"))
-    assert ack["ok"] and ack["step"] == paused_at and trainer.roles.learner.elastic.n_resets == 1
-    assert trainer.roles.engine.policy_version == trainer.roles.learner.version
+    assert ack["ok"] and ack["step"] == paused_at and trainer.roles.learner.learner.elastic.n_resets == 1
+    assert trainer.roles.rollout.engine.policy_version == trainer.roles.learner_version()
     # resume: training continues
     _acked(store, "r1", store.send_command("r1", "resume"))
     _wait(lambda: max(r["step"] for r in store.metrics("r1")) > paused_at, what="training after resume")

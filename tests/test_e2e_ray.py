@@ -77,7 +77,7 @@ def test_elastic_reset_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):
 def test_several_rollout_actors_split_and_sync(tiny_assets, ray_cluster, tmp_path):
     """Two rollout actors (transformers engine, to keep the test light): order kept, both synced."""
     from learner.config import RoleResources
-    from services.roleset import RayRoleSet
+    from actors.roleset import RayRoleSet
 
     cfg = _cfg(tiny_assets, train={"iterations": 2})
     cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"engine": "transformers", "rollout_actors": 2, "rollout": RoleResources(num_cpus=0.25)})})

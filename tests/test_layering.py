@@ -88,3 +88,10 @@ def test_methods_and_analysis_are_pure_maths():
         if name.startswith(("learner.methods", "learner.analysis")):
             bad = [d for d in deps if not d.startswith(("learner.methods", "learner.analysis", "learner.types"))]
             assert not bad, f"{name} imports {bad}"
+
+
+def test_local_mode_needs_no_ray():
+    """runtime.mode=local runs the plain workers: importing them and the local role set loads no Ray."""
+    code = "import sys, actors.workers, actors.roleset\nprint('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stdout + out.stderr[-2000:]

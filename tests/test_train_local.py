@@ -5,7 +5,7 @@ import torch
 
 from services.runlog import read_metrics
 from learner.assets.build import resolve
-from services.roleset import LocalRoleSet
+from actors.roleset import LocalRoleSet
 from services.train import train
 
 
@@ -16,7 +16,7 @@ def test_local_train_logs_metrics_and_syncs(tiny_assets, tmp_path):
         "runtime": base.runtime.model_copy(update={"mode": "local", "engine": "transformers"}),
     })
     roles = LocalRoleSet(cfg, resolve(cfg))
-    before = {k: v.clone() for k, v in roles.engine.model.state_dict().items()}
+    before = {k: v.clone() for k, v in roles.rollout.engine.model.state_dict().items()}
     summary = train(cfg, tmp_path / "run", progress=False, roles=roles)
     rows = read_metrics(tmp_path / "run")
     steps = [r for r in rows if "reward/proxy_mean" in r]
@@ -28,10 +28,10 @@ def test_local_train_logs_metrics_and_syncs(tiny_assets, tmp_path):
     assert [r["elastic_reset/event"] for r in steps] == [0.0, 1.0, 0.0]
     assert any("eval/gold_mean" in r for r in rows) and "eval/kl_from_init_k3" in summary
     # the rollout engine holds exactly the learner's weights, and they moved
-    after = roles.engine.model.state_dict()
-    learner_sd = roles.learner.policy_state_dict()
+    after = roles.rollout.engine.model.state_dict()
+    learner_sd = roles.learner.learner.policy_state_dict()
     assert all(torch.equal(after[k], learner_sd[k]) for k in after)
     assert any(not torch.equal(before[k], after[k]) for k in after)
-    assert roles.engine.policy_version == roles.learner.version
+    assert roles.rollout.engine.policy_version == roles.learner_version()
     assert json.loads((tmp_path / "run" / "config.json").read_text())["name"] == cfg.name
     assert (tmp_path / "run" / "tb").is_dir()

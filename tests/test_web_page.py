@@ -18,7 +18,7 @@ from waiting import wait_for as _wait_base
 from learner.assets.build import resolve
 from services.api import ServiceSettings, create_app
 from services.control import RunControl
-from services.roleset import LocalRoleSet
+from actors.roleset import LocalRoleSet
 from services.train import Trainer
 
 pytestmark = pytest.mark.slow

@@ -1,10 +1,10 @@
-"""The four roles behind one small interface, in-process (LocalRoleSet) or as Ray actors (RayRoleSet).
+"""The four roles behind one small interface: the plain workers of actors/workers.py in this process
+(LocalRoleSet, runtime.mode=local) or the Ray actors that wrap them, on one placement group (RayRoleSet).
 
 The training loop (services/train.py) sees only this interface, so the same loop runs both ways.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import time
 import uuid
@@ -32,71 +32,55 @@ def with_gold(scored: ScoredRollouts, gold: list[float]) -> ScoredRollouts:
 
 
 class LocalRoleSet:
-    """Every role as a plain object in this process: no Ray (debugging, tests, breakpoints)."""
+    """Every role as a plain worker in this process (actors/workers.py): no Ray (debugging, tests, breakpoints)."""
 
     def __init__(self, cfg: TetherConfig, paths: TaskPaths):
-        from transformers import AutoTokenizer
+        from actors.workers import GoldWorker, LearnerWorker, RewardWorker, RolloutWorker
 
-        from actors.roles import make_engine
-        from learner.assets.gold import load_gold
-        from learner.policy_model import load_policy
-        from learner.gold_eval import GoldEvaluator
-        from learner.learners import make_learner
-        from learner.reward import ProxyEnsemble
-
-        tok = AutoTokenizer.from_pretrained(str(paths.policy))
-        init_lm = load_policy(paths.policy)
-        self.engine = make_engine(cfg, str(paths.policy), seed=cfg.train.seed, run_id=f"{cfg.name}-local-{uuid.uuid4().hex[:8]}")
-        self.ensemble = ProxyEnsemble(paths.proxies, aggregation=cfg.ensemble.aggregation, uwo_lambda=cfg.ensemble.lam, max_len=cfg.proxy.max_len)
-        self.evaluator = GoldEvaluator(load_gold(paths.gold), copy.deepcopy(init_lm), tok.pad_token_id)
-        self.learner = make_learner(cfg, paths.policy, reference=paths.reference, reference_weights=paths.reference_weights)
+        run_id = f"{cfg.name}-local-{uuid.uuid4().hex[:8]}"
+        self.rollout = RolloutWorker(cfg, str(paths.policy), 0, run_id, with_sync=False)
+        self.reward = RewardWorker(cfg, [str(p) for p in paths.proxies])
+        self.gold = GoldWorker(str(paths.gold), str(paths.policy))
+        self.learner = LearnerWorker(cfg, str(paths.policy), run_id, [str(p) for p in paths.reference], list(paths.reference_weights),
+                                     with_sync=False)
 
     def generate(self, prompts: list[str], seed: int, prefix_ids: list[int] | None = None) -> Rollouts:
-        return self.engine.generate(prompts, seed=seed, prefix_ids=prefix_ids)
+        return self.rollout.generate(prompts, seed, prefix_ids)
 
     def score_and_drift(self, rollouts: Rollouts, prefix: str) -> tuple[ScoredRollouts, dict]:
-        scored = self.ensemble.score(rollouts)
-        drift = self.evaluator.evaluate(rollouts, prefix=prefix)
-        return with_gold(scored, self.evaluator.gold_scores(rollouts.texts)), drift
+        scored = self.reward.score(rollouts)
+        drift = self.gold.evaluate(rollouts, prefix)
+        return with_gold(scored, self.gold.gold_scores(rollouts.texts)), drift
 
     def learn(self, scored: ScoredRollouts) -> dict:
         return self.learner.step(scored)
 
     def learner_version(self) -> int:
-        return self.learner.version
+        return self.learner.version()
 
     def sync(self) -> dict:
         t = time.perf_counter()
-        self.engine.load_weights(self.learner.policy_state_dict(), self.learner.version)
+        self.rollout.load_state_dict(self.learner.learner.policy_state_dict(), self.learner.version())
         return {"time_s/sync": time.perf_counter() - t}
 
     def save(self, path: str) -> None:
-        import torch
-
-        torch.save(self.learner.state_dict(), path)
+        self.learner.save(path)
 
     def load(self, path: str) -> int:
-        import torch
-
-        self.learner.load_state_dict(torch.load(path, weights_only=False))
-        return self.learner.version
+        return self.learner.load(path)
 
     def reset_now(self) -> None:
         self.learner.reset_now()
 
     def set_kl(self, *, coef: float | None = None, target: float | None = None) -> dict:
-        from actors.roles import set_kl
-
-        return set_kl(self.learner.kl_ctl, coef=coef, target=target)
+        return self.learner.set_kl(coef, target)
 
     def set_uwo_lambda(self, lam: float) -> float:
-        old, self.ensemble.uwo_lambda = self.ensemble.uwo_lambda, float(lam)
-        return old
+        return self.reward.set_uwo_lambda(lam)
 
     def close(self) -> None:
-        close = getattr(self.engine, "close", None)
-        if close:
-            close()
+        self.rollout.close()
+        self.learner.close()
 
 
 class RayRoleSet:

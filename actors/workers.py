@@ -1,0 +1,161 @@
+"""The four roles as plain classes: what each role does, with no Ray in sight.
+
+``actors/roles.py`` wraps each in a thin Ray actor (threads, Ray metrics); ``actors/roleset.py`` runs them
+in-process for ``runtime.mode: local`` (where a breakpoint works) or as those actors. Checkpointing, KL
+changes and weight publishing therefore exist once, here, for both modes.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from learner.config import TetherConfig
+
+
+def set_kl(kl_ctl, *, coef: float | None = None, target: float | None = None) -> dict:
+    """Set the KL controller's beta and/or target in place; returns the old values ({kl_coef, kl_target})."""
+    if kl_ctl is None:
+        raise ValueError("kl_coef/kl_target apply only to algorithm 'ppo'")
+    old = {"kl_coef": kl_ctl.value, "kl_target": getattr(kl_ctl, "target", None)}
+    if coef is not None:
+        kl_ctl.value = float(coef)
+    if target is not None:
+        if not hasattr(kl_ctl, "target"):
+            raise ValueError("kl_target applies only to kl.mode 'adaptive' (this run uses a fixed beta)")
+        kl_ctl.target = float(target)
+    return old
+
+
+def make_engine(cfg: TetherConfig, policy_path: str, *, seed: int, run_id: str):
+    """The configured rollout engine as a plain object."""
+    if cfg.runtime.engine == "vllm":
+        from actors.vllm_engine import VLLMEngine
+
+        return VLLMEngine(policy_path, cfg.generation, seed=seed, kv_cache_gib=cfg.runtime.kv_cache_gib, run_id=run_id)
+    from learner.rollout import TransformersEngine
+
+    return TransformersEngine.from_path(policy_path, cfg.generation)
+
+
+class RolloutWorker:
+    """A rollout engine and, between processes, the receiving end of the weight sync (``with_sync``)."""
+
+    def __init__(self, cfg: TetherConfig, policy_path: str, index: int, run_id: str, *, with_sync: bool = True):
+        self.engine = make_engine(cfg, policy_path, seed=cfg.train.seed + index, run_id=f"{run_id}-r{index}")
+        self.sync = None
+        if with_sync:
+            from actors.weight_sync import make_weight_sync
+
+            self.sync = make_weight_sync(cfg.runtime.weight_sync, run_id=f"{run_id}-r{index}")
+
+    def generate(self, prompts: list[str], seed: int, prefix_ids: list[int] | None = None):
+        return self.engine.generate(prompts, seed=seed, prefix_ids=prefix_ids)
+
+    def load(self, handle, version: int) -> float:
+        """Receive weights published by the learner; returns the seconds it took."""
+        t = time.perf_counter()
+        if hasattr(self.engine, "load_weights_from_folder"):
+            folder, v = self.sync.receive_folder(handle)
+            self.engine.load_weights_from_folder(folder, v)
+        else:
+            sd, v = self.sync.receive(handle)
+            self.engine.load_weights(sd, v)
+        if v != version:
+            raise RuntimeError(f"weight sync delivered version {v}, expected {version}")
+        return time.perf_counter() - t
+
+    def load_state_dict(self, state_dict: dict, version: int) -> None:
+        """In-process: take the learner's weights directly (no sync backend between two objects of one process)."""
+        self.engine.load_weights(state_dict, version)
+
+    def policy_version(self) -> int:
+        return self.engine.policy_version
+
+    def close(self) -> None:
+        if self.sync is not None:
+            self.sync.close()
+        # vLLM unlinks its shared-memory message queues (/dev/shm/psm_*, ~400 MB per engine) only when shut down
+        close = getattr(self.engine, "close", None)
+        if close:
+            close()
+
+
+class RewardWorker:
+    """The proxy ensemble: scores and their aggregate (mean / WCO / UWO)."""
+
+    def __init__(self, cfg: TetherConfig, member_paths: list[str]):
+        from learner.reward import ProxyEnsemble
+
+        self.ensemble = ProxyEnsemble(member_paths, aggregation=cfg.ensemble.aggregation, uwo_lambda=cfg.ensemble.lam, max_len=cfg.proxy.max_len)
+
+    def score(self, rollouts):
+        return self.ensemble.score(rollouts)
+
+    def set_uwo_lambda(self, lam: float) -> float:
+        old, self.ensemble.uwo_lambda = self.ensemble.uwo_lambda, float(lam)
+        return old
+
+
+class GoldWorker:
+    """Gold reward and drift from pi_0 (held out from training)."""
+
+    def __init__(self, gold_path: str, policy_path: str):
+        from learner.gold_eval import GoldEvaluator
+
+        self.evaluator = GoldEvaluator.from_paths(gold_path, policy_path)
+
+    def evaluate(self, rollouts, prefix: str) -> dict:
+        return self.evaluator.evaluate(rollouts, prefix=prefix)
+
+    def gold_scores(self, texts: list[str]) -> list[float]:
+        return self.evaluator.gold_scores(texts)
+
+
+class LearnerWorker:
+    """The algorithm's learner, its checkpoints, live parameter changes and (between processes) the sending end of
+    the weight sync."""
+
+    def __init__(self, cfg: TetherConfig, policy_path: str, run_id: str, reference: list[str] | None = None,
+                 reference_weights: list[float] | None = None, *, with_sync: bool = True):
+        from learner.learners import make_learner
+
+        self.learner = make_learner(cfg, policy_path, reference=reference, reference_weights=reference_weights)
+        self.sync = None
+        if with_sync:
+            from actors.weight_sync import make_weight_sync
+
+            self.sync = make_weight_sync(cfg.runtime.weight_sync, run_id=f"{run_id}-learner")
+
+    def step(self, scored) -> dict:
+        return self.learner.step(scored)
+
+    def publish(self) -> tuple[object, int, float]:
+        """Publish the current policy weights; returns (handle, version, seconds)."""
+        t = time.perf_counter()
+        handle = self.sync.send(self.learner.policy_state_dict().items(), self.learner.version)
+        return handle, self.learner.version, time.perf_counter() - t
+
+    def version(self) -> int:
+        return self.learner.version
+
+    def reset_now(self) -> int:
+        self.learner.reset_now()
+        return self.learner.version
+
+    def state_dict(self) -> dict:
+        return self.learner.state_dict()
+
+    def save(self, path: str) -> None:
+        torch.save(self.learner.state_dict(), path)
+
+    def load(self, path: str) -> int:
+        self.learner.load_state_dict(torch.load(path, weights_only=False))
+        return self.learner.version
+
+    def set_kl(self, coef: float | None = None, target: float | None = None) -> dict:
+        return set_kl(self.learner.kl_ctl, coef=coef, target=target)
+
+    def close(self) -> None:
+        if self.sync is not None:
+            self.sync.close()
