@@ -414,9 +414,9 @@ class TetherConfig(_Strict):
             if algo not in ALGORITHM_SECTIONS:
                 raise ConfigError(f"variant '{vname}': algorithm {algo!r} is not one of {', '.join(ALGORITHMS)}")
             inherited = without_other_algorithms(copy.deepcopy(base), algo)
-            merged = _deep_merge(inherited, over)
+            merged = deep_merge(inherited, over)
             merged["name"] = f"{self.name}-{vname}" if "name" not in over else over["name"]
-            out.append(_validate(merged, source=f"variant '{vname}'"))
+            out.append(validate_dict(merged, source=f"variant '{vname}'"))
         return out
 
 
@@ -424,10 +424,10 @@ class ConfigError(ValueError):
     """A config that cannot be used: the message names the field and what is accepted."""
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
+def deep_merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _deep_merge(base[k], v)
+            deep_merge(base[k], v)
         else:
             base[k] = v
     return base
@@ -454,7 +454,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def _validate(data: dict, *, source: str) -> TetherConfig:
+def validate_dict(data: dict, *, source: str) -> TetherConfig:
     try:
         return TetherConfig.model_validate(data)
     except ValidationError as err:
@@ -504,7 +504,7 @@ def load_config(path_or_preset: str | Path, overrides: list[str] | None = None) 
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = yaml.safe_load(raw)
-    cfg = _validate(data, source=str(p))
+    cfg = validate_dict(data, source=str(p))
     cfg.expand()  # validate every variant now, not halfway through a comparison
     return cfg
 

@@ -225,7 +225,7 @@ def _plots(result: dict, out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from services.report import COLORS, _save
+    from services.report import COLORS, save_figure
 
     curves = result["curves"]
     aggs = result["settings"]["aggregations"]
@@ -248,7 +248,7 @@ def _plots(result: dict, out_dir: Path) -> list[Path]:
     ax.set_title("best-of-n gold vs KL (solid: noisy labels, dashed: clean; lines: Gao et al. fit)", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    gold_png = _save(fig, out_dir / "bon_gold.png")
+    gold_png = save_figure(fig, out_dir / "bon_gold.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharex=True)
     for (name, c) in curves.items():
@@ -264,7 +264,7 @@ def _plots(result: dict, out_dir: Path) -> list[Path]:
         ax.set_ylabel("proxy reward (each ensemble's own scale)")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    return [gold_png, _save(fig, out_dir / "bon_proxy.png")]
+    return [gold_png, save_figure(fig, out_dir / "bon_proxy.png")]
 
 
 def fmt_num(x, spec: str = ".3f") -> str:
@@ -286,7 +286,7 @@ def fit_rows(result: dict) -> list[dict]:
 
 def write_bon_report(result: dict, out_dir: Path) -> Path:
     """bon_gold.png, bon_proxy.png and report.html (plots embedded) in out_dir."""
-    from services.report import PAGE, _img
+    from services.report import PAGE, img_tag
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -303,6 +303,6 @@ def write_bon_report(result: dict, out_dir: Path) -> Path:
              f"peak KL = d*^2 (- : no finite peak).</p>")
     page = out_dir / "report.html"
     page.write_text(PAGE.format(title=f"tether best-of-n: {html.escape(st['name'])}",
-                                body=intro + f"<table><tr>{head}</tr>{body}</table>" + "".join(_img(p) for p in plots)
+                                body=intro + f"<table><tr>{head}</tr>{body}</table>" + "".join(img_tag(p) for p in plots)
                                 + f"<h2>samples</h2><pre>{html.escape(json.dumps(result['samples'], indent=1))}</pre>"))
     return page

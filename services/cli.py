@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.set_defaults(fn=cmd_bon)
 
     sp = sub.add_parser("sweep", help="methods x coefficient grids x seeds from a sweep spec (configs/sweeps/imdb.yaml), resumable; report with scaling-law fits")
-    sp.add_argument("spec", help="a sweep spec YAML (format: services/sweep.py)")
+    sp.add_argument("spec", help="a sweep spec YAML (format: services/sweep/__init__.py)")
     sp.add_argument("--dir", help="sweep folder (default <runs_dir>/sweep-<name>; the same folder resumes: finished cells are skipped)")
     sp.add_argument("--submit", metavar="DASHBOARD_ADDR", help="run each unfinished cell as a Ray job on this dashboard (e.g. http://127.0.0.1:8265) and wait")
     sp.add_argument("--ray-auth", choices=["token", "disabled"], default=os.environ.get("TETHER_RAY_AUTH", "token"),

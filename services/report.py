@@ -136,7 +136,7 @@ def fit_table(fits: dict[str, RLFit], *, caption: str = "Fitted RL scaling law (
     return f"<h2>{html.escape(caption)}</h2>{note}<table>{head}{body}</table>"
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -158,7 +158,7 @@ def run_plots(run_dir: Path, name: str, *, fit: RLFit | None = None) -> list[Pat
     ax.set_title(f"{name}: reward vs KL from the initial policy")
     ax.legend()
     ax.grid(alpha=0.3)
-    out.append(_save(fig, run_dir / "reward_vs_kl.png"))
+    out.append(save_figure(fig, run_dir / "reward_vs_kl.png"))
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for key, label, c in (("reward/proxy_mean", "proxy (train)", COLORS[1]), ("reward/gold_mean", "gold (train)", COLORS[0])):
@@ -174,7 +174,7 @@ def run_plots(run_dir: Path, name: str, *, fit: RLFit | None = None) -> list[Pat
     ax.set_title(f"{name}: reward vs step (dashed: Elastic Reset)")
     ax.legend()
     ax.grid(alpha=0.3)
-    out.append(_save(fig, run_dir / "reward_vs_step.png"))
+    out.append(save_figure(fig, run_dir / "reward_vs_step.png"))
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     xs, ys = _series(rows, "step", "kl/from_init")
@@ -192,7 +192,7 @@ def run_plots(run_dir: Path, name: str, *, fit: RLFit | None = None) -> list[Pat
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, fontsize=8)
     ax.grid(alpha=0.3)
-    out.append(_save(fig, run_dir / "drift_vs_step.png"))
+    out.append(save_figure(fig, run_dir / "drift_vs_step.png"))
     return out
 
 
@@ -209,7 +209,7 @@ def _per_run_plot(runs: dict[str, Path], x: str, y: str, *, xlabel: str, ylabel:
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def run_fits(runs: dict[str, Path]) -> dict[str, RLFit]:
@@ -228,7 +228,7 @@ def comparison_plots(runs: dict[str, Path], out_dir: Path, *, fits: dict[str, RL
     ]
 
 
-def _img(p: Path) -> str:
+def img_tag(p: Path) -> str:
     b = base64.b64encode(p.read_bytes()).decode()
     return f'<figure><img src="data:image/png;base64,{b}" alt="{html.escape(p.stem)}"><figcaption>{html.escape(p.name)}</figcaption></figure>'
 
@@ -254,7 +254,7 @@ def write_run_report(run_dir: Path, name: str) -> Path:
     plots = run_plots(run_dir, name, fit=fit)
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
     cfg = (run_dir / "config.json").read_text() if (run_dir / "config.json").exists() else "{}"
-    body = (_table({name: summary}) + "".join(_img(p) for p in plots) + fit_table({name: fit})
+    body = (_table({name: summary}) + "".join(img_tag(p) for p in plots) + fit_table({name: fit})
             + f"<h2>config</h2><pre>{html.escape(cfg)}</pre>")
     page = run_dir / "report.html"
     page.write_text(PAGE.format(title=f"tether run: {html.escape(name)}", body=body))
@@ -267,7 +267,7 @@ def write_comparison_report(runs: dict[str, Path], out_dir: Path, title: str) ->
     plots = comparison_plots(runs, out_dir, fits=fits)
     summaries = {n: json.loads((d / "summary.json").read_text()) for n, d in runs.items() if (d / "summary.json").exists()}
     links = "".join(f'<li><a href="{html.escape(d.name)}/report.html">{html.escape(n)}</a></li>' for n, d in runs.items())
-    body = _table(summaries) + "".join(_img(p) for p in plots) + fit_table(fits) + f"<h2>runs</h2><ul>{links}</ul>"
+    body = _table(summaries) + "".join(img_tag(p) for p in plots) + fit_table(fits) + f"<h2>runs</h2><ul>{links}</ul>"
     page = out_dir / "report.html"
     page.write_text(PAGE.format(title=html.escape(title), body=body))
     return page
