@@ -83,7 +83,7 @@ class PPOLearner:
             beh = torch.tensor([x + [0.0] * (mask.shape[1] - len(x)) for x in r.behaviour_logprobs])
             behaviour_gap = masked_mean((beh - old_logp).abs(), mask)
         self.model.train()
-        stats: dict[str, list[float]] = {k: [] for k in ("loss/policy", "loss/value", "loss/entropy", "ppo/clipfrac", "ppo/approx_kl", "ppo/vf_clipfrac", "ppo/grad_norm")}
+        stats: dict[str, list[float]] = {k: [] for k in ("loss/policy", "loss/value", "loss/entropy", "ppo/clipfrac", "ppo/approx_kl", "ppo/vf_clipfrac", "optim/grad_norm")}
         rng = np.random.default_rng(self.cfg.train.seed * 100003 + self.iteration)
         for _ in range(c.epochs):
             for idx in np.split(rng.permutation(B), B // c.minibatch_size):
@@ -100,7 +100,7 @@ class PPOLearner:
                     self.elastic.update(self.model)  # EMA after every optimiser step (paper, Alg. 1)
                 for k, v in (("loss/policy", pl.item()), ("loss/value", vl.item()), ("loss/entropy", ent.item()),
                              ("ppo/clipfrac", pst["clipfrac"]), ("ppo/approx_kl", pst["approx_kl"]),
-                             ("ppo/vf_clipfrac", vst["vf_clipfrac"]), ("ppo/grad_norm", float(gn))):
+                             ("ppo/vf_clipfrac", vst["vf_clipfrac"]), ("optim/grad_norm", float(gn))):
                     stats[k].append(v)
         seq_kl = float(masked_sum(kl_tok, mask, dim=1).mean())
         self.kl_ctl.update(seq_kl, B)

@@ -103,7 +103,7 @@ class QuarkLearner:
         rewards = np.asarray(self.pool.rewards)
         bins = quantile_tokens(rewards, q.k)
         rng = np.random.default_rng(self.cfg.train.seed * 100003 + self.iteration)
-        stats: dict[str, list[float]] = {"loss/quark": [], "loss/nll": [], "loss/kl": [], "loss/entropy": [], "optim/grad_norm": [], "kl/to_ref_exact": []}
+        stats: dict[str, list[float]] = {"loss/policy": [], "loss/nll": [], "loss/kl": [], "loss/entropy": [], "optim/grad_norm": [], "kl/to_ref_exact": []}
         self.model.train()
         for _ in range(q.steps_per_iteration):
             idx = rng.choice(len(samples), size=q.minibatch_size, replace=len(samples) < q.minibatch_size)
@@ -118,7 +118,7 @@ class QuarkLearner:
             loss, st = quark_loss(logits=logits, ref_logits=ref_logits, tokens=cond["input_ids"][:, P : P + R], mask=mask,
                                   kl_coef=q.kl_coef, entropy_coef=q.entropy_coef)
             gn = optimizer_step(self.opt, loss, self.model.parameters(), q.max_grad_norm)
-            stats["loss/quark"].append(loss.item())
+            stats["loss/policy"].append(loss.item())  # the whole Quark objective: NLL + beta KL - alpha entropy
             stats["optim/grad_norm"].append(gn)
             stats["kl/to_ref_exact"].append(st["loss/kl"] * float(mask.sum(1).mean()))  # per-token mean x mean length ~ per sequence
             for k, v in st.items():
