@@ -6,6 +6,7 @@ batch crosses process boundaries (Ray) cheaply and without device assumptions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 
 @dataclass
@@ -46,3 +47,25 @@ class ScoredRollouts:
     spread: list[float]  # (B,) std across members
     gold: list[float] | None = None  # (B,) gold reward, for logging only (never trained on)
     extra: dict = field(default_factory=dict)
+
+
+class Learner(Protocol):
+    """What the roles and the driver may call on a learner (learner/learners/base.py implements the shared part).
+
+    ``version`` counts weight changes the rollout engines must receive (a PPO step, an Elastic Reset, a lagged
+    proposal's refresh); ``iteration`` counts ``step`` calls; ``kl_ctl`` is the KL controller (PPO) or None.
+    """
+
+    iteration: int
+    version: int
+    kl_ctl: Any
+
+    def step(self, scored: ScoredRollouts) -> dict[str, float]: ...
+
+    def policy_state_dict(self) -> dict[str, Any]: ...
+
+    def reset_now(self) -> None: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, sd: dict) -> None: ...

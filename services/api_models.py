@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from learner.config import TetherConfig
 from services.control import ParamUpdate  # noqa: F401 - re-exported: the PATCH /runs/{id}/params body

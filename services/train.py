@@ -8,6 +8,7 @@ only valid for data from the policy the old log-probs describe, and we do not do
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from learner.assets.build import resolve, set_threads
 from learner.assets.data import load_imdb, make_prompts
 from learner.config import TetherConfig
+from learner.learners import learner_class
 from learner.types import Rollouts
 from services.runlog import RunLog, read_metrics
 
@@ -56,14 +58,12 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         set_threads(cfg.train.threads)
         self.paths = resolve(cfg, cfg_source=cfg_source)
-        self.reward_token_ids: list[int] = []
-        if cfg.algorithm == "quark":  # the policy gains K reward tokens; every role loads that folder
-            import dataclasses
-
-            from learner.learners.quark import expand_policy
-
-            self.reward_token_ids = expand_policy(self.paths.policy, self.run_dir / "quark-policy", cfg.quark.k)
-            self.paths = dataclasses.replace(self.paths, policy=self.run_dir / "quark-policy")
+        # The algorithm's hooks: the policy folder every role loads (Quark adds reward tokens to it) and the control
+        # tokens sampling may be conditioned on.
+        self.algorithm = learner_class(cfg.algorithm)
+        policy, self.control_ids = self.algorithm.prepare_policy(cfg, self.paths.policy, self.run_dir)
+        if policy != Path(self.paths.policy):
+            self.paths = dataclasses.replace(self.paths, policy=policy)
         split = load_imdb(cfg.task)
         self.train_text = split.train_text
         self.eval_prompts = make_prompts(split.heldout_text, cfg.train.eval_prompts, cfg.task, seed=cfg.train.seed + 99991)
@@ -120,8 +120,8 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------
     def prefix_ids(self) -> list[int] | None:
-        """Quark conditions sampling on the best reward token, except at step 0 (samples from the reference)."""
-        return [self.reward_token_ids[-1]] if self.reward_token_ids and self.iteration > 0 else None
+        """Control tokens before every prompt at this iteration (the algorithm's sampling_prefix hook)."""
+        return self.algorithm.sampling_prefix(self.control_ids, self.iteration)
 
     def evaluate(self) -> dict[str, float]:
         t = time.perf_counter()

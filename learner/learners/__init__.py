@@ -12,7 +12,25 @@ from pathlib import Path
 from learner.config import TetherConfig
 from learner.learners.base import QUARK_META, NotApplicable, load_reference
 
-__all__ = ["make_learner", "NotApplicable", "QUARK_META", "load_reference"]
+__all__ = ["make_learner", "learner_class", "NotApplicable", "QUARK_META", "load_reference"]
+
+
+def learner_class(algorithm: str):
+    """The learner class of an algorithm: its class-level hooks (``prepare_policy``, ``sampling_prefix``) let the
+    driver prepare the policy and condition sampling without naming the algorithm."""
+    if algorithm == "ppo":
+        from learner.learners.ppo import PPOLearner
+
+        return PPOLearner
+    if algorithm == "fdpg":
+        from learner.learners.fdpg import FDPGLearner
+
+        return FDPGLearner
+    if algorithm == "quark":
+        from learner.learners.quark import QuarkLearner
+
+        return QuarkLearner
+    raise ValueError(f"algorithm must be ppo, fdpg or quark, got {algorithm!r}")
 
 
 def make_learner(cfg: TetherConfig, policy_path, *, reference: list | None = None, reference_weights: list[float] | None = None):

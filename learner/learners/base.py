@@ -1,4 +1,5 @@
-"""What every learner shares: the error for a command its algorithm does not have, and the KL reference.
+"""What every learner shares (the ``Learner`` contract of learner/types.py), and the hooks through which the
+driver prepares an algorithm's policy and conditions its sampling without naming the algorithm.
 
 The learners (``learner.learners.ppo``, ``.fdpg``, ``.quark``) import from here, never from the package's
 ``__init__`` (which builds them), so the package has no import circle.
@@ -6,8 +7,12 @@ The learners (``learner.learners.ppo``, ``.fdpg``, ``.quark``) import from here,
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
+import numpy as np
 import torch
+
+from learner.config import TetherConfig
 
 QUARK_META = "tether_quark.json"
 
@@ -23,3 +28,68 @@ def load_reference(paths: list, weights: list[float], init_lm: torch.nn.Module) 
     from learner.assets.sft import load_reference as soup
 
     return soup(paths, weights)
+
+
+class LearnerBase:
+    """The skeleton of every learner: seeding, the frozen KL reference, counters, the seeded minibatch order,
+    the NotApplicable reset, and checkpoints of the common state (model, optimiser, counters, torch RNG).
+
+    A subclass builds ``self.model`` and ``self.opt`` after ``super().__init__`` (the order of random draws is
+    the seed's, then the subclass's), implements ``step``, and adds its own state with ``extra_state`` /
+    ``load_extra_state``.
+    """
+
+    algorithm = "?"
+
+    def __init__(self, cfg: TetherConfig, init_lm: torch.nn.Module, *, pad_id: int, ref_lm: torch.nn.Module | None = None):
+        self.cfg, self.pad_id = cfg, pad_id
+        torch.manual_seed(cfg.train.seed)
+        # pi_0, or a SALSA soup (ref_lm); frozen
+        self.ref = (copy.deepcopy(init_lm) if ref_lm is None else ref_lm).eval().requires_grad_(False)
+        self.iteration = 0
+        self.version = 0
+        self.kl_ctl = None
+        self.model: torch.nn.Module
+        self.opt: torch.optim.Optimizer
+
+    # -- hooks for the driver (class-level: called before any learner exists) ---------------------
+    @classmethod
+    def prepare_policy(cls, cfg: TetherConfig, policy_path: Path, run_dir: Path) -> tuple[Path, list[int]]:
+        """The policy folder every role loads, and the control-token ids sampling may be conditioned on."""
+        return Path(policy_path), []
+
+    @classmethod
+    def sampling_prefix(cls, control_ids: list[int], iteration: int) -> list[int] | None:
+        """Token ids to put before every prompt at this iteration (None: sample the plain policy)."""
+        return None
+
+    # -- shared behaviour -------------------------------------------------------------------------
+    def minibatch_rng(self) -> np.random.Generator:
+        """The seeded draw of this iteration's minibatch order: (seed, iteration) alone fix it, so a resumed run
+        replays an uninterrupted one."""
+        return np.random.default_rng(self.cfg.train.seed * 100003 + self.iteration)
+
+    def policy_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights the rollout engines sample with."""
+        return {k: v.detach() for k, v in self.model.state_dict().items()}
+
+    def reset_now(self) -> None:
+        raise NotApplicable(f"reset is Elastic Reset, which applies only to algorithm 'ppo'; this run uses '{self.algorithm}'")
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, sd: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), **self.extra_state(),
+                "iteration": self.iteration, "version": self.version, "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.model.load_state_dict(sd["model"])
+        self.opt.load_state_dict(sd["opt"])
+        self.load_extra_state(sd)
+        self.iteration, self.version = sd["iteration"], sd["version"]
+        if "torch_rng" in sd:
+            torch.set_rng_state(sd["torch_rng"])

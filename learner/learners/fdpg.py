@@ -16,33 +16,28 @@ import torch
 
 from learner.config import TetherConfig
 from learner.methods.fdpg import MovingBaseline, RunningLogZ, fdpg_loss, log_target, pseudo_reward
-from learner.learners.base import NotApplicable
+from learner.learners.base import LearnerBase
 from learner.methods.logprobs import masked_sum
 from learner.policy_model import optimizer_step, pad_batch, response_logprobs
 from learner.types import ScoredRollouts
 
 
-class FDPGLearner:
+class FDPGLearner(LearnerBase):
+    algorithm = "fdpg"
+
     def __init__(self, cfg: TetherConfig, init_lm: torch.nn.Module, *, pad_id: int, ref_lm: torch.nn.Module | None = None):
-        self.cfg, self.pad_id = cfg, pad_id
+        super().__init__(cfg, init_lm, pad_id=pad_id, ref_lm=ref_lm)
         c = cfg.fdpg
-        torch.manual_seed(cfg.train.seed)
-        self.ref = (copy.deepcopy(init_lm) if ref_lm is None else ref_lm).eval().requires_grad_(False)
         self.model = init_lm.train()
         self.proposal = copy.deepcopy(init_lm).eval().requires_grad_(False) if c.proposal == "lagged" else None
         self.opt = torch.optim.Adam(self.model.parameters(), lr=c.lr)
         self.log_z = RunningLogZ(c.z_momentum)
         self.baseline = MovingBaseline(c.baseline_momentum)
-        self.iteration = 0
-        self.version = 0  # version of the sampling weights (the proposal's, when lagged)
-        self.kl_ctl = None
+        # self.version counts the sampling weights' versions (the proposal's, when lagged)
 
     def policy_state_dict(self) -> dict[str, torch.Tensor]:
         src = self.proposal if self.proposal is not None else self.model
         return {k: v.detach() for k, v in src.state_dict().items()}
-
-    def reset_now(self) -> None:
-        raise NotApplicable("reset is Elastic Reset, which applies only to algorithm 'ppo'; this run uses 'fdpg'")
 
     @torch.no_grad()
     def _seq_logp(self, model, batch, mask) -> torch.Tensor:
@@ -75,7 +70,7 @@ class FDPGLearner:
             pr, _ = pseudo_reward(policy_logp_seq=pi_lp, log_ptilde=log_pt, log_z=log_z, divergence=c.divergence)
             b = self.baseline.update(pr)  # moving average including this batch
             self.model.train()
-            rng = np.random.default_rng(self.cfg.train.seed * 100003 + self.iteration)
+            rng = self.minibatch_rng()
             for idx in np.split(rng.permutation(B), B // c.minibatch_size):
                 it = torch.as_tensor(idx)
                 mb = {k: (v[it] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
@@ -111,17 +106,12 @@ class FDPGLearner:
         })
         return out
 
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "proposal": self.proposal.state_dict() if self.proposal is not None else None,
-                "opt": self.opt.state_dict(), "log_z": self.log_z.state_dict(), "baseline": self.baseline.state_dict(),
-                "iteration": self.iteration, "version": self.version, "torch_rng": torch.get_rng_state()}
+    def extra_state(self) -> dict:
+        return {"proposal": self.proposal.state_dict() if self.proposal is not None else None, "log_z": self.log_z.state_dict(),
+                "baseline": self.baseline.state_dict()}
 
-    def load_state_dict(self, sd: dict) -> None:
-        self.model.load_state_dict(sd["model"])
+    def load_extra_state(self, sd: dict) -> None:
         if self.proposal is not None and sd.get("proposal") is not None:
             self.proposal.load_state_dict(sd["proposal"])
-        self.opt.load_state_dict(sd["opt"])
         self.log_z.load_state_dict(sd["log_z"])
         self.baseline.load_state_dict(sd["baseline"])
-        self.iteration, self.version = sd["iteration"], sd["version"]
-        torch.set_rng_state(sd["torch_rng"])

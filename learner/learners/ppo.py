@@ -5,7 +5,6 @@ nothing of Ray: the runtime calls it in-process or inside a thin actor shell.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import time
 
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 
 from learner.config import TetherConfig
+from learner.learners.base import LearnerBase, NotApplicable
 from learner.methods.elastic_reset import ElasticReset
 from learner.methods.kl import exact_kl_from_logits, kl_estimate, make_kl_controller
 from learner.methods.logprobs import entropy_from_logits, masked_mean, masked_sum, masked_whiten
@@ -23,13 +23,11 @@ from learner.types import ScoredRollouts
 log = logging.getLogger(__name__)
 
 
-class PPOLearner:
+class PPOLearner(LearnerBase):
+    algorithm = "ppo"
+
     def __init__(self, cfg: TetherConfig, init_lm: torch.nn.Module, *, pad_id: int, ref_lm: torch.nn.Module | None = None):
-        self.cfg = cfg
-        self.pad_id = pad_id
-        torch.manual_seed(cfg.train.seed)
-        # pi_0, a SALSA soup (ref_lm), or the EMA (kl.reference: ema)
-        self.ref = (copy.deepcopy(init_lm) if ref_lm is None else ref_lm).eval().requires_grad_(False)
+        super().__init__(cfg, init_lm, pad_id=pad_id, ref_lm=ref_lm)  # self.ref: pi_0, a SALSA soup, or (kl.reference: ema) the EMA
         self.model = PolicyWithValue(init_lm)
         self.model.train()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.ppo.lr)
@@ -42,8 +40,6 @@ class PPOLearner:
             self.elastic = ElasticReset(self.model, eta=er.eta, exclude=exclude)
         if cfg.kl.reference == "ema" and self.elastic is None:
             raise ValueError("kl.reference 'ema' needs elastic_reset.enabled: true (there is no EMA otherwise); use kl.reference: initial")
-        self.iteration = 0
-        self.version = 0
 
     # -- weights ---------------------------------------------------------------------------------
     def policy_state_dict(self) -> dict[str, torch.Tensor]:
@@ -84,7 +80,7 @@ class PPOLearner:
             behaviour_gap = masked_mean((beh - old_logp).abs(), mask)
         self.model.train()
         stats: dict[str, list[float]] = {k: [] for k in ("loss/policy", "loss/value", "loss/entropy", "ppo/clipfrac", "ppo/approx_kl", "ppo/vf_clipfrac", "optim/grad_norm")}
-        rng = np.random.default_rng(self.cfg.train.seed * 100003 + self.iteration)
+        rng = self.minibatch_rng()
         for _ in range(c.epochs):
             for idx in np.split(rng.permutation(B), B // c.minibatch_size):
                 idx_t = torch.as_tensor(idx)
@@ -130,8 +126,6 @@ class PPOLearner:
     def reset_now(self) -> None:
         """Elastic Reset: policy <- EMA, then EMA <- initial (optionally optimiser and value head too)."""
         if self.elastic is None:
-            from learner.learners.base import NotApplicable
-
             raise NotApplicable("this run has no Elastic Reset (elastic_reset.enabled is false): there is no EMA to reset to")
         er = self.cfg.elastic_reset
         self.elastic.reset(self.model, optimizer=self.opt, reset_optimizer=er.reset_optimizer, reset_value_head=er.reset_value_head)
@@ -139,23 +133,10 @@ class PPOLearner:
         log.info("elastic reset at iteration %d", self.iteration)
 
     # -- checkpoints -----------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "opt": self.opt.state_dict(),
-            "kl_ctl": self.kl_ctl.state_dict(),
-            "elastic": self.elastic.state_dict() if self.elastic is not None else None,
-            "iteration": self.iteration,
-            "version": self.version,
-            "torch_rng": torch.get_rng_state(),
-        }
+    def extra_state(self) -> dict:
+        return {"kl_ctl": self.kl_ctl.state_dict(), "elastic": self.elastic.state_dict() if self.elastic is not None else None}
 
-    def load_state_dict(self, sd: dict) -> None:
-        self.model.load_state_dict(sd["model"])
-        self.opt.load_state_dict(sd["opt"])
+    def load_extra_state(self, sd: dict) -> None:
         self.kl_ctl.load_state_dict(sd["kl_ctl"])
         if self.elastic is not None and sd.get("elastic") is not None:
             self.elastic.load_state_dict(sd["elastic"])
-        self.iteration, self.version = sd["iteration"], sd["version"]
-        if "torch_rng" in sd:
-            torch.set_rng_state(sd["torch_rng"])

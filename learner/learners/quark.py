@@ -8,7 +8,6 @@ its own quantile's token, with the loss of learner.methods.quark.quark_loss (the
 """
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 
 from learner.config import TetherConfig
-from learner.learners.base import QUARK_META, NotApplicable
+from learner.learners.base import QUARK_META, LearnerBase
 from learner.policy_model import optimizer_step, pad_batch, response_logprobs
 from learner.methods.quark import DataPool, condition, quark_loss, quantile_tokens, reward_token_strings
 from learner.types import ScoredRollouts
@@ -69,31 +68,34 @@ def expand_policy(base: str | Path, out_dir: Path, k: int) -> list[int]:
     return ids
 
 
-class QuarkLearner:
+class QuarkLearner(LearnerBase):
+    algorithm = "quark"
+
     def __init__(self, cfg: TetherConfig, init_lm: torch.nn.Module, *, pad_id: int, ref_lm: torch.nn.Module | None = None,
                  reward_token_ids: list[int]):
         q = cfg.quark
         if len(reward_token_ids) != q.k:
             raise ValueError(f"the policy has {len(reward_token_ids)} reward tokens but quark.k is {q.k}; rebuild its folder")
-        self.cfg, self.pad_id, self.token_ids = cfg, pad_id, list(reward_token_ids)
-        torch.manual_seed(cfg.train.seed)
-        self.ref = (copy.deepcopy(init_lm) if ref_lm is None else ref_lm).eval().requires_grad_(False)
+        super().__init__(cfg, init_lm, pad_id=pad_id, ref_lm=ref_lm)
+        self.token_ids = list(reward_token_ids)
         self.model = init_lm.train()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=q.lr)
         self.pool = DataPool(q.pool_size)
-        self.iteration = 0
-        self.version = 0
-        self.kl_ctl = None
+
+    @classmethod
+    def prepare_policy(cls, cfg: TetherConfig, policy_path: Path, run_dir: Path) -> tuple[Path, list[int]]:
+        """The policy gains K reward tokens (a folder in the run): every role loads that folder."""
+        ids = expand_policy(policy_path, Path(run_dir) / "quark-policy", cfg.quark.k)
+        return Path(run_dir) / "quark-policy", ids
+
+    @classmethod
+    def sampling_prefix(cls, control_ids: list[int], iteration: int) -> list[int] | None:
+        """Sampling is conditioned on the best reward token, except at step 0 (samples from the reference)."""
+        return [control_ids[-1]] if control_ids and iteration > 0 else None
 
     @property
     def best_token(self) -> int:
         return self.token_ids[-1]
-
-    def policy_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach() for k, v in self.model.state_dict().items()}
-
-    def reset_now(self) -> None:
-        raise NotApplicable("reset is Elastic Reset, which applies only to algorithm 'ppo'; this run uses 'quark'")
 
     def step(self, scored: ScoredRollouts) -> dict[str, float]:
         q, t0 = self.cfg.quark, time.time()
@@ -102,7 +104,7 @@ class QuarkLearner:
         samples = self.pool.assign(q.k)
         rewards = np.asarray(self.pool.rewards)
         bins = quantile_tokens(rewards, q.k)
-        rng = np.random.default_rng(self.cfg.train.seed * 100003 + self.iteration)
+        rng = self.minibatch_rng()
         stats: dict[str, list[float]] = {"loss/policy": [], "loss/nll": [], "loss/kl": [], "loss/entropy": [], "optim/grad_norm": [], "kl/to_ref_exact": []}
         self.model.train()
         for _ in range(q.steps_per_iteration):
@@ -137,13 +139,8 @@ class QuarkLearner:
         })
         return out
 
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "pool": self.pool.state_dict(),
-                "iteration": self.iteration, "version": self.version, "torch_rng": torch.get_rng_state()}
+    def extra_state(self) -> dict:
+        return {"pool": self.pool.state_dict()}
 
-    def load_state_dict(self, sd: dict) -> None:
-        self.model.load_state_dict(sd["model"])
-        self.opt.load_state_dict(sd["opt"])
+    def load_extra_state(self, sd: dict) -> None:
         self.pool.load_state_dict(sd["pool"])
-        self.iteration, self.version = sd["iteration"], sd["version"]
-        torch.set_rng_state(sd["torch_rng"])
