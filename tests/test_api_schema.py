@@ -3,15 +3,12 @@ socket, a real valkey-server) finds no 5xx, no undocumented status code or conte
 breaks the OpenAPI document. Budget: 20 examples per operation (about a minute here).
 With --no-ray semantics (no job submission) runs stay queued, so the stateful phase can create runs and drive
 every endpoint on them without starting training jobs."""
-import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import uvicorn
+from waiting import serve
 
 from services.api import ServiceSettings, create_app
 
@@ -22,21 +19,8 @@ ST = str(Path(sys.executable).with_name("st"))
 
 @pytest.fixture
 def server(tmp_path, tether_redis):
-    app = create_app(ServiceSettings(data_dir=tmp_path / "svc", redis_url=tether_redis.url, token=TOKEN, jobs=None))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    th = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    th.start()
-    t0 = time.time()
-    while not srv.started:
-        assert time.time() - t0 < 30, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    th.join(10)
-    sock.close()
+    with serve(create_app(ServiceSettings(data_dir=tmp_path / "svc", redis_url=tether_redis.url, token=TOKEN, jobs=None))) as url:
+        yield url
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(server, tmp_path):

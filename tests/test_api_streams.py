@@ -3,13 +3,10 @@ start from "now" (after=$) each receive every row published after they connected
 thread per stream and "$" re-sent to XREAD on every loop; with 50 clients 26 received none of 5 rows.)"""
 import asyncio
 import json
-import socket
-import threading
-import time
 
 import httpx
 import pytest
-import uvicorn
+from waiting import serve
 
 from services.api import ServiceSettings, create_app
 
@@ -20,20 +17,8 @@ N_CLIENTS, N_ROWS = 50, 5
 @pytest.fixture
 def server(tmp_path, tether_redis):
     app = create_app(ServiceSettings(data_dir=tmp_path / "svc", redis_url=tether_redis.url, token=TOKEN, jobs=None))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    th = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    th.start()
-    t0 = time.time()
-    while not srv.started:
-        assert time.time() - t0 < 30, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app.state.store
-    srv.should_exit = True
-    th.join(10)
-    sock.close()
+    with serve(app) as url:
+        yield url, app.state.store
 
 
 async def _client(url: str, connected: asyncio.Event, counter: list, rows: list, *, after: str = "$", last_event_id: str | None = None):

@@ -5,7 +5,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -13,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from waiting import wait_for as _wait_base
+from waiting import serve, wait_for as _wait_base
 
 from learner.assets.build import resolve
 from services.api import ServiceSettings, create_app
@@ -61,21 +60,10 @@ class CDP:
 
 @pytest.fixture
 def server(tmp_path, tether_redis):
-    import uvicorn
-
     token = "web-token"
     app = create_app(ServiceSettings(data_dir=tmp_path / "svc", redis_url=tether_redis.url, token=token, jobs=None))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    th = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    th.start()
-    _wait(lambda: srv.started, what="uvicorn")
-    yield {"url": f"http://127.0.0.1:{port}", "token": token, "store": app.state.store}
-    srv.should_exit = True
-    th.join(10)
-    sock.close()
+    with serve(app) as url:
+        yield {"url": url, "token": token, "store": app.state.store}
 
 
 @pytest.fixture
