@@ -88,10 +88,10 @@ def combined_status(state: str, job_status: str | None) -> str:
     return state
 
 
-def _invalid(fields: list[tuple[str, str]], *, loc_prefix: tuple = ("body",), types: list[str] | None = None) -> JSONResponse:
-    message = "; ".join(f"{f or '<body>'}: {m}" for f, m in fields)
-    detail = [{"loc": [*loc_prefix, *f.split(".")], "field": f, "msg": m, "type": (types or ["value_error"] * len(fields))[i]}
-              for i, (f, m) in enumerate(fields)]
+def _invalid(fields: list[tuple[str, str]]) -> JSONResponse:
+    """A 422 in the shape of request validation errors, for rules checked after parsing (limits, the cluster's size)."""
+    message = "; ".join(f"{f}: {m}" for f, m in fields)
+    detail = [{"loc": ["body", *f.split(".")], "field": f, "msg": m, "type": "value_error"} for f, m in fields]
     return JSONResponse(status_code=422, content={"message": f"invalid request: {message}", "detail": detail})
 
 
@@ -347,6 +347,3 @@ def _command_endpoint(kind: str, get_record, command, scheduler: Scheduler):
 
     endpoint.__name__ = f"{kind}_run"
     return endpoint
-
-
-__all__ = ["ServiceSettings", "create_app", "load_or_create_token", "combined_status", "Error"]
