@@ -21,7 +21,8 @@ reading runs never waits on the dashboard.
 Several service replicas may share one Redis: a tick runs under a Redis lock, so a run is submitted once.
 
 Redis keys: ``tether:queue`` (sorted set: run id -> ticket), ``tether:queue:ticket`` (counter),
-``tether:scheduler:lock`` (the lock).
+``tether:live`` (set: runs admitted whose Ray job has not been seen to end; a tick reads only these, so its
+cost does not grow with the history of finished runs), ``tether:scheduler:lock`` (the lock).
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from services.redis_store import RunStore
 log = logging.getLogger(__name__)
 QUEUE = "tether:queue"
 TICKET = "tether:queue:ticket"
+LIVE = "tether:live"
 LOCK = "tether:scheduler:lock"
 TERMINAL = ("stopped", "finished", "failed", "submit_failed", "cancelled")
 ACTIVE = ("submitted", "running", "paused")
@@ -127,7 +129,7 @@ class Scheduler:
             if not self.store.r.set(LOCK, token, nx=True, px=30_000):
                 return []  # another replica is ticking
             try:
-                runs = self.store.list_runs()
+                runs = [r for r in (self.live_record(i) for i in self.store.r.smembers(LIVE)) if r is not None]
                 active = [r for r in runs if r.get("state") in ACTIVE]
                 # Over by the trainer's word while its job is still exiting (writing the report, releasing its actors):
                 # it holds its resources until the job ends, so it still counts.
@@ -138,6 +140,16 @@ class Scheduler:
                 return self._admit(active, exiting)
             finally:
                 self.store.r.eval(_UNLOCK, 1, LOCK, token)
+
+    def live_record(self, run_id: str) -> dict[str, Any] | None:
+        """The record of a live run, or None (and the run leaves the live set) when it no longer holds anything."""
+        rec = self.store.get_run(run_id)
+        if rec is not None:
+            rec = {"id": run_id, **rec}
+            if rec.get("state") in ACTIVE or rec.get("job_status") in ("PENDING", "RUNNING"):
+                return rec
+        self.store.r.srem(LIVE, run_id)
+        return None
 
     def _reconcile(self, rec: dict[str, Any]) -> bool:
         """Refresh one admitted run's job status; True when its job is over (the run marked terminal if it was not)."""
@@ -150,6 +162,7 @@ class Scheduler:
             self.store.update_run(rec["id"], job_status=status)
         if status not in JOB_DONE:
             return False
+        self.store.r.srem(LIVE, rec["id"])
         fresh = self.store.get_run(rec["id"]) or rec  # the trainer may have reported its end meanwhile
         if fresh.get("state") in TERMINAL:
             return True
@@ -189,7 +202,8 @@ class Scheduler:
                 continue
             if not self._fits(rec.get("resources") or {}, active, holding):
                 return admitted
-            self.store.r.zrem(QUEUE, rec["id"])
+            if not self.store.r.zrem(QUEUE, rec["id"]):  # cancelled (or taken) between the read and now
+                continue
             try:
                 self.submit(rec)
             except Exception as e:  # noqa: BLE001 - the run keeps the reason; the next one gets its chance
@@ -197,6 +211,7 @@ class Scheduler:
                 self.store.update_run(rec["id"], state="submit_failed", error=f"Ray job submission failed: {e}")
                 continue
             self.store.update_run(rec["id"], state="submitted", job_status="PENDING", admitted=time.time())
+            self.store.r.sadd(LIVE, rec["id"])
             active.append({**rec, "state": "submitted"})
             admitted.append(rec["id"])
 

@@ -221,3 +221,38 @@ def test_a_run_known_only_from_its_trainer_is_served_whole(api):
     ctl.register(name="again", config={})  # an existing record is kept
     runs = {x["id"]: x for x in api.get("/runs", headers=AUTH).json()}
     assert runs["r-hand"]["name"] == "by-hand" and runs["r-hand"]["state"] == "submitted"
+
+
+def test_a_run_cancelled_while_being_admitted_is_not_submitted(tether_redis):
+    """Another replica cancels the head of the queue between the read and the admission: nothing is submitted."""
+    from services.redis_store import RunStore
+
+    store, submitted = RunStore(tether_redis.url), []
+    other = Scheduler(RunStore(tether_redis.url), None, None)
+
+    class Racing(Scheduler):
+        def _fits(self, need, active, holding):
+            other.cancel("r-race")
+            return True
+
+    store.create_run("r-race", {"name": "x", "config": {}, "state": "queued", "resources": {"CPU": 1.0}})
+    sched = Racing(store, None, lambda rec: submitted.append(rec["id"]))
+    sched.enqueue("r-race")
+    assert sched.tick() == [] and submitted == [] and store.get_run("r-race")["state"] == "cancelled"
+
+
+def test_a_tick_reads_only_live_runs(tether_redis):
+    """The scheduler follows admitted runs until their job ends, not the whole history of runs."""
+    from services.redis_store import RunStore
+    from services.scheduler import LIVE
+
+    store = RunStore(tether_redis.url)
+    for i in range(50):  # history: finished runs whose jobs ended long ago
+        store.create_run(f"old-{i}", {"name": "x", "config": {}, "state": "finished", "job_status": "SUCCEEDED"})
+    sched = Scheduler(store, None, lambda rec: None)
+    store.create_run("r-new", {"name": "x", "config": {}, "state": "queued", "resources": {"CPU": 1.0}})
+    sched.enqueue("r-new")
+    assert sched.tick() == ["r-new"] and store.r.smembers(LIVE) == {"r-new"}
+    store.update_run("r-new", state="failed", job_status="FAILED")
+    sched.tick()
+    assert store.r.smembers(LIVE) == set()

@@ -189,13 +189,14 @@ def _run_local(c: Cell, *, progress: bool) -> str:
 def _register(redis_url: str, c: Cell, job_id: str) -> str:
     """A service run record for a submitted cell (state 'submitted'; the trainer reports the rest)."""
     from services.redis_store import RunStore
-    from services.scheduler import run_resources
+    from services.scheduler import LIVE, run_resources
 
     run_id = f"sw-{uuid.uuid4().hex[:8]}"
     # `resources`: the service's admission counts what this cell holds on the cluster while its job runs
     RunStore(redis_url).create_run(run_id, {"name": c.id, "config": c.config.dump(), "job_id": job_id, "state": "submitted",
                                             "job_status": "PENDING", "sweep": c.id, "config_path": str((c.dir / "cell.yaml").resolve()),
                                             "resources": run_resources(c.config)})
+    RunStore(redis_url).r.sadd(LIVE, run_id)  # the service's scheduler follows its job and counts what it holds
     return run_id
 
 
