@@ -256,3 +256,15 @@ def test_a_tick_reads_only_live_runs(tether_redis):
     store.update_run("r-new", state="failed", job_status="FAILED")
     sched.tick()
     assert store.r.smembers(LIVE) == set()
+
+
+@pytest.mark.parametrize("item, needle", [
+    ("train.iterations", "takes FIELD=MAX"), ("train.nope=3", "takes FIELD=MAX"), ("train.iterations=lots", "must be a number"),
+    ("train.iterations=inf", "finite number > 0"), ("train.iterations=nan", "finite number > 0"), ("train.iterations=0", "finite number > 0"),
+])
+def test_bad_limit_flags_are_refused_with_what_is_accepted(item, needle):
+    from services.api_models import parse_limits
+
+    with pytest.raises(ValueError, match=needle):
+        parse_limits([item])
+    assert parse_limits(["train.iterations=7"])["train.iterations"] == 7.0
