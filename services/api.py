@@ -41,8 +41,8 @@ from services.api_models import (DEFAULT_LIMITS, Checkpoint, CommandAccepted, Co
 from services.api_schema import truthful_openapi
 from services.api_security import Gate
 from services.jobs import RayJobs
-from services.redis_store import RunStore
-from services.scheduler import TERMINAL, NeverFits, Scheduler, run_resources
+from services.redis_store import TERMINAL, RunStore
+from services.scheduler import NeverFits, Scheduler, run_resources
 from services.streams import metric_events, parse_stream_id
 
 log = logging.getLogger(__name__)

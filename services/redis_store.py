@@ -38,6 +38,8 @@ import redis
 log = logging.getLogger(__name__)
 
 COMMAND_TYPES = ("pause", "resume", "stop", "reset", "set")
+# Run states after which nothing more happens (the scheduler, the API and the metric stream share them)
+TERMINAL = ("stopped", "finished", "failed", "submit_failed", "cancelled")
 GROUP = "trainer"
 
 

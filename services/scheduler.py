@@ -35,14 +35,13 @@ from typing import Any
 
 from actors.placement import bundles
 from learner.config import TetherConfig
-from services.redis_store import RunStore
+from services.redis_store import TERMINAL, RunStore
 
 log = logging.getLogger(__name__)
 QUEUE = "tether:queue"
 TICKET = "tether:queue:ticket"
 LIVE = "tether:live"
 LOCK = "tether:scheduler:lock"
-TERMINAL = ("stopped", "finished", "failed", "submit_failed", "cancelled")
 ACTIVE = ("submitted", "running", "paused")
 JOB_DONE = ("SUCCEEDED", "FAILED", "STOPPED", "LOST")
 EPS = 1e-9

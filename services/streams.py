@@ -17,11 +17,10 @@ import redis
 import redis.asyncio as aredis
 from starlette.requests import Request
 
-from services.redis_store import metrics_key, run_key
+from services.redis_store import TERMINAL, metrics_key, run_key
 
 _ID = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
 U64 = 2**64 - 1
-TERMINAL = ("stopped", "finished", "failed", "submit_failed", "cancelled")
 
 
 def parse_stream_id(value: str, *, where: str) -> str:
