@@ -13,7 +13,14 @@ import ray
 import torch
 
 from actors.metrics import role_metrics
-from actors.workers import GoldWorker, LearnerWorker, RewardWorker, RolloutWorker, make_engine, set_kl
+from actors.workers import (
+    GoldWorker,
+    LearnerWorker,
+    RewardWorker,
+    RolloutWorker,
+    make_engine,
+    set_kl,
+)
 from learner.config import TetherConfig
 
 __all__ = ["RolloutActor", "RewardActor", "GoldActor", "LearnerActor", "make_engine", "set_kl"]

@@ -9,9 +9,9 @@ import logging
 import time
 import uuid
 
-from learner.assets.build import TaskPaths
 from learner.config import TetherConfig
 from learner.types import Rollouts, ScoredRollouts
+from tasks.imdb.build import TaskPaths
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,12 @@ class LocalRoleSet:
     """Every role as a plain worker in this process (actors/workers.py): no Ray (debugging, tests, breakpoints)."""
 
     def __init__(self, cfg: TetherConfig, paths: TaskPaths):
-        from actors.workers import GoldWorker, LearnerWorker, RewardWorker, RolloutWorker
+        from actors.workers import (
+            GoldWorker,
+            LearnerWorker,
+            RewardWorker,
+            RolloutWorker,
+        )
 
         run_id = f"{cfg.name}-local-{uuid.uuid4().hex[:8]}"
         self.rollout = RolloutWorker(cfg, str(paths.policy), 0, run_id, with_sync=False)

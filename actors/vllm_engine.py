@@ -1,4 +1,4 @@
-"""Rollout generation with vLLM: the same interface as learner.rollout.TransformersEngine, faster.
+"""Rollout generation with vLLM: the same interface as learner.models.engine.TransformersEngine, faster.
 
 A plain class (no Ray decorator): it runs in-process for tests and debugging, and an actor wraps it.
 vLLM starts helper processes with spawn, so an entry script that builds one needs
@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from actors.weight_sync import TmpfsWeightSync, WeightSync
-from learner.assets.tokenizer import encode_prompts
 from learner.config import GenerationConfig
-from learner.rollout import cut_at_eos
+from learner.models.engine import cut_at_eos
+from learner.models.tokenizer import encode_prompts
 from learner.types import Rollouts
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ def make_engine(cfg: TetherConfig, policy_path: str, *, seed: int, run_id: str):
         from actors.vllm_engine import VLLMEngine
 
         return VLLMEngine(policy_path, cfg.generation, seed=seed, kv_cache_gib=cfg.runtime.kv_cache_gib, run_id=run_id)
-    from learner.rollout import TransformersEngine
+    from learner.models.engine import TransformersEngine
 
     return TransformersEngine.from_path(policy_path, cfg.generation)
 
@@ -85,7 +85,7 @@ class RewardWorker:
     """The proxy ensemble: scores and their aggregate (mean / WCO / UWO)."""
 
     def __init__(self, cfg: TetherConfig, member_paths: list[str]):
-        from learner.reward import ProxyEnsemble
+        from learner.models.reward import ProxyEnsemble
 
         self.ensemble = ProxyEnsemble(member_paths, aggregation=cfg.ensemble.aggregation, uwo_lambda=cfg.ensemble.lam, max_len=cfg.proxy.max_len)
 
@@ -101,7 +101,7 @@ class GoldWorker:
     """Gold reward and drift from pi_0 (held out from training)."""
 
     def __init__(self, gold_path: str, policy_path: str):
-        from learner.gold_eval import GoldEvaluator
+        from learner.models.gold_eval import GoldEvaluator
 
         self.evaluator = GoldEvaluator.from_paths(gold_path, policy_path)
 

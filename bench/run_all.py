@@ -34,8 +34,8 @@ def bench_rollout(cfg, policy_path: Path, repeats: int = 3) -> tuple[list[tuple]
     import torch
 
     from actors.vllm_engine import VLLMEngine
-    from learner.assets.data import load_imdb, make_prompts
-    from learner.rollout import TransformersEngine
+    from tasks.imdb.data import load_imdb, make_prompts
+    from learner.models.engine import TransformersEngine
 
     torch.set_num_threads(1)  # one thread each, as the rollout actor runs
     prompts = make_prompts(load_imdb(cfg.task).heldout_text, 64, cfg.task, seed=5)
@@ -65,7 +65,7 @@ def bench_sync(engines: dict, policy_path: Path, repeats: int = 5) -> list[tuple
     import ray
 
     from actors.weight_sync import make_weight_sync
-    from learner.policy_model import load_policy
+    from learner.models.policy import load_policy
 
     sd = {k: v.clone() for k, v in load_policy(policy_path).state_dict().items()}
     target = load_policy(policy_path)
@@ -168,7 +168,7 @@ def main() -> int:
     ap.add_argument("--skip-job", action="store_true", help="skip the per-iteration split and the peak-memory run")
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from learner.assets.build import resolve
+    from tasks.imdb.build import resolve
     from learner.config import load_config
 
     cfg = load_config(args.config).expand()[0]

@@ -24,9 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from learner.analysis.best_of_n import bon_curve, kl_bon
+from learner.analysis.scaling_laws import d_from_kl, fit_bon, recentre
 from learner.config import TetherConfig
 from learner.methods.ensemble import AGGREGATIONS, aggregate
-from learner.analysis.scaling_laws import d_from_kl, fit_bon, recentre
 
 log = logging.getLogger(__name__)
 BON_SEED = 20_000_003  # sampling seed of chunk c is BON_SEED + c: a rerun draws the same samples
@@ -79,7 +79,7 @@ def sample_and_score(roles, prompts: list[str], n_max: int, *, chunk: int = 256,
 
 
 def score_texts(ensemble, texts: list[str], *, chunk: int = 256) -> np.ndarray:
-    """(B, k) member scores of an in-process learner.reward.ProxyEnsemble, in chunks."""
+    """(B, k) member scores of an in-process learner.models.reward.ProxyEnsemble, in chunks."""
     with torch.no_grad():
         parts = [ensemble.score_texts(texts[i : i + chunk]).double().numpy() for i in range(0, len(texts), chunk)]
     return np.concatenate(parts, axis=0)
@@ -135,11 +135,11 @@ def run_bon(cfg: TetherConfig, out_dir: Path, *, n_max: int, n_prompts: int, cle
             cfg_source: str = "<config>", clean_cfg_source: str | None = None, roles=None) -> dict:
     """Best-of-n curves for every (ensemble, aggregation); writes bon.json, samples.npz, bon_gold.png, bon_proxy.png, report.html.
 
-    Assets are resolved first (learner.assets.store.AssetError, naming the prepare command, before anything loads).
+    Assets are resolved first (tasks.imdb.store.AssetError, naming the prepare command, before anything loads).
     ``uwo_lambda``: Coste et al. use 0.5 for best-of-n. Returns what bon.json holds.
     """
-    from learner.assets.build import resolve, set_threads
-    from learner.assets.data import load_imdb, make_prompts
+    from tasks.imdb.build import resolve, set_threads
+    from tasks.imdb.data import load_imdb, make_prompts
 
     if n_max < 1 or n_prompts < 1:
         raise ValueError(f"n_max and n_prompts must be >= 1, got {n_max} and {n_prompts}")
@@ -174,7 +174,7 @@ def run_bon(cfg: TetherConfig, out_dir: Path, *, n_max: int, n_prompts: int, cle
     timing["time_s/sample_and_score"] = time.perf_counter() - t
     members = {"noisy": s["proxy"]}  # (P, N, k)
     if clean_paths is not None:
-        from learner.reward import ProxyEnsemble
+        from learner.models.reward import ProxyEnsemble
 
         t = time.perf_counter()
         ens = ProxyEnsemble(clean_paths.proxies, aggregation="mean", uwo_lambda=uwo_lambda, max_len=clean_cfg.proxy.max_len)

@@ -35,8 +35,8 @@ def exit_on_sigterm() -> None:
 
 
 def cmd_prepare(args) -> int:
-    from learner.assets.build import prepare, set_threads
-    from learner.assets.store import AssetError
+    from tasks.imdb.build import prepare, set_threads
+    from tasks.imdb.store import AssetError
 
     cfg = _load(args)
     set_threads(cfg.train.threads)
@@ -71,10 +71,10 @@ def cmd_train(args) -> int:
     import yaml
 
     from actors.placement import RuntimeSetupError
-    from learner.assets.store import AssetError
     from learner.config import ConfigError, load_config
     from services.report import write_comparison_report, write_run_report
     from services.train import train
+    from tasks.imdb.store import AssetError
 
     exit_on_sigterm()  # the trainer's finally closes the roles, which removes their /dev/shm weight folders
     if args.resume:
@@ -185,10 +185,11 @@ def cmd_bon(args) -> int:
     import shlex
 
     from actors.placement import RuntimeSetupError
-    from learner.assets.build import resolve
-    from learner.assets.store import AssetError
     from learner.config import ConfigError, load_config
-    from services.bon import fit_rows, fmt_num as f, run_bon
+    from services.bon import fit_rows, run_bon
+    from services.bon import fmt_num as f
+    from tasks.imdb.build import resolve
+    from tasks.imdb.store import AssetError
 
     if args.n_max < 1:
         sys.exit(f"tether: --n-max must be >= 1 (samples per prompt; best-of-n for every n up to it), got {args.n_max}")
@@ -240,9 +241,15 @@ def cmd_sweep(args) -> int:
     from tqdm.auto import tqdm
 
     from actors.placement import RuntimeSetupError
-    from learner.assets.store import AssetError
     from learner.config import ConfigError
-    from services.sweep import format_table, load_sweep, run_sweep, summarise, write_sweep_report
+    from services.sweep import (
+        format_table,
+        load_sweep,
+        run_sweep,
+        summarise,
+        write_sweep_report,
+    )
+    from tasks.imdb.store import AssetError
 
     try:
         sweep = load_sweep(args.spec, args.dir)

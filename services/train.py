@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from learner.assets.build import resolve, set_threads
-from learner.assets.data import load_imdb, make_prompts
 from learner.config import TetherConfig
 from learner.learners import learner_class
 from learner.types import Rollouts
 from services.runlog import RunLog, read_metrics
+from tasks.imdb.build import resolve, set_threads
+from tasks.imdb.data import load_imdb, make_prompts
 
 log = logging.getLogger(__name__)
 EVAL_SEED = 10_000_019  # the same seed at every evaluation: correlated samples, lower-variance curves

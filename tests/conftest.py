@@ -23,7 +23,7 @@ def tiny_cfg(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_assets(tiny_cfg):
-    from learner.assets.build import prepare, resolve
+    from tasks.imdb.build import prepare, resolve
 
     manifests = prepare(tiny_cfg)
     return tiny_cfg, manifests, resolve(tiny_cfg)

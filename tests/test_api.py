@@ -7,7 +7,7 @@ from waiting import wait_for as _wait
 import yaml
 from fastapi.testclient import TestClient
 
-from learner.assets.build import resolve
+from tasks.imdb.build import resolve
 from services.api import ServiceSettings, create_app
 from services.control import RunControl
 from actors.roleset import LocalRoleSet

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from learner.assets import store
-from learner.assets.build import prepare, resolve, stage_folder
+from tasks.imdb import store
+from tasks.imdb.build import prepare, resolve, stage_folder
 
 
 def test_split_is_deterministic_and_disjoint(tiny_cfg):
-    from learner.assets.data import load_imdb, make_prompts
+    from tasks.imdb.data import load_imdb, make_prompts
 
     a, b = load_imdb(tiny_cfg.task), load_imdb(tiny_cfg.task)
     assert a.train_text == b.train_text and len(a.heldout_text) == 400 and len(a.train_text) == 1600
@@ -41,12 +41,12 @@ def test_gold_scorer_matches_sklearn(tiny_assets):
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from learner.assets.data import load_imdb
-    from learner.assets.gold import _VEC_KW, GoldScorer
+    from tasks.imdb.data import load_imdb
+    from learner.models.gold import TFIDF_KW, GoldScorer
 
     cfg, _, paths = tiny_assets
     split = load_imdb(cfg.task)
-    vec = TfidfVectorizer(max_features=cfg.gold.max_features, **_VEC_KW)
+    vec = TfidfVectorizer(max_features=cfg.gold.max_features, **TFIDF_KW)
     clf = LogisticRegression(C=cfg.gold.C, max_iter=2000).fit(vec.fit_transform(split.train_text), split.train_label)
     ref = clf.decision_function(vec.transform(split.heldout_text[:100]))
     ours = GoldScorer(paths.gold).score(split.heldout_text[:100])
@@ -64,7 +64,7 @@ def test_second_prepare_reuses_cache(tiny_assets):
 def test_policy_loads_through_from_pretrained_and_generates(tiny_assets):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from learner.assets.policy import sample
+    from tasks.imdb.policy import sample
 
     _, _, paths = tiny_assets
     model = AutoModelForCausalLM.from_pretrained(str(paths.policy))
@@ -75,7 +75,7 @@ def test_policy_loads_through_from_pretrained_and_generates(tiny_assets):
 
 def test_proxy_training_lowers_bt_loss_on_separable_pairs(tiny_assets):
     """A member trained on clean, easy pairs learns them (the BT loss and trainer are real)."""
-    from learner.assets.proxy import _new_member, train_member
+    from tasks.imdb.proxy import _new_member, train_member
 
     cfg, _, paths = tiny_assets
     cfg = cfg.model_copy(update={"proxy": cfg.proxy.model_copy(update={"epochs": 4, "lr": 3e-3})})
@@ -127,7 +127,7 @@ def test_artefact_from_other_config_is_refused(tiny_assets, tmp_path):
 def test_reward_model_mean_pooling_ignores_padding_and_is_declared(tiny_assets):
     from transformers import AutoConfig
 
-    from learner.assets.proxy import RewardModel
+    from learner.models.reward import RewardModel
 
     _, _, paths = tiny_assets
     assert AutoConfig.from_pretrained(str(paths.proxies[0])).tether_pooling == "mean"
@@ -144,7 +144,7 @@ def test_reward_model_mean_pooling_ignores_padding_and_is_declared(tiny_assets):
 def test_committed_policy_matches_default_config_and_is_used(tmp_path):
     """The shipped checkpoint is keyed to configs/default.yaml: a schema or preset change that alters
     the policy's key must come with `tether prepare --rebuild` and a new committed checkpoint."""
-    from learner.assets.build import COMMITTED_POLICY, _policy_stage, stage_folder
+    from tasks.imdb.build import COMMITTED_POLICY, _policy_stage, stage_folder
     from learner.config import load_config
 
     cfg = load_config("default", [f"data_dir={tmp_path}"])

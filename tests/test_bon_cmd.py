@@ -34,7 +34,7 @@ def _exit_message(argv: list[str]) -> str:
 @pytest.fixture(scope="module")
 def clean_cfg(tiny_assets):
     """The tiny config with proxies trained on unflipped labels (only the proxy stage is rebuilt)."""
-    from learner.assets.build import prepare
+    from tasks.imdb.build import prepare
     from learner.config import load_config
 
     cfg = tiny_assets[0]
@@ -54,9 +54,9 @@ def _agg(members: np.ndarray, method: str) -> np.ndarray:
 
 
 def test_bon_tiny_curves_files_and_invariants(tiny_assets, clean_cfg, tmp_path, capsys):
-    from learner.assets.build import resolve
-    from learner.assets.gold import load_gold
-    from learner.reward import ProxyEnsemble
+    from tasks.imdb.build import resolve
+    from learner.models.gold import load_gold
+    from learner.models.reward import ProxyEnsemble
 
     cfg, _, paths = tiny_assets
     out = tmp_path / "bon"

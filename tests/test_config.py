@@ -1,4 +1,8 @@
+import copy
+from pathlib import Path
+
 import pytest
+import yaml
 
 from learner.config import ConfigError, TetherConfig, load_config
 
@@ -78,3 +82,46 @@ def test_every_field_is_documented():
                 assert f.description, f"{model.__name__}.{name} has no description"
 
     walk(TetherConfig)
+
+
+def test_compose_is_the_one_merge_for_presets_overrides_variants_and_sweep_cells():
+    from learner.config import compose_dict, parse_overrides
+
+    base = {"algorithm": "ppo", "kl": {"coef": 0.1, "target": None}, "train": {"iterations": 3}}
+    frozen = copy.deepcopy(base)
+    # a layer switching algorithm drops the base's sections of the other algorithms
+    out = compose_dict(base, {"algorithm": "fdpg", "fdpg": {"beta": 0.5}}, {"train": {"seed": 2}})
+    assert out == {"algorithm": "fdpg", "fdpg": {"beta": 0.5}, "train": {"iterations": 3, "seed": 2}}
+    # the same algorithm keeps them; later layers win; nested sections merge, not replace
+    out = compose_dict(base, {"kl": {"coef": 0.2}}, {"kl": {"coef": 0.3}})
+    assert out["kl"] == {"coef": 0.3, "target": None}
+    assert base == frozen  # nothing passed in is modified
+    assert parse_overrides(["kl.coef=0.05", "train.iterations=4", "kl.coef=0.07", "name=x"]) == {
+        "kl": {"coef": 0.07}, "train": {"iterations": 4}, "name": "x"}
+
+
+@pytest.mark.parametrize("item", ["kl.coef", "=3", "kl..coef=1", ".x=1", "kl.coef=[1,"])
+def test_bad_override_items_name_the_form_accepted(item):
+    from learner.config import ConfigError, parse_overrides
+
+    with pytest.raises(ConfigError, match="override"):
+        parse_overrides([item])
+
+
+def test_a_sweep_cell_and_a_variant_compose_the_same_config():
+    """The same layers through `--set` (load_config), a variant (expand) and a sweep cell give one config."""
+    from learner.config import load_config
+    from services.sweep.spec import load_sweep
+
+    via_set = load_config("tiny", ["algorithm=quark", "quark.batch_size=8", "train.seed=3"])
+    via_variant = load_config("tiny", ["variants={v: {algorithm: quark, quark: {batch_size: 8}, train: {seed: 3}}}"]).expand()[0]
+    assert via_variant.model_dump(exclude={"name", "variants"}) == via_set.model_dump(exclude={"name", "variants"})
+    spec = {"base": "tiny", "seeds": [3], "methods": {"q": {"config": {"algorithm": "quark", "quark": {"batch_size": 8}}}}}
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "s.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        cell = load_sweep(path, Path(d) / "out").cells[0].config
+    exclude = {"name", "variants", "data_dir"}
+    assert cell.model_dump(exclude=exclude) == via_set.model_dump(exclude=exclude)

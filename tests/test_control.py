@@ -6,7 +6,7 @@ import time
 import pytest
 from waiting import wait_for as _wait
 
-from learner.assets.build import resolve
+from tasks.imdb.build import resolve
 from services.control import RunControl
 from services.redis_store import EmbeddedRedis, RunStore
 from actors.roleset import LocalRoleSet

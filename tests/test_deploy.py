@@ -517,7 +517,7 @@ def test_dockerfile_gpu():
 
 def test_editable_install_is_needed():
     """Why the images install with -e: presets and committed assets are found relative to the source tree."""
-    from learner.assets.build import REPO_ASSETS
+    from tasks.imdb.build import REPO_ASSETS
     from learner.config import PRESETS_DIR
 
     assert PRESETS_DIR == ROOT / "configs" and REPO_ASSETS == ROOT / "assets"

@@ -1,4 +1,5 @@
-"""learner/ never imports ray, fastapi or redis (the layering in README "Architecture"): checked in a fresh interpreter."""
+"""The layering of README "Architecture": learner -> tasks -> actors -> services, each importing only the layers
+before it; learner/ (and tasks/) never import ray, fastapi or redis (checked in a fresh interpreter)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -6,10 +7,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_learner_imports_no_runtime_packages():
+def test_learner_and_tasks_import_no_runtime_packages():
     mods = sorted(
-        "learner." + ".".join(p.relative_to(ROOT / "learner").with_suffix("").parts)
-        for p in (ROOT / "learner").rglob("*.py") if p.name != "__init__.py"
+        ".".join(p.relative_to(ROOT).with_suffix("").parts)
+        for layer in ("learner", "tasks") for p in (ROOT / layer).rglob("*.py") if p.name != "__init__.py"
     )
     code = "import sys\n" + "".join(f"import {m}\n" for m in mods) + "print(sorted(m for m in ('ray','fastapi','redis','vllm') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -18,15 +19,15 @@ def test_learner_imports_no_runtime_packages():
 
 
 def test_learner_sources_do_not_mention_runtime_imports():
-    for p in (ROOT / "learner").rglob("*.py"):
+    for p in [*(ROOT / "learner").rglob("*.py"), *(ROOT / "tasks").rglob("*.py")]:
         text = p.read_text()
         for bad in ("import ray", "from ray", "import fastapi", "from fastapi", "import redis", "from redis"):
             assert bad not in text, f"{p} contains '{bad}'"
 
 
 def test_imports_point_one_way():
-    """services -> actors -> learner: learner imports neither, actors never import services."""
-    for layer, banned in (("learner", ("actors", "services")), ("actors", ("services",))):
+    """services -> actors -> tasks -> learner: no layer imports one after it."""
+    for layer, banned in (("learner", ("tasks", "actors", "services")), ("tasks", ("actors", "services")), ("actors", ("services",))):
         for p in (ROOT / layer).rglob("*.py"):
             text = p.read_text()
             for b in banned:
@@ -38,7 +39,7 @@ def _project_imports() -> dict[str, set[str]]:
     import ast
 
     mods = {}
-    for layer in ("learner", "actors", "services"):
+    for layer in ("learner", "tasks", "actors", "services"):
         for p in (ROOT / layer).rglob("*.py"):
             name = ".".join(p.relative_to(ROOT).with_suffix("").parts)
             mods[name.removesuffix(".__init__")] = p

@@ -8,15 +8,15 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from learner.assets.build import prepare, resolve
-from learner.policy_model import load_policy
+from tasks.imdb.build import prepare, resolve
+from learner.models.policy import load_policy
 from learner.config import ConfigError, load_config
 from learner.learners.fdpg import FDPGLearner
 from learner.learners import NotApplicable, make_learner
 from learner.methods.logprobs import masked_sum
-from learner.policy_model import pad_batch, response_logprobs
+from learner.models.policy import pad_batch, response_logprobs
 from learner.learners.quark import QuarkLearner, expand_policy
-from learner.rollout import TransformersEngine
+from learner.models.engine import TransformersEngine
 from learner.types import ScoredRollouts
 from services.runlog import read_metrics
 from services.train import train
@@ -165,7 +165,7 @@ def test_quark_reward_tokens_and_conditioning(tiny_assets, tiny_cfg, tmp_path):
 
 
 def test_toxicity_scorer_orders_obvious_texts():
-    from learner.assets.toxicity import ToxicityScorer
+    from learner.models.toxicity import ToxicityScorer
 
     s = ToxicityScorer()
     p = s.prob(["what a lovely film, I enjoyed every minute", "this shit movie is fucking garbage, you idiots"])

@@ -1,7 +1,7 @@
 """f-DPG (lagged proposal), Quark (reward tokens in vLLM's vocabulary) and SALSA through Ray actors and vLLM."""
 import pytest
 
-from learner.assets.build import prepare
+from tasks.imdb.build import prepare
 from learner.config import load_config
 from services.runlog import read_metrics
 from services.train import Trainer

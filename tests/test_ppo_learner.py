@@ -4,9 +4,9 @@ import copy
 import torch
 from transformers import AutoTokenizer
 
-from learner.policy_model import load_policy
+from learner.models.policy import load_policy
 from learner.learners.ppo import PPOLearner
-from learner.rollout import TransformersEngine
+from learner.models.engine import TransformersEngine
 from learner.types import ScoredRollouts
 
 

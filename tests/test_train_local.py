@@ -4,7 +4,7 @@ import json
 import torch
 
 from services.runlog import read_metrics
-from learner.assets.build import resolve
+from tasks.imdb.build import resolve
 from actors.roleset import LocalRoleSet
 from services.train import train
 

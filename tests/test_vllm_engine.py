@@ -12,7 +12,7 @@ import torch
 
 from actors.weight_sync import WEIGHTS_FILE, TmpfsWeightSync, make_weight_sync
 from learner.config import GenerationConfig
-from learner.rollout import cut_at_eos
+from learner.models.engine import cut_at_eos
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ NEW_TOKENS = 12
 
 @pytest.fixture(scope="module")
 def policy(tiny_assets):
-    from learner.policy_model import load_policy
+    from learner.models.policy import load_policy
 
     _, _, paths = tiny_assets
     return load_policy(paths.policy).eval()
@@ -86,7 +86,7 @@ def vllm_greedy(engine) -> list[list[int]]:
 @torch.no_grad()
 def hf_greedy(model, tok) -> list[list[int]]:
     """transformers generate, do_sample=False, one unpadded prompt at a time; cut after the first EOS."""
-    from learner.assets.tokenizer import encode_prompts
+    from learner.models.tokenizer import encode_prompts
 
     out = []
     for p in encode_prompts(tok, PROMPTS):
@@ -132,7 +132,7 @@ def _sampling_logprobs(logits: torch.Tensor, tokens: torch.Tensor, *, eos: int, 
 
 @pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.7, 20)])
 def test_behaviour_logprobs_match_learner_forward(engine, policy, tok, temperature, top_k):
-    from learner.policy_model import pad_batch, response_logprobs
+    from learner.models.policy import pad_batch, response_logprobs
 
     engine.load_weights(policy.state_dict(), version=3)
     with generation(engine, temperature=temperature, top_k=top_k):

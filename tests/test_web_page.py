@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from waiting import serve, wait_for as _wait_base
 
-from learner.assets.build import resolve
+from tasks.imdb.build import resolve
 from services.api import ServiceSettings, create_app
 from services.control import RunControl
 from actors.roleset import LocalRoleSet

@@ -36,7 +36,7 @@ def learner_class(algorithm: str):
 def make_learner(cfg: TetherConfig, policy_path, *, reference: list | None = None, reference_weights: list[float] | None = None):
     from transformers import AutoTokenizer
 
-    from learner.policy_model import load_policy
+    from learner.models.policy import load_policy
 
     tok = AutoTokenizer.from_pretrained(str(policy_path))
     init_lm = load_policy(policy_path)

@@ -25,7 +25,7 @@ def load_reference(paths: list, weights: list[float], init_lm: torch.nn.Module) 
     """The KL reference: a copy of the start policy, or the weight soup of ``paths`` (SALSA)."""
     if not paths:
         return copy.deepcopy(init_lm)
-    from learner.assets.sft import load_reference as soup
+    from learner.models.policy import load_soup as soup
 
     return soup(paths, weights)
 

@@ -18,7 +18,7 @@ from learner.config import TetherConfig
 from learner.methods.fdpg import MovingBaseline, RunningLogZ, fdpg_loss, log_target, pseudo_reward
 from learner.learners.base import LearnerBase
 from learner.methods.logprobs import masked_sum
-from learner.policy_model import optimizer_step, pad_batch, response_logprobs
+from learner.models.policy import optimizer_step, pad_batch, response_logprobs
 from learner.types import ScoredRollouts
 
 

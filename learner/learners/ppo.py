@@ -16,7 +16,7 @@ from learner.learners.base import LearnerBase, NotApplicable
 from learner.methods.elastic_reset import ElasticReset
 from learner.methods.kl import exact_kl_from_logits, kl_estimate, make_kl_controller
 from learner.methods.logprobs import entropy_from_logits, masked_mean, masked_sum, masked_whiten
-from learner.policy_model import PolicyWithValue, optimizer_step, pad_batch, response_logprobs
+from learner.models.policy import PolicyWithValue, optimizer_step, pad_batch, response_logprobs
 from learner.methods.ppo import gae, per_token_rewards, policy_loss, value_loss
 from learner.types import ScoredRollouts
 

@@ -17,7 +17,7 @@ import torch
 
 from learner.config import TetherConfig
 from learner.learners.base import QUARK_META, LearnerBase
-from learner.policy_model import optimizer_step, pad_batch, response_logprobs
+from learner.models.policy import optimizer_step, pad_batch, response_logprobs
 from learner.methods.quark import DataPool, condition, quark_loss, quantile_tokens, reward_token_strings
 from learner.types import ScoredRollouts
 
@@ -32,7 +32,7 @@ def expand_policy(base: str | Path, out_dir: Path, k: int) -> list[int]:
     """
     from transformers import AutoTokenizer
 
-    from learner.policy_model import load_policy
+    from learner.models.policy import load_policy
 
     out_dir = Path(out_dir)
     meta_path = out_dir / QUARK_META

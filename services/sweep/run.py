@@ -91,7 +91,7 @@ def cell_entrypoint(cell_dir: str | Path, *, python: str | None = None, run_id: 
 
 
 def _check_assets(cells: list[Cell]) -> None:
-    from learner.assets.build import resolve
+    from tasks.imdb.build import resolve
 
     seen = set()
     for c in cells:
@@ -175,7 +175,7 @@ def auto_parallel(cells: list[Cell], jobs) -> int:
 
 def _run_local(c: Cell, *, progress: bool) -> str:
     from actors.placement import RuntimeSetupError
-    from learner.assets.store import AssetError
+    from tasks.imdb.store import AssetError
 
     try:
         return run_cell(c.dir, progress=progress)

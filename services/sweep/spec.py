@@ -3,7 +3,6 @@
 The spec format is in services/sweep/__init__.py."""
 from __future__ import annotations
 
-import copy
 import hashlib
 import itertools
 import json
@@ -16,15 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from learner.config import (
-    PRESETS_DIR,
-    ConfigError,
-    TetherConfig,
-    deep_merge,
-    validate_dict,
-    read_config_file,
-    without_other_algorithms,
-)
+from learner.config import PRESETS_DIR, ConfigError, TetherConfig, compose_dict, nest, read_config_file, validate_dict
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +70,6 @@ def _check_field(dotted: str, where: str) -> None:
             model = ann
 
 
-def _nest(flat: dict[str, Any]) -> dict:
-    """{'kl.coef': 0.05} -> {'kl': {'coef': 0.05}} (later keys deep-merge into earlier ones)."""
-    out: dict = {}
-    for key, value in flat.items():
-        node: dict = {}
-        inner = node
-        parts = str(key).split(".")
-        for p in parts[:-1]:
-            inner = inner.setdefault(p, {})
-        inner[parts[-1]] = copy.deepcopy(value)
-        deep_merge(out, node)
-    return out
-
-
 def _fmt(v: Any) -> str:
     if isinstance(v, bool) or v is None:
         return json.dumps(v)
@@ -138,13 +115,6 @@ def _load_base(base: Any, spec_path: Path) -> tuple[dict, Path]:
     return data, path.resolve()
 
 
-def _algorithm(*layers: dict) -> str:
-    for layer in reversed(layers):
-        if "algorithm" in layer:
-            return layer["algorithm"]
-    return "ppo"
-
-
 def _seeds(seeds: Any, where: str) -> list[int] | None:
     if seeds is None:
         return None
@@ -169,7 +139,7 @@ def _method(mname: Any, m: Any, where: str, *, seeds: list[int] | None) -> tuple
     for k in mconf:
         if str(k) in ("name", "variants"):
             raise SweepSpecError(f"{where}: 'config' cannot set '{k}': {RESERVED[str(k)]}")
-    mconf = _nest(mconf)  # its fields are checked by the schema, per cell
+    mconf = nest(mconf)  # its fields are checked by the schema, per cell
     if seeds is not None and isinstance(mconf.get("train"), dict) and "seed" in mconf["train"]:
         raise SweepSpecError(f"{where}: 'config' sets train.seed, but the spec lists seeds; {RESERVED['train.seed']}")
     grid = _mapping(m.get("grid"), f"{where}: 'grid'", "dotted config field -> list of values, e.g. {kl.coef: [0.01, 0.05]}")
@@ -210,9 +180,9 @@ def load_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None) -> Sw
     if not methods:
         raise SweepSpecError(f"{where}: 'methods' is empty; give at least one method, e.g. methods: {{ppo_kl: {{config: {{kl: {{coef: 0.05}}}}}}}}")
     resolved = {m: dict(zip(("config", "grid"), _method(m, body, f"{where}: method '{m}'", seeds=seeds))) for m, body in methods.items()}
-    set_nested = _nest(overrides)
+    set_nested = nest(overrides)
     if sweep_dir is None:
-        sweep_dir = Path(deep_merge(copy.deepcopy(base), copy.deepcopy(set_nested)).get("runs_dir", "runs")) / f"sweep-{name}"
+        sweep_dir = Path(compose_dict(base, set_nested).get("runs_dir", "runs")) / f"sweep-{name}"
     root = Path(sweep_dir)
 
     cells: list[Cell] = []
@@ -221,14 +191,11 @@ def load_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None) -> Sw
         for combo in itertools.product(*m["grid"].values()):
             values = dict(zip(m["grid"], combo))
             setting = ",".join(f"{k}={_fmt(v)}" for k, v in values.items()) or "default"
-            gnested = _nest(values)
-            # As for variants: the base's sections of other algorithms were written for the base's method.
-            algo = _algorithm(base, set_nested, m["config"], gnested)
-            inherited = without_other_algorithms(base, algo)
+            gnested = nest(values)
             for seed in seeds if seeds is not None else [None]:
-                merged = copy.deepcopy(inherited)
-                for layer in (set_nested, m["config"], gnested, {} if seed is None else {"train": {"seed": seed}}):
-                    deep_merge(merged, copy.deepcopy(layer))
+                # composed as every config is (learner.config.compose): a layer that switches algorithm drops the base's
+                # sections of the other algorithms, as a variant does
+                merged = compose_dict(base, set_nested, m["config"], gnested, {} if seed is None else {"train": {"seed": seed}})
                 if isinstance(merged.get("data_dir", "data"), str):  # cells may run anywhere (a Ray job's working directory is not ours)
                     merged["data_dir"] = str(Path(merged.get("data_dir", "data")).resolve())
                 train = merged.get("train")

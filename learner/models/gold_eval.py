@@ -12,7 +12,7 @@ import torch
 
 from learner.methods.kl import kl_estimate
 from learner.methods.logprobs import masked_mean, masked_sum
-from learner.policy_model import pad_batch, response_logprobs
+from learner.models.policy import pad_batch, response_logprobs
 from learner.types import Rollouts
 
 
@@ -24,8 +24,8 @@ class GoldEvaluator:
     def from_paths(cls, gold_path, policy_path) -> "GoldEvaluator":
         from transformers import AutoTokenizer
 
-        from learner.assets.gold import load_gold
-        from learner.policy_model import load_policy
+        from learner.models.gold import load_gold
+        from learner.models.policy import load_policy
 
         tok = AutoTokenizer.from_pretrained(str(policy_path))
         return cls(load_gold(gold_path), load_policy(policy_path), tok.pad_token_id)

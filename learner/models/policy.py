@@ -1,10 +1,14 @@
-"""Policy + value head over any Hugging Face causal LM, and response log-probs for left-padded batches."""
+"""Policy + value head over any Hugging Face causal LM, response log-probs for left-padded batches, and the
+loaders of a policy and of a weight-soup reference (SALSA)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from learner.methods.logprobs import logprobs_from_logits
+from learner.methods.soup import weight_soup
 
 
 class PolicyWithValue(nn.Module):
@@ -83,3 +87,11 @@ def load_policy(path, dtype=torch.float32):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+
+
+def load_soup(paths: list[str | Path], weights: list[float]) -> torch.nn.Module:
+    """The weight soup sum_i w_i theta_i of the models at ``paths`` (SALSA's reference), as a causal LM."""
+    models = [load_policy(p) for p in paths]
+    ref = models[0]
+    ref.load_state_dict(weight_soup([m.state_dict() for m in models], weights))
+    return ref

@@ -16,10 +16,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from learner.assets.policy import heldout_perplexity, pack
-from learner.policy_model import load_policy
-from learner.policy_model import optimizer_step
 from learner.methods.soup import weight_soup
+from learner.models.policy import load_policy, optimizer_step
+from tasks.imdb.policy import heldout_perplexity, pack
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +84,3 @@ def build_sft(base: str | Path, out_dir: Path, train_texts: list[str], heldout_t
         "soup_heldout_perplexity": round(heldout_perplexity(soup, held, context), 3),
         "distance_between_0_1": round(param_distance(sds[0], sds[1]), 4) if n > 1 else 0.0,
     }
-
-
-def load_reference(paths: list[str | Path], weights: list[float]) -> torch.nn.Module:
-    """The weight soup sum_i w_i theta_i of the models at ``paths`` (SALSA's reference), as a causal LM."""
-    models = [load_policy(p) for p in paths]
-    ref = models[0]
-    ref.load_state_dict(weight_soup([m.state_dict() for m in models], weights))
-    return ref

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from learner.assets.tokenizer import encode_prompts
 from learner.config import GenerationConfig
+from learner.models.tokenizer import encode_prompts
 from learner.types import Rollouts
 
 
@@ -27,7 +27,7 @@ class TransformersEngine:
     def from_path(cls, path, gen: GenerationConfig, **kw) -> "TransformersEngine":
         from transformers import AutoTokenizer
 
-        from learner.policy_model import load_policy
+        from learner.models.policy import load_policy
 
         return cls(load_policy(path), AutoTokenizer.from_pretrained(str(path)), gen, **kw)
 

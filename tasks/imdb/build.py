@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from learner.assets import store
-from learner.assets.data import ImdbSplit, load_imdb
 from learner.config import TetherConfig
+from tasks.imdb import store
+from tasks.imdb.data import ImdbSplit, load_imdb
 
 log = logging.getLogger(__name__)
 REPO_ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -89,7 +89,7 @@ def resolve(cfg: TetherConfig, *, cfg_source: str = "<config>") -> TaskPaths:
     gold: Path | str
     proxies: list[Path | str]
     if cfg.task.objective == "toxicity":
-        from learner.assets.toxicity import PROFANITY_CHECK
+        from learner.models.toxicity import PROFANITY_CHECK
 
         gold, proxies = PROFANITY_CHECK, [PROFANITY_CHECK]
     else:
@@ -144,7 +144,7 @@ def _built_stage(cfg: TetherConfig, stage: str, rebuild: bool, build) -> dict:
 
 
 def _sft_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
-    from learner.assets.sft import build_sft
+    from tasks.imdb.sft import build_sft
 
     r, p = cfg.reference, cfg.policy
     return _built_stage(cfg, "sft", rebuild, lambda tmp: build_sft(
@@ -179,9 +179,9 @@ def _policy_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
         store.commit_dir(tmp, folder)
         store.update_index(task_dir(cfg), "policy", committed, folder)
         return committed
-    from learner.assets.policy import pretrain, sample
-    from learner.assets.tokenizer import train_tokenizer
-    from learner.assets.data import make_prompts
+    from tasks.imdb.data import make_prompts
+    from tasks.imdb.policy import pretrain, sample
+    from tasks.imdb.tokenizer import train_tokenizer
 
     t0 = time.time()
     tmp = folder.with_name(folder.name + ".building")
@@ -192,7 +192,7 @@ def _policy_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
     log.info("policy: training tokenizer (vocab %d) and pretraining %d tokens", cfg.tokenizer.vocab_size, cfg.policy.pretrain_tokens)
     tok = train_tokenizer(split.train_text, cfg.tokenizer.vocab_size, tmp)
     metrics = pretrain(cfg.policy, tok, split.train_text, split.heldout_text, tmp, seed=cfg.task.seed)
-    from learner.policy_model import load_policy
+    from learner.models.policy import load_policy
 
     model = load_policy(tmp)
     prompts = make_prompts(split.heldout_text, 4, cfg.task, seed=7)
@@ -208,13 +208,13 @@ def _policy_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
 def _gold_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
     if cfg.gold.kind == "hf_classifier":
         return {"stage": "gold", "source": cfg.gold.name_or_path, "note": "loaded from_pretrained; not built here"}
-    from learner.assets.gold import train_gold
+    from tasks.imdb.gold import train_gold
 
     return _built_stage(cfg, "gold", rebuild, lambda tmp: train_gold(cfg.gold, split, tmp))
 
 
 def _proxy_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
-    from learner.assets.proxy import build_proxies
+    from tasks.imdb.proxy import build_proxies
 
     paths = resolve_partial(cfg)
     return _built_stage(cfg, "proxy", rebuild, lambda tmp: build_proxies(cfg, split, paths["policy"], paths["gold"], tmp))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-EOS = "<|endoftext|>"
+from learner.models.tokenizer import EOS
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path):
@@ -17,8 +17,3 @@ def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path):
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(str(out_dir))
     return tok
-
-
-def encode_prompts(tok, prompts: list[str]) -> list[list[int]]:
-    """Prompt token ids: EOS marks the start of a review, exactly as in pretraining's packing."""
-    return [[tok.eos_token_id] + tok.encode(p, add_special_tokens=False) for p in prompts]

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from learner.assets.data import ImdbSplit, make_prompts
 from learner.config import TetherConfig
+from learner.models.reward import RewardModel
+from tasks.imdb.data import ImdbSplit, make_prompts
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torc
 
 
 def make_pairs(cfg: TetherConfig, split: ImdbSplit, policy, tok, gold, *, n: int, heldout: bool, seed: int) -> dict:
-    from learner.assets.policy import sample
+    from tasks.imdb.policy import sample
 
     texts = split.heldout_text if heldout else split.train_text
     prompts = make_prompts(texts, n, cfg.task, seed=seed)
@@ -39,48 +40,6 @@ def make_pairs(cfg: TetherConfig, split: ImdbSplit, policy, tok, gold, *, n: int
     full = [p + c for p, c in zip(doubled, conts)]
     g = gold.score(full).reshape(n, 2)
     return {"a": full[0::2], "b": full[1::2], "gold_a": g[:, 0], "gold_b": g[:, 1]}
-
-
-class RewardModel:
-    """A scalar-head HF sequence classifier scoring texts; `score(texts) -> (N,) float tensor`.
-
-    Pooling: HF's sequence classifiers read the last token ("last"). Our locally built members use
-    the masked mean of the last hidden states ("mean", declared as `tether_pooling` in config.json;
-    the weights are a standard *ForSequenceClassification checkpoint). Measured on the IMDB task
-    (2,000 pairs, 2-layer backbone): last-token readout reached 0.54 held-out agreement with gold even
-    on clean labels, mean pooling 0.71: sentiment is spread over the words, and a 2-layer model's
-    last position mostly encodes the next word.
-    """
-
-    def __init__(self, model, tok, max_len: int):
-        self.model, self.tok, self.max_len = model, tok, max_len
-        self.pooling = getattr(model.config, "tether_pooling", "last")
-
-    @classmethod
-    def load(cls, path: str | Path, max_len: int = 96) -> "RewardModel":
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32).eval()
-        return cls(model, tok, max_len)
-
-    def _enc(self, texts: list[str]):
-        self.tok.padding_side = "right"
-        return self.tok([self.tok.bos_token + t if self.tok.bos_token else t for t in texts], return_tensors="pt", padding=True, truncation=True, max_length=self.max_len, add_special_tokens=False)
-
-    def forward(self, texts: list[str]) -> torch.Tensor:
-        enc = self._enc(texts)
-        if self.pooling == "last":
-            return self.model(**enc).logits[:, 0]
-        base = getattr(self.model, self.model.base_model_prefix)
-        h = base(**enc).last_hidden_state  # (N, L, H)
-        m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)  # (N, L, 1)
-        return self.model.score((h * m).sum(1) / m.sum(1).clamp(min=1))[:, 0]
-
-    @torch.no_grad()
-    def score(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        self.model.eval()
-        return torch.cat([self.forward(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]) if texts else torch.zeros(0)
 
 
 def _new_member(cfg: TetherConfig, policy_path, seed: int) -> RewardModel:
@@ -138,8 +97,8 @@ def build_proxies(cfg: TetherConfig, split: ImdbSplit, policy_path, gold_path, o
     from sklearn.metrics import roc_auc_score
     from transformers import AutoTokenizer
 
-    from learner.assets.gold import load_gold
-    from learner.policy_model import load_policy
+    from learner.models.gold import load_gold
+    from learner.models.policy import load_policy
 
     pc = cfg.proxy
     t0 = time.time()

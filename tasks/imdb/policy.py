@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from learner.config import PolicyConfig
-from learner.policy_model import optimizer_step
+from learner.models.policy import optimizer_step
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def pretrain(cfg: PolicyConfig, tok, train_texts: list[str], heldout_texts: list
 def sample(model, tok, prompts: list[str], *, max_new_tokens: int = 48, temperature: float = 1.0, top_k: int = 0, seed: int = 0, batch_size: int = 64) -> list[str]:
     """Continuations' text sampled by the transformers rollout engine (EOS-prefixed, left-padded prompts)."""
     from learner.config import GenerationConfig
-    from learner.rollout import TransformersEngine
+    from learner.models.engine import TransformersEngine
 
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k)
     return TransformersEngine(model, tok, gen, batch_size=batch_size).generate(prompts, seed=seed).responses

@@ -1,1 +1,0 @@
-"""Building and loading the offline IMDB task: data, tokenizer, initial policy, gold scorer, proxy ensemble."""

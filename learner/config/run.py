@@ -1,0 +1,145 @@
+"""A whole run (`TetherConfig`): the task and method sections plus training and runtime, its variants, and
+validation with readable errors."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from learner.config.base import ConfigError, Strict, format_errors
+from learner.config.compose import ALGORITHM_SECTIONS, compose_dict, without_other_algorithms
+from learner.config.methods import (
+    ElasticResetConfig,
+    EnsembleConfig,
+    FDPGConfig,
+    GenerationConfig,
+    KLConfig,
+    PPOConfig,
+    QuarkConfig,
+    ReferenceConfig,
+)
+from learner.config.task import GoldConfig, PolicyConfig, ProxyConfig, TaskConfig, TokenizerConfig
+
+
+class TrainConfig(Strict):
+    iterations: int = Field(20, ge=1, description="PPO iterations.")
+    eval_every: int = Field(2, ge=1, description="Gold evaluation on held-out prompts every N iterations.")
+    eval_prompts: int = Field(64, ge=1, description="Held-out prompts per gold evaluation.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the training run (0 .. 2^31-1: every draw is seeded by seed*100003 + iteration).")
+    threads: int | None = Field(None, ge=1, description="torch threads (None = free cores).")
+
+
+class RoleResources(Strict):
+    num_cpus: float = Field(1.0, ge=0, description="Ray logical CPUs reserved for each actor of this role.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor of this role (0 on CPU machines).")
+    threads: int = Field(1, ge=1, description="torch threads inside the actor (keep the sum across busy roles <= physical cores).")
+
+
+class RuntimeConfig(Strict):
+    """How the roles are placed: in-process, or as Ray actors (rollout / reward / gold / learner)."""
+
+    mode: Literal["ray", "local"] = Field("ray", description="ray: each role is a Ray actor (the design); local: every role in this process, no Ray (debugging).")
+    engine: Literal["vllm", "transformers"] = Field("vllm", description="Rollout engine: vLLM, or transformers generate (fallback and test reference).")
+    rollout_actors: int = Field(1, ge=1, description="Rollout actors generating in parallel; a batch's prompts are split between them.")
+    weight_sync: Literal["tmpfs", "object_store"] = Field(
+        "tmpfs", description="tmpfs: safetensors in /dev/shm + vLLM reload_weights (one node). object_store: through Ray's object store (across nodes)."
+    )
+    max_staleness: int = Field(
+        0, ge=0,
+        description="Rollouts stamped with a policy_version older than learner.version - max_staleness are dropped (synchronous on-policy PPO: 0).",
+    )
+    ray_address: str | None = Field(None, description="Ray cluster to join ('auto', 'ray://host:10001', host:port). None = env RAY_ADDRESS, else a local cluster.")
+    local_num_cpus: int | None = Field(None, ge=1, description="CPUs of a locally started Ray cluster (None = all cores).")
+    object_store_mb: int = Field(512, ge=64, description="Object store size of a locally started Ray cluster (keep modest on small machines).")
+    connect_timeout_s: float = Field(30.0, gt=0, description="Give up joining a Ray cluster (or placing the actors) after this long, with a message.")
+    kv_cache_gib: float = Field(1.0, gt=0, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE).")
+    rollout: RoleResources = Field(default_factory=lambda: RoleResources(num_cpus=0.5, threads=1), description="Per rollout actor.")
+    reward: RoleResources = Field(default_factory=lambda: RoleResources(num_cpus=0.25, threads=1), description="The proxy-ensemble scorer.")
+    gold: RoleResources = Field(default_factory=lambda: RoleResources(num_cpus=0.25, threads=1), description="The gold / drift evaluator.")
+    learner: RoleResources = Field(default_factory=lambda: RoleResources(num_cpus=1.0, threads=2), description="The PPO learner.")
+    checkpoint_every: int = Field(8, ge=0, description="Save a full checkpoint every N iterations (0 = only at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept per run (oldest deleted).")
+
+
+class TetherConfig(Strict):
+    """A whole run. Presets in configs/*.yaml are partial versions of this; unspecified fields take these defaults."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Run name (letters, digits, '_', '.', '-').")
+    algorithm: Literal["ppo", "fdpg", "quark"] = Field(
+        "ppo", description="ppo: PPO with a KL penalty (+ Elastic Reset via elastic_reset); fdpg: f-DPG (section fdpg); quark: Quark (section quark). "
+        "SALSA is any of them with reference.kind: soup.",
+    )
+    data_dir: str = Field("data", description="Where task assets are cached (relative to the working directory unless absolute).")
+    runs_dir: str = Field("runs", description="Where run folders are written.")
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    gold: GoldConfig = Field(default_factory=GoldConfig)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    kl: KLConfig = Field(default_factory=KLConfig)
+    elastic_reset: ElasticResetConfig = Field(default_factory=ElasticResetConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    fdpg: FDPGConfig = Field(default_factory=FDPGConfig)
+    quark: QuarkConfig = Field(default_factory=QuarkConfig)
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Named partial overrides run one after another as a comparison (e.g. ppo_kl vs elastic_reset). Empty = a single run.",
+    )
+
+    @model_validator(mode="after")
+    def _method_sections(self) -> "TetherConfig":
+        own = set(ALGORITHM_SECTIONS[self.algorithm])
+        for algo, sections in ALGORITHM_SECTIONS.items():
+            for sec in sections:
+                # a section at its defaults (e.g. in a full model_dump) sets nothing; a changed one is an error
+                value = getattr(self, sec)
+                if sec not in own and sec in self.model_fields_set and value.model_dump() != type(value)().model_dump():
+                    raise ValueError(
+                        f"section '{sec}' configures algorithm '{algo}' and does not apply to algorithm '{self.algorithm}'; "
+                        f"remove it or set algorithm: {algo} (sections of '{self.algorithm}': {', '.join(ALGORITHM_SECTIONS[self.algorithm])})"
+                    )
+        return self
+
+    @property
+    def rollout_batch_size(self) -> int:
+        """Prompts sampled per iteration, from the chosen algorithm's section."""
+        return {"ppo": self.ppo.batch_size, "fdpg": self.fdpg.batch_size, "quark": self.quark.batch_size}[self.algorithm]
+
+    def dump(self) -> dict:
+        """The fields that were set (what a YAML round-trips), so re-validation sees the same sections."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+    def expand(self) -> list["TetherConfig"]:
+        """One config per variant (name suffixed), or [self] when there are none.
+
+        Each variant is composed like every other layer (`compose_dict`): a variant that switches
+        ``algorithm`` does not inherit the base's sections of the other algorithm (they were written for
+        the base's method); a variant that sets such a section itself is rejected.
+        """
+        if not self.variants:
+            return [self]
+        base = self.model_dump(exclude={"variants"}, exclude_unset=True)
+        return [validate_dict(compose_dict(base, over, {} if "name" in over else {"name": f"{self.name}-{vname}"}),
+                              source=f"variant '{vname}'")
+                for vname, over in self.variants.items()]
+
+
+def validate_dict(data: dict, *, source: str) -> TetherConfig:
+    """A TetherConfig from a config mapping; ConfigError naming ``source``, each bad field and what is accepted."""
+    try:
+        return TetherConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_errors(err, source, TetherConfig)) from None
+
+
+def config_from_dump(data: dict) -> TetherConfig:
+    """Validate a stored config, also a full ``model_dump`` (every section present): the sections of
+    algorithms other than its own are dropped first, as they only hold defaults there."""
+    return TetherConfig.model_validate(without_other_algorithms(copy.deepcopy(data), data.get("algorithm", "ppo")))

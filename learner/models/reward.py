@@ -1,0 +1,70 @@
+"""Proxy reward models: one member (`RewardModel`, a scalar-head sequence classifier) and the ensemble
+that scores every member plus the configured aggregate (Coste et al. 2023)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from learner.methods.ensemble import aggregate
+from learner.models.toxicity import PROFANITY_CHECK, ToxicityRewardMember
+from learner.types import Rollouts, ScoredRollouts
+
+
+class RewardModel:
+    """A scalar-head HF sequence classifier scoring texts; `score(texts) -> (N,) float tensor`.
+
+    Pooling: HF's sequence classifiers read the last token ("last"). Our locally built members use
+    the masked mean of the last hidden states ("mean", declared as `tether_pooling` in config.json;
+    the weights are a standard *ForSequenceClassification checkpoint). Measured on the IMDB task
+    (2,000 pairs, 2-layer backbone): last-token readout reached 0.54 held-out agreement with gold even
+    on clean labels, mean pooling 0.71: sentiment is spread over the words, and a 2-layer model's
+    last position mostly encodes the next word.
+    """
+
+    def __init__(self, model, tok, max_len: int):
+        self.model, self.tok, self.max_len = model, tok, max_len
+        self.pooling = getattr(model.config, "tether_pooling", "last")
+
+    @classmethod
+    def load(cls, path: str | Path, max_len: int = 96) -> "RewardModel":
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32).eval()
+        return cls(model, tok, max_len)
+
+    def _enc(self, texts: list[str]):
+        self.tok.padding_side = "right"
+        return self.tok([self.tok.bos_token + t if self.tok.bos_token else t for t in texts], return_tensors="pt", padding=True, truncation=True, max_length=self.max_len, add_special_tokens=False)
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        enc = self._enc(texts)
+        if self.pooling == "last":
+            return self.model(**enc).logits[:, 0]
+        base = getattr(self.model, self.model.base_model_prefix)
+        h = base(**enc).last_hidden_state  # (N, L, H)
+        m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)  # (N, L, 1)
+        return self.model.score((h * m).sum(1) / m.sum(1).clamp(min=1))[:, 0]
+
+    @torch.no_grad()
+    def score(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        self.model.eval()
+        return torch.cat([self.forward(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]) if texts else torch.zeros(0)
+
+
+class ProxyEnsemble:
+    def __init__(self, member_paths: list[str | Path], *, aggregation: str, uwo_lambda: float, max_len: int = 96):
+        self.members = [ToxicityRewardMember() if str(p) == PROFANITY_CHECK else RewardModel.load(p, max_len=max_len) for p in member_paths]
+        self.aggregation, self.uwo_lambda = aggregation, uwo_lambda
+
+    def score_texts(self, texts: list[str]) -> torch.Tensor:
+        """(B, k) scores of every member."""
+        return torch.stack([m.score(texts) for m in self.members], dim=1)
+
+    def score(self, rollouts: Rollouts, *, gold=None) -> ScoredRollouts:
+        texts = rollouts.texts
+        s = self.score_texts(texts)
+        agg, spread = aggregate(s, self.aggregation, uwo_lambda=self.uwo_lambda)
+        gold_scores = gold.score(texts).tolist() if gold is not None else None
+        return ScoredRollouts(rollouts, s.tolist(), agg.tolist(), spread.tolist(), gold_scores)
