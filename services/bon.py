@@ -23,25 +23,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from learner.analysis.best_of_n import bon_curve, kl_bon
-from learner.analysis.scaling_laws import d_from_kl, fit_bon, recentre
+from learner.analysis.best_of_n import bon_ns, ensemble_bon_curves
+from learner.analysis.scaling_laws import bon_form, fit_bon_curve
 from learner.config import TetherConfig
-from learner.methods.ensemble import AGGREGATIONS, aggregate
+from learner.methods.ensemble import AGGREGATIONS
 
 log = logging.getLogger(__name__)
 BON_SEED = 20_000_003  # sampling seed of chunk c is BON_SEED + c: a rerun draws the same samples
 PROMPT_SEED_OFFSET = 99991  # services/train.py's held-out eval prompts (a prefix of ours): BoN(1) ~ eval/gold_mean at step 0
-
-
-def bon_ns(n_max: int, *, dense_up_to: int = 64, points: int = 40) -> list[int]:
-    """Every n in 1..n_max up to ``dense_up_to``; beyond, ~``points`` log-spaced n plus the powers of two (always 1 and n_max)."""
-    if n_max < 1:
-        raise ValueError(f"n_max must be >= 1, got {n_max}")
-    if n_max <= dense_up_to:
-        return list(range(1, n_max + 1))
-    grid = np.unique(np.round(np.geomspace(1, n_max, points)).astype(int))
-    pow2 = [2**i for i in range(int(math.log2(n_max)) + 1)]
-    return sorted({1, n_max, *grid.tolist(), *pow2})
 
 
 def sample_and_score(roles, prompts: list[str], n_max: int, *, chunk: int = 256, progress: bool = True) -> dict:
@@ -83,40 +72,6 @@ def score_texts(ensemble, texts: list[str], *, chunk: int = 256) -> np.ndarray:
     with torch.no_grad():
         parts = [ensemble.score_texts(texts[i : i + chunk]).double().numpy() for i in range(0, len(texts), chunk)]
     return np.concatenate(parts, axis=0)
-
-
-def bon_curves(members: np.ndarray, gold: np.ndarray, ns: list[int], *, aggregation: str, uwo_lambda: float) -> dict:
-    """Best-of-n curve of one (ensemble, aggregation), averaged over prompts.
-
-    members: (P, N, k) member scores; gold: (P, N). Selection is by the aggregate (learner.methods.ensemble.aggregate).
-    Returns lists of len(ns): n, kl (nats), proxy (aggregate of the pick), proxy_member_mean (member mean of
-    the pick), gold, gold_se (standard error over prompts).
-    """
-    P, N, k = members.shape
-    agg, _ = aggregate(torch.from_numpy(members.reshape(P * N, k)), aggregation, uwo_lambda=uwo_lambda)
-    agg = agg.double().numpy().reshape(P, N)  # (P, N)
-    mmean = members.mean(axis=2)  # (P, N)
-    per_prompt = [bon_curve(agg[i], gold[i], ns) for i in range(P)]
-    gold_pp = np.stack([c["gold"] for c in per_prompt])  # (P, len(ns))
-    proxy_pp = np.stack([c["proxy"] for c in per_prompt])  # (P, len(ns))
-    # the member mean of the sample picked by the aggregate: the same estimator with member mean as the "gold"
-    mmean_pp = np.stack([bon_curve(agg[i], mmean[i], ns)["gold"] for i in range(P)])
-    se = gold_pp.std(axis=0, ddof=1) / math.sqrt(P) if P > 1 else np.full(len(ns), np.nan)
-    return {
-        "n": list(ns), "kl": np.asarray(kl_bon(np.asarray(ns)), dtype=np.float64).reshape(-1).tolist(),
-        "proxy": proxy_pp.mean(axis=0).tolist(), "proxy_member_mean": mmean_pp.mean(axis=0).tolist(),
-        "gold": gold_pp.mean(axis=0).tolist(), "gold_se": se.tolist(),
-    }
-
-
-def fit_curve(curve: dict) -> dict:
-    """Gao et al. best-of-n fit of gold vs d = sqrt(KL_bon), recentred at n = 1 (pi_0). {"error": ...} if it cannot be fitted."""
-    try:
-        f = fit_bon(d_from_kl(curve["kl"]), recentre(curve["gold"], curve["gold"][0]))
-    except ValueError as e:  # n_max < 3: fewer than two distinct d > 0
-        return {"error": str(e)}
-    return {"alpha": f.alpha, "beta": f.beta, "r2": f.r2, "peak_d": f.peak_d, "peak_kl": f.peak_d**2,
-            "peak_gold_gain": f.peak_r, "n_points": f.n_points}
 
 
 def _finite(x):
@@ -186,8 +141,8 @@ def run_bon(cfg: TetherConfig, out_dir: Path, *, n_max: int, n_prompts: int, cle
     curves = {}
     for ens_name, m in members.items():
         for a in aggregations:
-            c = bon_curves(m, s["gold"], ns, aggregation=a, uwo_lambda=uwo_lambda)
-            c["fit"] = fit_curve(c)
+            c = ensemble_bon_curves(m, s["gold"], ns, aggregation=a, uwo_lambda=uwo_lambda)
+            c["fit"] = fit_bon_curve(c["kl"], c["gold"])
             curves[f"{ens_name}/{a}"] = c
     timing["time_s/estimate"] = time.perf_counter() - t
     np.savez_compressed(out_dir / "samples.npz", gold=s["gold"], response_len=s["response_len"],
@@ -239,7 +194,7 @@ def _plots(result: dict, out_dir: Path) -> list[Path]:
         ax.plot(c["kl"], c["gold"], mk, color=col, fillstyle=fill, ms=4, alpha=0.8)
         if "alpha" in c["fit"]:
             d = np.linspace(0.0, math.sqrt(max(c["kl"])), 100)
-            ax.plot(d**2, c["gold"][0] + d * (c["fit"]["alpha"] - c["fit"]["beta"] * d), ls, color=col,
+            ax.plot(d**2, c["gold"][0] + bon_form(d, c["fit"]["alpha"], c["fit"]["beta"]), ls, color=col,
                     label=f"{a}, {ens} (fit R^2 {c['fit']['r2']:.2f})")
         else:
             ax.plot(c["kl"], c["gold"], ls, color=col, label=f"{a}, {ens}")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
@@ -72,8 +71,8 @@ def cmd_train(args) -> int:
 
     from actors.placement import RuntimeSetupError
     from learner.config import ConfigError, load_config
-    from services.report import write_comparison_report, write_run_report
-    from services.train import train
+    from services.report import write_comparison_report
+    from services.train import run_or_resume
     from tasks.imdb.store import AssetError
 
     exit_on_sigterm()  # the trainer's finally closes the roles, which removes their /dev/shm weight folders
@@ -110,17 +109,15 @@ def cmd_train(args) -> int:
         sub = rc.name[len(cfg.name) + 1 :] if cfg.variants and rc.name.startswith(cfg.name + "-") else "main"
         d = root / sub
         dirs[rc.name] = d
-        status = d / "status.json"
-        if args.resume and status.exists() and json.loads(status.read_text()).get("state") == "finished":
-            print(f"== {rc.name}: finished already, skipped")
-            continue
         print(f"== {rc.name}: {d}")
         try:
-            summaries[rc.name] = train(rc, d, cfg_source=args.config if not args.resume else str(root / "tether.yaml"), resume=bool(args.resume),
-                                       control=control)
+            outcome, summary = run_or_resume(rc, d, cfg_source=args.config if not args.resume else str(root / "tether.yaml"), control=control)
         except (AssetError, RuntimeSetupError) as e:
             sys.exit(f"tether: {e}")
-        write_run_report(d, rc.name)
+        if outcome == "skipped":
+            print(f"== {rc.name}: finished already, skipped")
+        else:
+            summaries[rc.name] = summary
     if len(dirs) > 1:
         page = write_comparison_report(dirs, root, f"tether comparison: {cfg.name}")
     else:

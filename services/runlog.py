@@ -47,3 +47,20 @@ def read_metrics(run_dir: Path) -> list[dict]:
         except json.JSONDecodeError:  # a line cut by a crash: everything before it is kept
             continue
     return out
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint (``checkpoints/step-N`` with its driver.json) of a run folder, or None."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.iterdir() if p.name.startswith("step-") and (p / "driver.json").exists())
+    return done[-1] if done else None
+
+
+def run_state(run_dir: Path) -> str | None:
+    """The state in a run folder's status.json (finished, running, failed, stopped), or None."""
+    try:
+        return json.loads((Path(run_dir) / "status.json").read_text()).get("state")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None

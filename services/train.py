@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from learner.config import TetherConfig
 from learner.learners import learner_class
 from learner.types import Rollouts
-from services.runlog import RunLog, read_metrics
+from services.runlog import RunLog, latest_checkpoint, read_metrics, run_state
 from tasks.imdb.build import resolve, set_threads
 from tasks.imdb.data import load_imdb, make_prompts
 
@@ -98,10 +98,7 @@ class Trainer:
         return final
 
     def latest_checkpoint(self) -> Path | None:
-        if not self.ckpt_root.exists():
-            return None
-        done = sorted(p for p in self.ckpt_root.iterdir() if p.name.startswith("step-") and (p / "driver.json").exists())
-        return done[-1] if done else None
+        return latest_checkpoint(self.run_dir)
 
     def restore(self) -> int:
         ck = self.latest_checkpoint()
@@ -247,3 +244,27 @@ def train(cfg: TetherConfig, run_dir: Path, *, cfg_source: str = "<config>", pro
     finally:
         if roles is None:
             tr.close()
+
+
+def run_or_resume(cfg: TetherConfig, run_dir: Path, *, cfg_source: str = "<config>", progress: bool = True,
+                  control=None) -> tuple[str, dict | None]:
+    """The one orchestration of a run, for `tether train` (each variant, and --resume) and for a sweep cell.
+
+    Skipped when ``run_dir`` already finished; resumed from its latest complete checkpoint when there is
+    one; else started afresh, after clearing the logs of an attempt that died before its first checkpoint
+    (so no iteration is logged twice). Then the run's report.html is written.
+    Returns (skipped | resumed | ran, the summary or None when skipped).
+    """
+    from services.report import write_run_report
+
+    run_dir = Path(run_dir)
+    if run_state(run_dir) == "finished":
+        return "skipped", None
+    resume = latest_checkpoint(run_dir) is not None
+    if not resume:
+        for stale in ("metrics.jsonl", "summary.json", "status.json"):
+            (run_dir / stale).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "tb", ignore_errors=True)
+    summary = train(cfg, run_dir, cfg_source=cfg_source, progress=progress, resume=resume, control=control)
+    write_run_report(run_dir, cfg.name)
+    return ("resumed" if resume else "ran"), summary

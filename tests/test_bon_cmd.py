@@ -141,7 +141,9 @@ def test_bon_cli_rejects_bad_input(tiny_assets, tmp_path):
 
 def test_bon_ns_and_small_n_max_report(tmp_path):
     """n_max 1 and 2 give curves but no fit (fewer than two distinct d > 0); the report is still written. Pure numpy inputs."""
-    from services.bon import bon_curves, bon_ns, fit_curve, fit_rows, write_bon_report
+    from learner.analysis.best_of_n import bon_ns, ensemble_bon_curves
+    from learner.analysis.scaling_laws import fit_bon_curve
+    from services.bon import fit_rows, write_bon_report
 
     ns = bon_ns(1000)
     assert ns[0] == 1 and ns[-1] == 1000 and ns == sorted(set(ns)) and 512 in ns and 30 <= len(ns) <= 60
@@ -151,8 +153,8 @@ def test_bon_ns_and_small_n_max_report(tmp_path):
     rng = np.random.default_rng(0)
     for n_max in (1, 2):
         members, gold = rng.normal(size=(3, n_max, 2)), rng.normal(size=(3, n_max))
-        c = bon_curves(members, gold, bon_ns(n_max), aggregation="wco", uwo_lambda=LAM)
-        c["fit"] = fit_curve(c)
+        c = ensemble_bon_curves(members, gold, bon_ns(n_max), aggregation="wco", uwo_lambda=LAM)
+        c["fit"] = fit_bon_curve(c["kl"], c["gold"])
         assert "error" in c["fit"] and "alpha" not in c["fit"]
         assert c["gold"][-1] == pytest.approx(gold[np.arange(3), members.min(-1).argmax(1)].mean())
         result = {"settings": {"name": "synthetic", "n_prompts": 3, "n_max": n_max, "uwo_lambda": LAM, "label_noise": {"noisy": 0.25},

@@ -83,3 +83,27 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_assets, tmp_path):
 def test_resume_of_a_non_run_folder_is_refused(tmp_path):
     res = subprocess.run([sys.executable, "-m", "services.cli", "train", "--resume", str(tmp_path)], env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "is not a tether run folder" in res.stderr
+
+
+def test_resume_of_a_run_that_died_before_its_first_checkpoint_logs_each_iteration_once(tiny_assets, tmp_path):
+    """`tether train --resume` and a sweep cell share one orchestration (services.train.run_or_resume): with no
+    complete checkpoint the run starts afresh and the dead attempt's rows are cleared (they were appended to before)."""
+    import shutil
+
+    cfg = tiny_assets[0]
+    done = subprocess.run(_cmd(cfg, tmp_path / "runs", "--set", "train.iterations=3", "--set", "runtime.checkpoint_every=0"),
+                          env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = _run_dir(tmp_path / "runs")
+    ref = read_metrics(run / "main")
+    assert [r["step"] for r in ref] == [1, 2, 3, 3]  # one row per iteration, then the final evaluation
+    shutil.rmtree(run / "main" / "checkpoints")  # as if it had died after logging, before its only (final) checkpoint
+    (run / "main" / "status.json").write_text(json.dumps({"state": "running", "iteration": 3}))
+    res = subprocess.run([sys.executable, "-m", "services.cli", "train", "--resume", str(run)], env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = read_metrics(run / "main")
+    assert [r["step"] for r in got] == [r["step"] for r in ref]
+    for a, b in zip(ref, got):
+        for key in ("reward/proxy_mean", "reward/gold_mean", "eval/gold_mean"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)

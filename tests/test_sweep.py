@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from learner.config import load_config  # noqa: E402
 from learner.analysis.scaling_laws import FitResult  # noqa: E402
-from services.report import RLFit, draw_rl_fit, fit_rl_runs, write_comparison_report, write_run_report  # noqa: E402
+from learner.analysis.rl_fits import RLFit, fit_rl_runs  # noqa: E402
+from services.report import draw_rl_fit, write_comparison_report, write_run_report  # noqa: E402
 from services.runlog import RunLog  # noqa: E402
 from services.sweep import (SweepSpecError, cell_entrypoint, load_sweep, run_sweep, summarise, write_sweep_files,  # noqa: E402
                             write_sweep_report)

@@ -6,10 +6,15 @@ KL_bon = log n - (n - 1) / n, and the unbiased estimator from N >= n samples); C
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import torch
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import gammaln
 from torch import Tensor
+
+from learner.methods.ensemble import aggregate
 
 
 def kl_bon(n: int | ArrayLike) -> float | NDArray[np.float64]:
@@ -92,3 +97,38 @@ def select_best(scores: Tensor | ArrayLike) -> Tensor | NDArray[np.int64]:
     if arr.ndim != 2:
         raise ValueError(f"scores must be (P, n), got shape {arr.shape}")
     return np.argmax(arr, axis=1)
+
+
+def bon_ns(n_max: int, *, dense_up_to: int = 64, points: int = 40) -> list[int]:
+    """Every n in 1..n_max up to ``dense_up_to``; beyond, ~``points`` log-spaced n plus the powers of two (always 1 and n_max)."""
+    if n_max < 1:
+        raise ValueError(f"n_max must be >= 1, got {n_max}")
+    if n_max <= dense_up_to:
+        return list(range(1, n_max + 1))
+    grid = np.unique(np.round(np.geomspace(1, n_max, points)).astype(int))
+    pow2 = [2**i for i in range(int(math.log2(n_max)) + 1)]
+    return sorted({1, n_max, *grid.tolist(), *pow2})
+
+
+def ensemble_bon_curves(members: np.ndarray, gold: np.ndarray, ns: list[int], *, aggregation: str, uwo_lambda: float) -> dict:
+    """Best-of-n curve of one (ensemble, aggregation), averaged over prompts.
+
+    members: (P, N, k) member scores; gold: (P, N). Selection is by the aggregate (learner.methods.ensemble.aggregate).
+    Returns lists of len(ns): n, kl (nats), proxy (aggregate of the pick), proxy_member_mean (member mean of
+    the pick), gold, gold_se (standard error over prompts).
+    """
+    P, N, k = members.shape
+    agg, _ = aggregate(torch.from_numpy(members.reshape(P * N, k)), aggregation, uwo_lambda=uwo_lambda)
+    agg = agg.double().numpy().reshape(P, N)  # (P, N)
+    mmean = members.mean(axis=2)  # (P, N)
+    per_prompt = [bon_curve(agg[i], gold[i], ns) for i in range(P)]
+    gold_pp = np.stack([c["gold"] for c in per_prompt])  # (P, len(ns))
+    proxy_pp = np.stack([c["proxy"] for c in per_prompt])  # (P, len(ns))
+    # the member mean of the sample picked by the aggregate: the same estimator with member mean as the "gold"
+    mmean_pp = np.stack([bon_curve(agg[i], mmean[i], ns)["gold"] for i in range(P)])
+    se = gold_pp.std(axis=0, ddof=1) / math.sqrt(P) if P > 1 else np.full(len(ns), np.nan)
+    return {
+        "n": list(ns), "kl": np.asarray(kl_bon(np.asarray(ns)), dtype=np.float64).reshape(-1).tolist(),
+        "proxy": proxy_pp.mean(axis=0).tolist(), "proxy_member_mean": mmean_pp.mean(axis=0).tolist(),
+        "gold": gold_pp.mean(axis=0).tolist(), "gold_se": se.tolist(),
+    }

@@ -55,7 +55,7 @@ class FitResult:
         """R(d) for this form and these coefficients. d: any shape, >= 0."""
         d = np.asarray(d, dtype=np.float64)
         if self.form == "bon":
-            return d * (self.alpha - self.beta * d)
+            return bon_form(d, self.alpha, self.beta)
         return self.alpha * d - self.beta * _d_log_d(d)
 
 
@@ -120,3 +120,23 @@ def fit_rl(d: ArrayLike, r: ArrayLike) -> FitResult:
         peak_d = math.exp(log_peak) if log_peak < 700 else math.inf  # a tiny beta: no peak within float range
         peak_r = beta * peak_d if math.isfinite(peak_d) else None  # R(d*) = d* (alpha - (alpha - beta)) = beta d*
     return FitResult(alpha, beta, r2, peak_d, peak_r, int(d.size), "rl")
+
+
+def bon_form(d: ArrayLike, alpha: float, beta: float) -> NDArray[np.float64]:
+    """Gao et al.'s best-of-n form R(d) = d (alpha - beta d). d: any shape."""
+    d = np.asarray(d, dtype=np.float64)
+    return d * (alpha - beta * d)
+
+
+def fit_bon_curve(kl: ArrayLike, gold: ArrayLike) -> dict:
+    """Best-of-n form fitted to a best-of-n curve (kl, gold: (M,), the first point n = 1, i.e. pi_0), recentred there.
+
+    Returns alpha, beta, r2, peak_d, peak_kl, peak_gold_gain (over pi_0), n_points; {"error": ...} if it cannot be fitted.
+    """
+    gold = np.asarray(gold, dtype=np.float64)
+    try:
+        f = fit_bon(d_from_kl(kl), recentre(gold, gold[0]))
+    except ValueError as e:  # n_max < 3: fewer than two distinct d > 0
+        return {"error": str(e)}
+    return {"alpha": f.alpha, "beta": f.beta, "r2": f.r2, "peak_d": f.peak_d, "peak_kl": f.peak_d**2,
+            "peak_gold_gain": f.peak_r, "n_points": f.n_points}

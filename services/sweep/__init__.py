@@ -34,7 +34,8 @@ folder must then be on a filesystem the cluster's nodes share.
 """
 from services.sweep.report import FINAL_KEYS, format_table, summarise, write_sweep_report
 from services.sweep.run import SweepResult, auto_parallel, cell_entrypoint, run_cell, run_sweep
-from services.sweep.spec import Cell, Sweep, SweepSpecError, cell_state, load_sweep, write_sweep_files
+from services.runlog import run_state
+from services.sweep.spec import Cell, Sweep, SweepSpecError, load_sweep, write_sweep_files
 
-__all__ = ["Cell", "Sweep", "SweepResult", "SweepSpecError", "FINAL_KEYS", "auto_parallel", "cell_entrypoint", "cell_state", "format_table",
+__all__ = ["Cell", "Sweep", "SweepResult", "SweepSpecError", "FINAL_KEYS", "auto_parallel", "cell_entrypoint", "run_state", "format_table",
            "load_sweep", "run_cell", "run_sweep", "summarise", "write_sweep_files", "write_sweep_report"]

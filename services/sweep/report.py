@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from services.sweep.spec import SweepSpecError, cell_state, read_json
+from services.runlog import run_state
+from services.sweep.spec import SweepSpecError, read_json
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,8 @@ def summarise(sweep_dir: str | Path) -> dict:
 
 
 def _summarise(sweep_dir: Path) -> tuple[dict, dict]:
-    from services.report import RLFit, eval_points, fit_rl_runs
+    from learner.analysis.rl_fits import RLFit, fit_rl_runs
+    from services.report import eval_points
     from services.runlog import read_metrics
 
     meta = read_json(sweep_dir / "cells.json")
@@ -38,7 +40,7 @@ def _summarise(sweep_dir: Path) -> tuple[dict, dict]:
     for c in meta["cells"]:
         d = sweep_dir / c["dir"]
         s = read_json(d / "summary.json")
-        state = cell_state(d)
+        state = run_state(d)
         final = None
         if state == "finished":
             final = {k: s.get(key) for k, key in FINAL_KEYS.items()}

@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import shlex
-import shutil
 import sys
 import time
 import uuid
@@ -19,15 +18,8 @@ from tqdm.auto import tqdm
 from actors.placement import job_env_vars
 from learner.config import ConfigError, load_config
 from services.sweep.report import write_sweep_report
-from services.sweep.spec import (
-    Cell,
-    SweepSpecError,
-    safe_name,
-    cell_state,
-    load_sweep,
-    read_json,
-    write_sweep_files,
-)
+from services.runlog import latest_checkpoint, run_state
+from services.sweep.spec import Cell, SweepSpecError, load_sweep, read_json, safe_name, write_sweep_files
 
 log = logging.getLogger(__name__)
 
@@ -44,40 +36,27 @@ class SweepResult:
     summary: dict = field(default_factory=dict)
 
 
-def _has_checkpoint(cell_dir: Path) -> bool:
-    ck = Path(cell_dir) / "checkpoints"
-    return ck.is_dir() and any(p.name.startswith("step-") and (p / "driver.json").exists() for p in ck.iterdir())
-
-
 def run_cell(cell_dir: str | Path, *, progress: bool = True, run_id: str | None = None, redis_url: str | None = None) -> str:
     """Run the cell in ``cell_dir`` (its cell.yaml): skipped when finished, resumed from a checkpoint when
     there is one, else started afresh (logs of an attempt that died before its first checkpoint are cleared).
     With ``run_id`` and ``redis_url`` it reports to that Redis (a `tether serve`'s) as that run: metrics,
     state, commands. Returns skipped | resumed | ran. The entrypoint of a sweep's Ray jobs (``cell_entrypoint``)."""
-    from services.report import write_run_report
-    from services.train import train
+    from services.train import run_or_resume
 
     cell_dir = Path(cell_dir)
     spec = cell_dir / "cell.yaml"
     if not spec.is_file():
         raise SweepSpecError(f"{cell_dir} is not a sweep cell folder (no cell.yaml)")
-    if cell_state(cell_dir) == "finished":
+    if run_state(cell_dir) == "finished":
         return "skipped"
     cfg = load_config(spec)
-    resume = _has_checkpoint(cell_dir)
-    if not resume:
-        for stale in ("metrics.jsonl", "summary.json", "status.json"):
-            (cell_dir / stale).unlink(missing_ok=True)
-        shutil.rmtree(cell_dir / "tb", ignore_errors=True)
     control = None
     if run_id and redis_url:
         from services.control import RunControl
 
         control = RunControl(redis_url, run_id)
         control.register(name=cfg.name, config=cfg.dump())
-    train(cfg, cell_dir, cfg_source=str(spec), progress=progress, resume=resume, control=control)
-    write_run_report(cell_dir, cfg.name)
-    return "resumed" if resume else "ran"
+    return run_or_resume(cfg, cell_dir, cfg_source=str(spec), progress=progress, control=control)[0]
 
 
 def cell_entrypoint(cell_dir: str | Path, *, python: str | None = None, run_id: str | None = None, redis_url: str | None = None) -> str:
@@ -122,7 +101,7 @@ def run_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None, *, sub
     statuses: dict[str, str] = {}
     todo = []
     for c in sweep.cells:
-        if cell_state(c.dir) == "finished":
+        if run_state(c.dir) == "finished":
             statuses[c.id] = "skipped"
             say(f"== {c.id}: finished already, skipped")
         else:
@@ -131,7 +110,7 @@ def run_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None, *, sub
     try:
         if submit is None:
             for c in todo:
-                say(f"== {c.id}: {'resuming' if _has_checkpoint(c.dir) else 'starting'} in {c.dir}")
+                say(f"== {c.id}: {'resuming' if latest_checkpoint(c.dir) is not None else 'starting'} in {c.dir}")
                 statuses[c.id] = _run_local(c, progress=progress)
                 bar.update(1)
         elif todo:
@@ -217,7 +196,7 @@ def _run_ray(cells: list[Cell], jobs, *, sweep_name: str, max_parallel: int | No
                 running[prev] = c
                 continue
             job_id = safe_name(f"tether-sweep-{sweep_name}-{c.method}-{uuid.uuid4().hex[:8]}", allowed=r"A-Za-z0-9_-", limit=100)
-            if _has_checkpoint(c.dir):
+            if latest_checkpoint(c.dir) is not None:
                 resumed.add(c.id)
             run_id = _register(redis_url, c, job_id) if redis_url else None
             try:
@@ -241,14 +220,14 @@ def _run_ray(cells: list[Cell], jobs, *, sweep_name: str, max_parallel: int | No
             if st not in (*RAY_DONE, "LOST"):
                 continue
             del running[job_id]
-            ok = st == "SUCCEEDED" and cell_state(c.dir) == "finished"
+            ok = st == "SUCCEEDED" and run_state(c.dir) == "finished"
             out[c.id] = ("resumed" if c.id in resumed else "ran") if ok else "failed"
             if not ok:
                 try:
                     tail = jobs.logs(job_id)[-2000:]
                 except Exception:  # noqa: BLE001 - logs are a courtesy
                     tail = "(no logs)"
-                log.error("cell %s: Ray job %s ended %s, cell state %s; log tail:\n%s", c.id, job_id, st, cell_state(c.dir), tail)
+                log.error("cell %s: Ray job %s ended %s, cell state %s; log tail:\n%s", c.id, job_id, st, run_state(c.dir), tail)
             say(f"== {c.id}: Ray job {job_id} {st}")
             bar.update(1)
     return out

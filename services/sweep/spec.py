@@ -254,14 +254,6 @@ def write_sweep_files(sweep: Sweep) -> Path:
     return path
 
 
-def cell_state(cell_dir: Path) -> str | None:
-    """The state in status.json (finished, running, failed, stopped) or None."""
-    try:
-        return json.loads((Path(cell_dir) / "status.json").read_text()).get("state")
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def read_json(p: Path) -> dict:
     try:
         return json.loads(p.read_text())
