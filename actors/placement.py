@@ -123,7 +123,7 @@ def bundles(rt: RuntimeConfig) -> tuple[list[dict], dict[str, list[int]]]:
     out, idx = [], {}
     for role in ROLES:
         res: RoleResources = getattr(rt, role)
-        n = rt.rollout_actors if role == "rollout" else 1
+        n = rt.rollout_actors if role == "rollout" else rt.learner.ranks if role == "learner" else 1
         idx[role] = []
         for _ in range(n):
             b = {"CPU": res.num_cpus}
@@ -143,7 +143,7 @@ def place(rt: RuntimeConfig) -> Placement:
     if need_cpu > have.get("CPU", 0) or need_gpu > have.get("GPU", 0):
         raise RuntimeSetupError(
             f"the actors need {need_cpu:g} CPUs and {need_gpu:g} GPUs in all ({rt.rollout_actors} rollout actors x {rt.rollout.num_cpus:g} CPU, "
-            f"reward {rt.reward.num_cpus:g}, gold {rt.gold.num_cpus:g}, learner {rt.learner.num_cpus:g}); the cluster has "
+            f"reward {rt.reward.num_cpus:g}, gold {rt.gold.num_cpus:g}, {rt.learner.ranks} learner rank(s) x {rt.learner.num_cpus:g}); the cluster has "
             f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs. Lower runtime.<role>.num_cpus/num_gpus or runtime.rollout_actors, or add nodes."
         )
     pg = placement_group(bs, strategy="PACK", name=f"tether-{os.getpid()}")

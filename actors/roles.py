@@ -64,7 +64,7 @@ class RewardActor(RewardWorker):
 class GoldActor(GoldWorker):
     def __init__(self, cfg: TetherConfig, gold_path: str, policy_path: str):
         _threads(cfg.runtime.gold.threads)
-        super().__init__(gold_path, policy_path)
+        super().__init__(cfg, gold_path, policy_path)
         self.metrics = role_metrics(cfg.name, ["reward/gold_mean", "kl/from_init"])
 
     def evaluate(self, rollouts, prefix: str) -> dict:
@@ -90,6 +90,15 @@ class LearnerActor(LearnerWorker):
 
     def step(self, scored) -> dict:
         out = super().step(scored)
-        if self.metrics:
+        if self.metrics and self.learner.dp.rank == 0:
             self.metrics.record(out)
         return out
+
+    def rendezvous(self) -> tuple[str, int]:
+        """Rank 0's address for the learner group's process group: this node's IP and a free port on it."""
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
+        return ray.util.get_node_ip_address(), port

@@ -45,7 +45,7 @@ class LocalRoleSet:
         run_id = f"{cfg.name}-local-{uuid.uuid4().hex[:8]}"
         self.rollout = RolloutWorker(cfg, str(paths.policy), 0, run_id, with_sync=False)
         self.reward = RewardWorker(cfg, [str(p) for p in paths.proxies])
-        self.gold = GoldWorker(str(paths.gold), str(paths.policy))
+        self.gold = GoldWorker(cfg, str(paths.gold), str(paths.policy))
         self.learner = LearnerWorker(cfg, str(paths.policy), run_id, [str(p) for p in paths.reference], list(paths.reference_weights),
                                      with_sync=False)
 
@@ -116,10 +116,19 @@ class RayRoleSet:
         self.rollout = [RolloutActor.options(**o("rollout", i, rt.rollout), name=None).remote(cfg, pol, i, run_id) for i in range(rt.rollout_actors)]
         self.reward = RewardActor.options(**o("reward", 0, rt.reward)).remote(cfg, [str(p) for p in paths.proxies])
         self.gold = GoldActor.options(**o("gold", 0, rt.gold)).remote(cfg, gold, pol)
-        self.learner = LearnerActor.options(**o("learner", 0, rt.learner)).remote(
-            cfg, pol, run_id, [str(p) for p in paths.reference], list(paths.reference_weights))
+        self.learners = [LearnerActor.options(**o("learner", i, rt.learner)).remote(
+            cfg, pol, run_id, [str(p) for p in paths.reference], list(paths.reference_weights)) for i in range(rt.learner.ranks)]
+        self.learner = self.learners[0]  # rank 0: publishes the weights, saves checkpoints, answers for the group
         # Wait for every constructor here, so a failure surfaces at start-up with its actor's name.
-        ray.get([a.policy_version.remote() for a in self.rollout] + [self.learner.version.remote()])
+        ray.get([a.policy_version.remote() for a in self.rollout] + [a.version.remote() for a in self.learners])
+        self.learner_backend = None
+        if len(self.learners) > 1:
+            address, port = ray.get(self.learner.rendezvous.remote())
+            n = len(self.learners)
+            backends = ray.get([a.join_group.remote(i, n, address, port, rt.learner.backend) for i, a in enumerate(self.learners)],
+                               timeout=rt.connect_timeout_s * 4)
+            self.learner_backend = backends[0]
+            log.info("learner group: %d ranks, %s, rank 0 at %s:%d", n, self.learner_backend, address, port)
 
     def generate(self, prompts: list[str], seed: int, prefix_ids: list[int] | None = None) -> Rollouts:
         n = len(self.rollout)
@@ -137,7 +146,14 @@ class RayRoleSet:
         return with_gold(scored, gold), drift
 
     def learn(self, scored: ScoredRollouts) -> dict:
-        return self._ray.get(self.learner.step.remote(scored))
+        if len(self.learners) == 1:
+            return self._ray.get(self.learner.step.remote(scored))
+        ref = self._ray.put(scored)  # one copy in the object store, read by every rank
+        out = self._ray.get([a.step.remote(ref) for a in self.learners])[0]
+        sums = self._ray.get([a.param_checksum.remote() for a in self.learners])
+        out["learner/ranks"] = float(len(sums))
+        out["learner/rank_param_spread"] = max(sums) - min(sums)  # 0 while the replicas stay identical
+        return out
 
     def learner_version(self) -> int:
         return self._ray.get(self.learner.version.remote())
@@ -152,13 +168,13 @@ class RayRoleSet:
         self._ray.get(self.learner.save.remote(path))
 
     def load(self, path: str) -> int:
-        return self._ray.get(self.learner.load.remote(path))
+        return self._ray.get([a.load.remote(path) for a in self.learners])[0]  # every rank restores the same state
 
     def reset_now(self) -> None:
-        self._ray.get(self.learner.reset_now.remote())
+        self._ray.get([a.reset_now.remote() for a in self.learners])
 
     def set_kl(self, *, coef: float | None = None, target: float | None = None) -> dict:
-        return self._ray.get(self.learner.set_kl.remote(coef, target))
+        return self._ray.get([a.set_kl.remote(coef, target) for a in self.learners])[0]
 
     def set_uwo_lambda(self, lam: float) -> float:
         return self._ray.get(self.reward.set_uwo_lambda.remote(float(lam)))
@@ -166,10 +182,10 @@ class RayRoleSet:
     def close(self) -> None:
         ray = self._ray
         try:
-            ray.get([a.close.remote() for a in self.rollout] + [self.learner.close.remote()], timeout=30)
+            ray.get([a.close.remote() for a in [*self.rollout, *self.learners]], timeout=30)
         except Exception:  # noqa: BLE001 - best effort clean-up of tmpfs folders
             log.warning("weight-sync clean-up failed", exc_info=True)
-        for a in [*self.rollout, self.reward, self.gold, self.learner]:
+        for a in [*self.rollout, self.reward, self.gold, *self.learners]:
             ray.kill(a)
         self.placement.remove()
 

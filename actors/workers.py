@@ -27,15 +27,22 @@ def set_kl(kl_ctl, *, coef: float | None = None, target: float | None = None) ->
     return old
 
 
+def host_tensors(state_dict: dict) -> dict:
+    """The same tensors on the CPU (a GPU learner's weights, for the file and object-store sync paths)."""
+    return {k: v.detach().cpu() if v.device.type != "cpu" else v for k, v in state_dict.items()}
+
+
 def make_engine(cfg: TetherConfig, policy_path: str, *, seed: int, run_id: str):
     """The configured rollout engine as a plain object."""
     if cfg.runtime.engine == "vllm":
         from actors.vllm_engine import VLLMEngine
 
         return VLLMEngine(policy_path, cfg.generation, seed=seed, kv_cache_gib=cfg.runtime.kv_cache_gib, run_id=run_id)
+    from learner.models.device import resolve_device
     from learner.models.engine import TransformersEngine
 
-    return TransformersEngine.from_path(policy_path, cfg.generation)
+    ro = cfg.runtime.rollout
+    return TransformersEngine.from_path(policy_path, cfg.generation, device=resolve_device(ro.device, ro.num_gpus, role="rollout"))
 
 
 class RolloutWorker:
@@ -85,9 +92,12 @@ class RewardWorker:
     """The proxy ensemble: scores and their aggregate (mean / WCO / UWO)."""
 
     def __init__(self, cfg: TetherConfig, member_paths: list[str]):
+        from learner.models.device import resolve_device
         from learner.models.reward import ProxyEnsemble
 
-        self.ensemble = ProxyEnsemble(member_paths, aggregation=cfg.ensemble.aggregation, uwo_lambda=cfg.ensemble.lam, max_len=cfg.proxy.max_len)
+        rr = cfg.runtime.reward
+        self.ensemble = ProxyEnsemble(member_paths, aggregation=cfg.ensemble.aggregation, uwo_lambda=cfg.ensemble.lam, max_len=cfg.proxy.max_len,
+                                      device=resolve_device(rr.device, rr.num_gpus, role="reward"))
 
     def score(self, rollouts):
         return self.ensemble.score(rollouts)
@@ -100,10 +110,12 @@ class RewardWorker:
 class GoldWorker:
     """Gold reward and drift from pi_0 (held out from training)."""
 
-    def __init__(self, gold_path: str, policy_path: str):
+    def __init__(self, cfg: TetherConfig, gold_path: str, policy_path: str):
+        from learner.models.device import resolve_device
         from learner.models.gold_eval import GoldEvaluator
 
-        self.evaluator = GoldEvaluator.from_paths(gold_path, policy_path)
+        g = cfg.runtime.gold
+        self.evaluator = GoldEvaluator.from_paths(gold_path, policy_path, device=resolve_device(g.device, g.num_gpus, role="gold"))
 
     def evaluate(self, rollouts, prefix: str) -> dict:
         return self.evaluator.evaluate(rollouts, prefix=prefix)
@@ -128,12 +140,27 @@ class LearnerWorker:
             self.sync = make_weight_sync(cfg.runtime.weight_sync, run_id=f"{run_id}-learner")
 
     def step(self, scored) -> dict:
-        return self.learner.step(scored)
+        with self.learner.autocast():
+            return self.learner.step(scored)
+
+    def join_group(self, rank: int, world: int, address: str, port: int, backend: str = "auto") -> str:
+        """Join the learner group (learner/parallel.py) as ``rank`` of ``world``; returns the backend used."""
+        from learner.parallel import init_group
+
+        if backend == "auto":
+            backend = "nccl" if self.learner.device.type == "cuda" else "gloo"
+        self.learner.dp = init_group(rank=rank, world=world, address=address, port=port, backend=backend)
+        return backend
+
+    def param_checksum(self) -> float:
+        """Sum of every weight (float64): equal on all ranks of a learner group while they stay in sync."""
+        with torch.no_grad():
+            return float(sum(p.detach().double().sum() for p in self.learner.model.parameters()))
 
     def publish(self) -> tuple[object, int, float]:
         """Publish the current policy weights; returns (handle, version, seconds)."""
         t = time.perf_counter()
-        handle = self.sync.send(self.learner.policy_state_dict().items(), self.learner.version)
+        handle = self.sync.send(host_tensors(self.learner.policy_state_dict()).items(), self.learner.version)
         return handle, self.learner.version, time.perf_counter() - t
 
     def version(self) -> int:
@@ -150,7 +177,7 @@ class LearnerWorker:
         torch.save(self.learner.state_dict(), path)
 
     def load(self, path: str) -> int:
-        self.learner.load_state_dict(torch.load(path, weights_only=False))
+        self.learner.load_state_dict(torch.load(path, weights_only=False, map_location=self.learner.device))
         return self.learner.version
 
     def set_kl(self, coef: float | None = None, target: float | None = None) -> dict:
@@ -159,3 +186,8 @@ class LearnerWorker:
     def close(self) -> None:
         if self.sync is not None:
             self.sync.close()
+        if self.learner.dp.active:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()

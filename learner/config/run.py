@@ -34,6 +34,22 @@ class RoleResources(Strict):
     num_cpus: float = Field(1.0, ge=0, description="Ray logical CPUs reserved for each actor of this role.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor of this role (0 on CPU machines).")
     threads: int = Field(1, ge=1, description="torch threads inside the actor (keep the sum across busy roles <= physical cores).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the role's models and batches live: auto = the GPU Ray assigned when num_gpus > 0 and CUDA is "
+        "present, else the CPU; cuda = the assigned GPU (an error without one); cpu. vLLM rollouts pick their device themselves.")
+
+
+class LearnerResources(RoleResources):
+    ranks: int = Field(
+        1, ge=1, le=1024, description="Learner processes in a data-parallel group (torch.distributed: gloo on CPU, NCCL on GPU), "
+        "one actor each with these resources, in the run's placement group. Each takes its share of every batch; the weights "
+        "stay identical on every rank (learner/parallel.py). The batch and minibatch sizes must divide by it.")
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="The learner group's torch.distributed backend: auto = nccl when the learner is on a GPU, else gloo.")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: the learner's forward passes under bf16 autocast (weights, optimiser and gradients stay fp32).")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (Hugging Face gradient checkpointing): less memory, more compute.")
 
 
 class RuntimeConfig(Strict):
@@ -57,7 +73,7 @@ class RuntimeConfig(Strict):
     rollout: RoleResources = Field(default_factory=lambda: RoleResources(num_cpus=0.5, threads=1), description="Per rollout actor.")
     reward: RoleResources = Field(default_factory=lambda: RoleResources(num_cpus=0.25, threads=1), description="The proxy-ensemble scorer.")
     gold: RoleResources = Field(default_factory=lambda: RoleResources(num_cpus=0.25, threads=1), description="The gold / drift evaluator.")
-    learner: RoleResources = Field(default_factory=lambda: RoleResources(num_cpus=1.0, threads=2), description="The PPO learner.")
+    learner: LearnerResources = Field(default_factory=lambda: LearnerResources(num_cpus=1.0, threads=2), description="The learner.")
     checkpoint_every: int = Field(8, ge=0, description="Save a full checkpoint every N iterations (0 = only at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept per run (oldest deleted).")
 
@@ -104,6 +120,20 @@ class TetherConfig(Strict):
                         f"section '{sec}' configures algorithm '{algo}' and does not apply to algorithm '{self.algorithm}'; "
                         f"remove it or set algorithm: {algo} (sections of '{self.algorithm}': {', '.join(ALGORITHM_SECTIONS[self.algorithm])})"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _learner_group(self) -> "TetherConfig":
+        n = self.runtime.learner.ranks
+        if n == 1:
+            return self
+        if self.runtime.mode != "ray":
+            raise ValueError(f"runtime.learner.ranks is {n}: a learner group is {n} Ray actors; it needs runtime.mode: ray (local mode is one process)")
+        sec = getattr(self, self.algorithm)
+        for name in ("batch_size", "minibatch_size"):
+            if getattr(sec, name) % n:
+                raise ValueError(f"{self.algorithm}.{name} ({getattr(sec, name)}) must be a multiple of runtime.learner.ranks ({n}): "
+                                 "every rank takes an equal share of each batch")
         return self
 
     @property

@@ -33,14 +33,23 @@ def learner_class(algorithm: str):
     raise ValueError(f"algorithm must be ppo, fdpg or quark, got {algorithm!r}")
 
 
-def make_learner(cfg: TetherConfig, policy_path, *, reference: list | None = None, reference_weights: list[float] | None = None):
+def make_learner(cfg: TetherConfig, policy_path, *, reference: list | None = None, reference_weights: list[float] | None = None,
+                 device=None):
+    """The configured algorithm's learner, with pi_0 and the reference on ``device`` (default: the one
+    runtime.learner.device and num_gpus resolve to in this process; the GPU Ray assigned, else the CPU)."""
     from transformers import AutoTokenizer
 
+    from learner.models.device import resolve_device
     from learner.models.policy import load_policy
 
+    lr = cfg.runtime.learner
+    device = resolve_device(lr.device, lr.num_gpus, role="learner") if device is None else device
     tok = AutoTokenizer.from_pretrained(str(policy_path))
-    init_lm = load_policy(policy_path)
-    ref = load_reference(list(reference or []), list(reference_weights or []), init_lm)
+    init_lm = load_policy(policy_path).to(device)
+    ref = load_reference(list(reference or []), list(reference_weights or []), init_lm).to(device)
+    if lr.gradient_checkpointing:  # the policy only: the reference never runs a backward pass
+        init_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        init_lm.config.use_cache = False
     if cfg.algorithm == "ppo":
         from learner.learners.ppo import PPOLearner
 

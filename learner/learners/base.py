@@ -13,6 +13,9 @@ import numpy as np
 import torch
 
 from learner.config import TetherConfig
+from learner.models.device import autocast, model_device, to_device
+from learner.models.policy import pad_batch
+from learner.parallel import DataParallel
 
 QUARK_META = "tether_quark.json"
 
@@ -43,6 +46,8 @@ class LearnerBase:
 
     def __init__(self, cfg: TetherConfig, init_lm: torch.nn.Module, *, pad_id: int, ref_lm: torch.nn.Module | None = None):
         self.cfg, self.pad_id = cfg, pad_id
+        self.device = model_device(init_lm)  # the device make_learner put pi_0 on; every tensor of a step follows it
+        self.dp = DataParallel()  # this rank's view of a learner group (learner/parallel.py); a group of one by default
         torch.manual_seed(cfg.train.seed)
         # pi_0, or a SALSA soup (ref_lm); frozen
         self.ref = (copy.deepcopy(init_lm) if ref_lm is None else ref_lm).eval().requires_grad_(False)
@@ -69,6 +74,18 @@ class LearnerBase:
         replays an uninterrupted one."""
         return np.random.default_rng(self.cfg.train.seed * 100003 + self.iteration)
 
+    def batch(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> dict[str, torch.Tensor]:
+        """A left-padded batch (models.policy.pad_batch) on the learner's device."""
+        return to_device(pad_batch(prompt_ids, response_ids, self.pad_id), self.device)
+
+    def tensor(self, data, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A tensor of plain numbers on the learner's device."""
+        return torch.as_tensor(data, dtype=dtype, device=self.device)
+
+    def autocast(self):
+        """The forward passes' precision context (runtime.learner.precision: fp32, or bf16 autocast)."""
+        return autocast(self.device, self.cfg.runtime.learner.precision)
+
     def policy_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights the rollout engines sample with."""
         return {k: v.detach() for k, v in self.model.state_dict().items()}
@@ -84,7 +101,8 @@ class LearnerBase:
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), **self.extra_state(),
-                "iteration": self.iteration, "version": self.version, "torch_rng": torch.get_rng_state()}
+                "iteration": self.iteration, "version": self.version, "torch_rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})}
 
     def load_state_dict(self, sd: dict) -> None:
         self.model.load_state_dict(sd["model"])
@@ -93,3 +111,5 @@ class LearnerBase:
         self.iteration, self.version = sd["iteration"], sd["version"]
         if "torch_rng" in sd:
             torch.set_rng_state(sd["torch_rng"])
+        if "cuda_rng" in sd and self.device.type == "cuda":
+            torch.cuda.set_rng_state(sd["cuda_rng"], self.device)

@@ -18,7 +18,7 @@ from learner.config import TetherConfig
 from learner.methods.fdpg import MovingBaseline, RunningLogZ, fdpg_loss, log_target, pseudo_reward
 from learner.learners.base import LearnerBase
 from learner.methods.logprobs import masked_sum
-from learner.models.policy import optimizer_step, pad_batch, response_logprobs
+from learner.models.policy import optimizer_step, response_logprobs
 from learner.types import ScoredRollouts
 
 
@@ -41,24 +41,29 @@ class FDPGLearner(LearnerBase):
 
     @torch.no_grad()
     def _seq_logp(self, model, batch, mask) -> torch.Tensor:
-        return masked_sum(response_logprobs(model, batch), mask, dim=1)  # (B,)
+        """(B,) log-probability of each whole response; in a learner group each rank scores its rows, then gathers."""
+        if not self.dp.active:
+            return masked_sum(response_logprobs(model, batch), mask, dim=1)
+        rows = torch.as_tensor(self.dp.shard(np.arange(mask.shape[0])), device=self.device)
+        part = {k: (v[rows] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        return self.dp.gather_rows(masked_sum(response_logprobs(model, part), part["response_mask"], dim=1))
 
     def step(self, scored: ScoredRollouts) -> dict[str, float]:
         c, t0 = self.cfg.fdpg, time.time()
         r = scored.rollouts
-        batch = pad_batch(r.prompt_ids, r.response_ids, self.pad_id)
+        batch = self.batch(r.prompt_ids, r.response_ids)
         mask = batch["response_mask"]
         B = mask.shape[0]
         self.model.eval()
         ref_lp = self._seq_logp(self.ref, batch, mask)  # (B,) log pi_0(x)
         q_lp = self._seq_logp(self.proposal if self.proposal is not None else self.model, batch, mask)  # (B,) log q(x)
         if c.target == "rlhf":
-            log_pt = log_target(init_logp_seq=ref_lp, reward=torch.tensor(scored.reward, dtype=torch.float32), beta=c.beta_)
+            log_pt = log_target(init_logp_seq=ref_lp, reward=self.tensor(scored.reward), beta=c.beta_)
             sat = float("nan")
         else:
             if scored.gold is None:
                 raise ValueError("the GDC target needs the gold scores of the batch (ScoredRollouts.gold)")
-            ok = torch.tensor(scored.gold, dtype=torch.float32) > c.threshold_
+            ok = self.tensor(scored.gold) > c.threshold_
             log_pt = log_target(init_logp_seq=ref_lp, constraint=ok)
             sat = float(ok.float().mean())
         log_z = self.log_z.update(log_pt, q_lp)
@@ -71,17 +76,19 @@ class FDPGLearner(LearnerBase):
             b = self.baseline.update(pr)  # moving average including this batch
             self.model.train()
             rng = self.minibatch_rng()
+            dp = self.dp
             for idx in np.split(rng.permutation(B), B // c.minibatch_size):
-                it = torch.as_tensor(idx)
+                it = torch.as_tensor(dp.shard(idx), device=self.device)  # this rank's rows of the minibatch
                 mb = {k: (v[it] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
                 lp = masked_sum(response_logprobs(self.model, mb), mb["response_mask"], dim=1)  # (b,) with grad
                 loss, st = fdpg_loss(policy_logp_seq=lp, proposal_logp_seq=q_lp[it], log_ptilde=log_pt[it], log_z=log_z, baseline=b,
                                      divergence=c.divergence, clip_weight=c.clip_weight)
-                gn = optimizer_step(self.opt, loss, self.model.parameters(), c.max_grad_norm)
-                stats["loss/policy"].append(loss.item())
-                stats["optim/grad_norm"].append(gn)
-                for k, v in st.items():
+                share = dp.share(len(it))  # the loss is a mean over the minibatch's sequences
+                gn = optimizer_step(self.opt, loss * share if dp.active else loss, self.model.parameters(), c.max_grad_norm,
+                                    reduce_grads=dp.reduce_grads)
+                for k, v in dp.weighted_sum({"loss/policy": loss.item(), **st}, share).items():
                     stats[k].append(v)
+                stats["optim/grad_norm"].append(gn)
             out["fdpg/baseline"] = b
             # Importance-sampled divergences to the target (samples from q): KL(pi||p) = E_q[pi/q (log pi - log p)].
             log_p = log_pt - log_z

@@ -16,7 +16,7 @@ from learner.learners.base import LearnerBase, NotApplicable
 from learner.methods.elastic_reset import ElasticReset
 from learner.methods.kl import exact_kl_from_logits, kl_estimate, make_kl_controller
 from learner.methods.logprobs import entropy_from_logits, masked_mean, masked_sum, masked_whiten
-from learner.models.policy import PolicyWithValue, optimizer_step, pad_batch, response_logprobs
+from learner.models.policy import PolicyWithValue, optimizer_step, response_logprobs
 from learner.methods.ppo import gae, per_token_rewards, policy_loss, value_loss
 from learner.types import ScoredRollouts
 
@@ -28,7 +28,7 @@ class PPOLearner(LearnerBase):
 
     def __init__(self, cfg: TetherConfig, init_lm: torch.nn.Module, *, pad_id: int, ref_lm: torch.nn.Module | None = None):
         super().__init__(cfg, init_lm, pad_id=pad_id, ref_lm=ref_lm)  # self.ref: pi_0, a SALSA soup, or (kl.reference: ema) the EMA
-        self.model = PolicyWithValue(init_lm)
+        self.model = PolicyWithValue(init_lm).to(self.device)  # the value head is made on the CPU
         self.model.train()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.ppo.lr)
         k = cfg.kl
@@ -59,31 +59,36 @@ class PPOLearner(LearnerBase):
         t0 = time.time()
         r = scored.rollouts
         stale = self.version - r.policy_version
-        batch = pad_batch(r.prompt_ids, r.response_ids, self.pad_id)
+        batch = self.batch(r.prompt_ids, r.response_ids)
         mask = batch["response_mask"]  # (B, R)
         B = mask.shape[0]
-        scores = torch.tensor(scored.reward, dtype=torch.float32)  # (B,)
+        scores = self.tensor(scored.reward)  # (B,)
+        dp = self.dp
         with torch.no_grad():
             self.model.eval()
-            old_logp, old_values, logits = response_logprobs(self.model, batch, with_values=True, return_logits=True)
+            # in a learner group each rank runs these forward passes on its rows and gathers the rest (learner/parallel.py)
+            rows = torch.as_tensor(dp.shard(np.arange(B)), device=self.device)
+            part = {k: (v[rows] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()} if dp.active else batch
+            old_logp, old_values, logits = response_logprobs(self.model, part, with_values=True, return_logits=True)
             ref = self._ref_for_kl()
-            ref_logp, ref_logits = response_logprobs(ref, batch, return_logits=True)
-            kl_tok = kl_estimate(old_logp, ref_logp, self.cfg.kl.estimator)  # (B, R)
-            exact_kl = masked_sum(exact_kl_from_logits(logits, ref_logits), mask, dim=1)  # (B,)
+            ref_logp, ref_logits = response_logprobs(ref, part, return_logits=True)
+            exact_kl = masked_sum(exact_kl_from_logits(logits, ref_logits), part["response_mask"], dim=1)  # (B,)
             del logits, ref_logits
+            old_logp, old_values, ref_logp, exact_kl = (dp.gather_rows(x) for x in (old_logp, old_values, ref_logp, exact_kl))
+            kl_tok = kl_estimate(old_logp, ref_logp, self.cfg.kl.estimator)  # (B, R)
             beta = self.kl_ctl.value
             rewards = per_token_rewards(scores=scores, kl=kl_tok, mask=mask, beta=beta)
             adv, returns = gae(rewards=rewards, values=old_values, mask=mask, gamma=c.gamma, lam=c.lam)
             if c.whiten_advantages:
                 adv = masked_whiten(adv, mask)
-            beh = torch.tensor([x + [0.0] * (mask.shape[1] - len(x)) for x in r.behaviour_logprobs])
+            beh = self.tensor([x + [0.0] * (mask.shape[1] - len(x)) for x in r.behaviour_logprobs])
             behaviour_gap = masked_mean((beh - old_logp).abs(), mask)
         self.model.train()
         stats: dict[str, list[float]] = {k: [] for k in ("loss/policy", "loss/value", "loss/entropy", "ppo/clipfrac", "ppo/approx_kl", "ppo/vf_clipfrac", "optim/grad_norm")}
         rng = self.minibatch_rng()
         for _ in range(c.epochs):
             for idx in np.split(rng.permutation(B), B // c.minibatch_size):
-                idx_t = torch.as_tensor(idx)
+                idx_t = torch.as_tensor(dp.shard(idx), device=self.device)  # this rank's rows of the minibatch
                 mb = {k: (v[idx_t] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
                 m = mb["response_mask"]
                 logp, values, mb_logits = response_logprobs(self.model, mb, with_values=True, return_logits=True)
@@ -91,12 +96,15 @@ class PPOLearner(LearnerBase):
                 vl, vst = value_loss(values=values, old_values=old_values[idx_t], returns=returns[idx_t], mask=m, clip=c.value_clip)
                 ent = masked_mean(entropy_from_logits(mb_logits), m)
                 loss = pl + c.value_coef * vl - c.entropy_coef * ent
-                gn = optimizer_step(self.opt, loss, self.model.parameters(), c.max_grad_norm)
+                share = dp.share(m.sum())  # every term is a mean over the minibatch's response tokens
+                gn = optimizer_step(self.opt, loss * share if dp.active else loss, self.model.parameters(), c.max_grad_norm,
+                                    reduce_grads=dp.reduce_grads)
                 if self.elastic is not None:
                     self.elastic.update(self.model)  # EMA after every optimiser step (paper, Alg. 1)
-                for k, v in (("loss/policy", pl.item()), ("loss/value", vl.item()), ("loss/entropy", ent.item()),
-                             ("ppo/clipfrac", pst["clipfrac"]), ("ppo/approx_kl", pst["approx_kl"]),
-                             ("ppo/vf_clipfrac", vst["vf_clipfrac"]), ("optim/grad_norm", float(gn))):
+                mstats = dp.weighted_sum({"loss/policy": pl.item(), "loss/value": vl.item(), "loss/entropy": ent.item(),
+                                          "ppo/clipfrac": pst["clipfrac"], "ppo/approx_kl": pst["approx_kl"],
+                                          "ppo/vf_clipfrac": vst["vf_clipfrac"]}, share)
+                for k, v in (*mstats.items(), ("optim/grad_norm", float(gn))):
                     stats[k].append(v)
         seq_kl = float(masked_sum(kl_tok, mask, dim=1).mean())
         self.kl_ctl.update(seq_kl, B)

@@ -17,7 +17,7 @@ import torch
 
 from learner.config import TetherConfig
 from learner.learners.base import QUARK_META, LearnerBase
-from learner.models.policy import optimizer_step, pad_batch, response_logprobs
+from learner.models.policy import optimizer_step, response_logprobs
 from learner.methods.quark import DataPool, condition, quark_loss, quantile_tokens, reward_token_strings
 from learner.types import ScoredRollouts
 
@@ -109,9 +109,9 @@ class QuarkLearner(LearnerBase):
         self.model.train()
         for _ in range(q.steps_per_iteration):
             idx = rng.choice(len(samples), size=q.minibatch_size, replace=len(samples) < q.minibatch_size)
-            pick = [samples[i] for i in idx]
-            cond = pad_batch([condition(s.prompt, self.token_ids[s.quantile]) for s in pick], [s.response for s in pick], self.pad_id)
-            plain = pad_batch([s.prompt for s in pick], [s.response for s in pick], self.pad_id)
+            pick = [samples[i] for i in self.dp.shard(idx)]  # this rank's rows of the minibatch (all of it on one rank)
+            cond = self.batch([condition(s.prompt, self.token_ids[s.quantile]) for s in pick], [s.response for s in pick])
+            plain = self.batch([s.prompt for s in pick], [s.response for s in pick])
             mask = cond["response_mask"]
             P, R = cond["prompt_width"], mask.shape[1]
             _, logits = response_logprobs(self.model, cond, return_logits=True)  # (b, R), (b, R, V)
@@ -119,10 +119,14 @@ class QuarkLearner(LearnerBase):
                 _, ref_logits = response_logprobs(self.ref, plain, return_logits=True)
             loss, st = quark_loss(logits=logits, ref_logits=ref_logits, tokens=cond["input_ids"][:, P : P + R], mask=mask,
                                   kl_coef=q.kl_coef, entropy_coef=q.entropy_coef)
-            gn = optimizer_step(self.opt, loss, self.model.parameters(), q.max_grad_norm)
-            stats["loss/policy"].append(loss.item())  # the whole Quark objective: NLL + beta KL - alpha entropy
+            dp = self.dp
+            share = dp.share(mask.sum())  # every term is a mean over the minibatch's response tokens
+            gn = optimizer_step(self.opt, loss * share if dp.active else loss, self.model.parameters(), q.max_grad_norm,
+                                reduce_grads=dp.reduce_grads)
+            st = dp.weighted_sum({"loss/policy": loss.item(), **st}, share)  # loss/policy: NLL + beta KL - alpha entropy
+            mean_len = dp.weighted_sum({"len": float(mask.sum(1).float().mean())}, dp.share(len(pick)))["len"]
             stats["optim/grad_norm"].append(gn)
-            stats["kl/to_ref_exact"].append(st["loss/kl"] * float(mask.sum(1).mean()))  # per-token mean x mean length ~ per sequence
+            stats["kl/to_ref_exact"].append(st["loss/kl"] * mean_len)  # per-token mean x mean length ~ per sequence
             for k, v in st.items():
                 stats[k].append(v)
         self.iteration += 1

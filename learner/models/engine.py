@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from learner.config import GenerationConfig
+from learner.models.device import model_device
 from learner.models.tokenizer import encode_prompts
 from learner.types import Rollouts
 
@@ -24,12 +25,12 @@ class TransformersEngine:
         self.policy_version = 0
 
     @classmethod
-    def from_path(cls, path, gen: GenerationConfig, **kw) -> "TransformersEngine":
+    def from_path(cls, path, gen: GenerationConfig, *, device=None, **kw) -> "TransformersEngine":
         from transformers import AutoTokenizer
 
         from learner.models.policy import load_policy
 
-        return cls(load_policy(path), AutoTokenizer.from_pretrained(str(path)), gen, **kw)
+        return cls(load_policy(path).to(device or "cpu"), AutoTokenizer.from_pretrained(str(path)), gen, **kw)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
@@ -54,8 +55,9 @@ class TransformersEngine:
             for j, x in enumerate(chunk):
                 inp[j, width - len(x) :] = torch.tensor(x)
                 att[j, width - len(x) :] = 1
+            dev = model_device(self.model)
             out = self.model.generate(
-                input_ids=inp, attention_mask=att, do_sample=True, temperature=g.temperature, top_k=g.top_k, top_p=1.0,  # explicit: None means "default top_k=50"
+                input_ids=inp.to(dev), attention_mask=att.to(dev), do_sample=True, temperature=g.temperature, top_k=g.top_k, top_p=1.0,  # explicit: None means "default top_k=50"
                 max_new_tokens=g.max_new_tokens, pad_token_id=pad,  # EOS allowed: the sampled distribution is pi itself
                 output_scores=True, return_dict_in_generate=True,
             )

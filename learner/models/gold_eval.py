@@ -12,6 +12,7 @@ import torch
 
 from learner.methods.kl import kl_estimate
 from learner.methods.logprobs import masked_mean, masked_sum
+from learner.models.device import model_device, to_device
 from learner.models.policy import pad_batch, response_logprobs
 from learner.types import Rollouts
 
@@ -21,14 +22,14 @@ class GoldEvaluator:
         self.gold, self.init_model, self.pad_id = gold, init_model.eval(), pad_id
 
     @classmethod
-    def from_paths(cls, gold_path, policy_path) -> "GoldEvaluator":
+    def from_paths(cls, gold_path, policy_path, *, device=None) -> "GoldEvaluator":
         from transformers import AutoTokenizer
 
         from learner.models.gold import load_gold
         from learner.models.policy import load_policy
 
         tok = AutoTokenizer.from_pretrained(str(policy_path))
-        return cls(load_gold(gold_path), load_policy(policy_path), tok.pad_token_id)
+        return cls(load_gold(gold_path), load_policy(policy_path).to(device or "cpu"), tok.pad_token_id)
 
     def gold_scores(self, texts: list[str]) -> list[float]:
         return [float(x) for x in self.gold.score(texts)]
@@ -38,7 +39,8 @@ class GoldEvaluator:
         lps, masks = [], []
         R = max(len(x) for x in r.response_ids)
         for i in range(0, len(r), batch_size):
-            b = pad_batch(r.plain_prompt_ids[i : i + batch_size], r.response_ids[i : i + batch_size], self.pad_id)  # pi_0 sees no control token
+            b = to_device(pad_batch(r.plain_prompt_ids[i : i + batch_size], r.response_ids[i : i + batch_size], self.pad_id),
+                          model_device(self.init_model))  # pi_0 sees no control token
             lp = response_logprobs(self.init_model, b)
             lps.append(torch.nn.functional.pad(lp, (0, R - lp.shape[1])))
             masks.append(torch.nn.functional.pad(b["response_mask"], (0, R - lp.shape[1])))
@@ -47,7 +49,7 @@ class GoldEvaluator:
     def evaluate(self, r: Rollouts, *, prefix: str = "eval") -> dict[str, float]:
         init_lp, mask = self.init_logprobs(r)  # (B, R)
         R = mask.shape[1]
-        beh = torch.tensor([x + [0.0] * (R - len(x)) for x in r.behaviour_logprobs])  # (B, R)
+        beh = torch.tensor([x + [0.0] * (R - len(x)) for x in r.behaviour_logprobs], device=init_lp.device)  # (B, R)
         k1 = masked_sum(kl_estimate(beh, init_lp, "k1"), mask, dim=1)  # (B,)
         k3 = masked_sum(kl_estimate(beh, init_lp, "k3"), mask, dim=1)
         texts = r.texts

@@ -73,10 +73,15 @@ def response_logprobs(lm_or_policy: nn.Module, batch: dict[str, torch.Tensor], *
     return out[0] if len(out) == 1 else tuple(out)
 
 
-def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, max_grad_norm: float) -> float:
-    """zero_grad, backward, clip the gradient norm, step; returns the norm before clipping."""
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, max_grad_norm: float, *, reduce_grads=None) -> float:
+    """zero_grad, backward, (reduce the gradients across data-parallel ranks), clip the gradient norm, step;
+    returns the norm before clipping. The backward runs outside any autocast region (as PyTorch advises)."""
+    params = list(params)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    with torch.autocast(loss.device.type, enabled=False):
+        loss.backward()
+    if reduce_grads is not None:
+        reduce_grads(params)
     gn = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     opt.step()
     return float(gn)

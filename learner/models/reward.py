@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from learner.methods.ensemble import aggregate
+from learner.models.device import model_device
 from learner.models.toxicity import PROFANITY_CHECK, ToxicityRewardMember
 from learner.types import Rollouts, ScoredRollouts
 
@@ -27,11 +28,11 @@ class RewardModel:
         self.pooling = getattr(model.config, "tether_pooling", "last")
 
     @classmethod
-    def load(cls, path: str | Path, max_len: int = 96) -> "RewardModel":
+    def load(cls, path: str | Path, max_len: int = 96, device=None) -> "RewardModel":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32).eval()
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32).eval().to(device or "cpu")
         return cls(model, tok, max_len)
 
     def _enc(self, texts: list[str]):
@@ -39,7 +40,7 @@ class RewardModel:
         return self.tok([self.tok.bos_token + t if self.tok.bos_token else t for t in texts], return_tensors="pt", padding=True, truncation=True, max_length=self.max_len, add_special_tokens=False)
 
     def forward(self, texts: list[str]) -> torch.Tensor:
-        enc = self._enc(texts)
+        enc = self._enc(texts).to(model_device(self.model))
         if self.pooling == "last":
             return self.model(**enc).logits[:, 0]
         base = getattr(self.model, self.model.base_model_prefix)
@@ -50,12 +51,14 @@ class RewardModel:
     @torch.no_grad()
     def score(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         self.model.eval()
-        return torch.cat([self.forward(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]) if texts else torch.zeros(0)
+        # on the CPU: scores are B numbers, and the ensemble stacks them with CPU-only members (toxicity)
+        return torch.cat([self.forward(texts[i : i + batch_size]).cpu() for i in range(0, len(texts), batch_size)]) if texts else torch.zeros(0)
 
 
 class ProxyEnsemble:
-    def __init__(self, member_paths: list[str | Path], *, aggregation: str, uwo_lambda: float, max_len: int = 96):
-        self.members = [ToxicityRewardMember() if str(p) == PROFANITY_CHECK else RewardModel.load(p, max_len=max_len) for p in member_paths]
+    def __init__(self, member_paths: list[str | Path], *, aggregation: str, uwo_lambda: float, max_len: int = 96, device=None):
+        self.members = [ToxicityRewardMember() if str(p) == PROFANITY_CHECK else RewardModel.load(p, max_len=max_len, device=device)
+                        for p in member_paths]
         self.aggregation, self.uwo_lambda = aggregation, uwo_lambda
 
     def score_texts(self, texts: list[str]) -> torch.Tensor:

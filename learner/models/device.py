@@ -1,0 +1,51 @@
+"""Where a role's models and batches live: the device Ray assigned it (CUDA when the role reserves GPUs and
+CUDA is present), else the CPU; and the learner's optional bf16 autocast.
+
+Ray sets CUDA_VISIBLE_DEVICES for an actor that reserves ``num_gpus``, so "cuda" inside it is the GPU Ray
+assigned (index 0 of what it sees). Nothing else in tether picks a device: every tensor follows its model.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class DeviceError(RuntimeError):
+    """A device setting this process cannot honour (e.g. cuda without a visible GPU)."""
+
+
+def resolve_device(setting: str, num_gpus: float, *, role: str = "role") -> torch.device:
+    """The device for a role: ``cpu``; ``cuda`` (an error when no GPU is visible); ``auto`` = CUDA when the role
+    reserves GPUs (``num_gpus > 0``) and one is visible, else the CPU."""
+    if setting not in DEVICES:
+        raise DeviceError(f"runtime.{role}.device must be one of {', '.join(DEVICES)}, got {setting!r}")
+    cuda = torch.cuda.is_available()
+    if setting == "cuda" and not cuda:
+        raise DeviceError(f"runtime.{role}.device is 'cuda' but this process sees no GPU "
+                          f"(runtime.{role}.num_gpus is {num_gpus:g}; give the role GPUs, or set device: auto or cpu)")
+    if setting == "cuda" or (setting == "auto" and num_gpus > 0 and cuda):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Every tensor of a batch on ``device`` (no copy when it is there already)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's first parameter (the CPU for a model without any)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast of the forward passes on ``device`` when ``precision`` is 'bf16'; a no-op for 'fp32'."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision != "bf16":
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

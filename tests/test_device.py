@@ -1,0 +1,128 @@
+"""Devices: every role's models and batches on the device it resolves to (runtime.<role>.device), the learner's
+bf16 autocast and gradient checkpointing. The device logic is tested here on the CPU; the CUDA tests at the end
+run only where a GPU is visible (they are skipped on CPU-only machines, as on the 2-core CI machine)."""
+import copy
+import math
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from learner.config import ConfigError, load_config
+from learner.learners import make_learner
+from learner.models.device import DeviceError, autocast, resolve_device
+from learner.models.engine import TransformersEngine
+from learner.types import ScoredRollouts
+
+CUDA = torch.cuda.is_available()
+needs_gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (none visible here)")
+
+
+def test_resolve_device_rules():
+    assert resolve_device("cpu", 1) == torch.device("cpu")
+    assert resolve_device("auto", 0) == torch.device("cpu")  # no GPUs reserved: the CPU even when CUDA exists
+    assert resolve_device("auto", 1).type == ("cuda" if CUDA else "cpu")
+    with pytest.raises(DeviceError, match="one of auto, cpu, cuda"):
+        resolve_device("gpu", 1)
+    if not CUDA:
+        with pytest.raises(DeviceError, match=r"runtime.learner.device is 'cuda' but this process sees no GPU"):
+            resolve_device("cuda", 1, role="learner")
+
+
+def test_device_and_precision_are_config_fields_with_readable_errors():
+    cfg = load_config("tiny", ["runtime.learner.device=cpu", "runtime.learner.precision=bf16", "runtime.gold.device=auto"])
+    assert cfg.runtime.learner.device == "cpu" and cfg.runtime.learner.precision == "bf16"
+    with pytest.raises(ConfigError, match="runtime.learner.device"):
+        load_config("tiny", ["runtime.learner.device=gpu"])
+    with pytest.raises(ConfigError, match="runtime.reward.precision"):  # a learner-only option
+        load_config("tiny", ["runtime.reward.precision=bf16"])
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        autocast(torch.device("cpu"), "fp16")
+
+
+def _learner_and_batch(tiny_assets, **learner_over):
+    cfg, _, paths = tiny_assets
+    over = {"ppo": {"batch_size": 8, "minibatch_size": 4, "epochs": 1, "lr": 1e-3}}
+    upd = {k: getattr(cfg, k).model_copy(update=v) for k, v in over.items()}
+    rt = cfg.runtime.model_copy(update={"learner": cfg.runtime.learner.model_copy(update=learner_over)})
+    cfg = cfg.model_copy(update={**upd, "runtime": rt})
+    tok = AutoTokenizer.from_pretrained(str(paths.policy))
+    eng = TransformersEngine.from_path(paths.policy, cfg.generation)
+    r = eng.generate(["Great film", "Awful", "I think", "The plot"] * 2, seed=0)
+    scored = ScoredRollouts(r, [[float(i)] for i in range(8)], [float(i) for i in range(8)], [0.0] * 8)
+    return cfg, tok, paths, scored
+
+
+def _step(cfg, paths, scored, device=None):
+    learner = make_learner(cfg, paths.policy, device=device)
+    with learner.autocast():
+        stats = learner.step(scored)
+    return learner, stats
+
+
+def test_bf16_autocast_changes_the_forward_numerics_but_not_the_stored_precision(tiny_assets):
+    cfg32, _, paths, scored = _learner_and_batch(tiny_assets)
+    cfg16, *_ = _learner_and_batch(tiny_assets, precision="bf16")
+    l32, s32 = _step(cfg32, paths, scored)
+    l16, s16 = _step(cfg16, paths, scored)
+    assert all(p.dtype == torch.float32 for p in l16.model.parameters())  # weights, grads and Adam stay fp32
+    assert all(v.dtype == torch.float32 for st in l16.opt.state.values() for v in st.values() if v.dim())
+    assert s16["loss/policy"] != s32["loss/policy"]  # autocast was on: bf16 matmuls round differently
+    for k in ("loss/value", "kl/to_ref", "ppo/approx_kl"):
+        assert s16[k] == pytest.approx(s32[k], rel=0.1, abs=5e-3), k
+    assert l16.device == torch.device("cpu")
+
+
+def test_gradient_checkpointing_gives_the_same_update(tiny_assets):
+    cfg, _, paths, scored = _learner_and_batch(tiny_assets)
+    cfg_ck, *_ = _learner_and_batch(tiny_assets, gradient_checkpointing=True)
+    plain, s_plain = _step(cfg, paths, scored)
+    ck, s_ck = _step(cfg_ck, paths, scored)
+    assert ck.model.lm.is_gradient_checkpointing and not plain.model.lm.is_gradient_checkpointing
+    assert not ck.ref.is_gradient_checkpointing  # the frozen reference never runs a backward pass
+    for (n, a), b in zip(plain.model.named_parameters(), ck.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
+    assert s_ck["loss/policy"] == pytest.approx(s_plain["loss/policy"], rel=1e-5, abs=1e-7)
+
+
+# -- on a GPU ------------------------------------------------------------------------------------------------
+@needs_gpu
+def test_learner_on_cuda_keeps_every_tensor_there_and_matches_the_cpu_step(tiny_assets):
+    cfg, _, paths, scored = _learner_and_batch(tiny_assets, device="cuda", num_gpus=1)
+    gpu, s_gpu = _step(cfg, paths, scored)
+    assert gpu.device.type == "cuda"
+    assert all(p.device.type == "cuda" for p in [*gpu.model.parameters(), *gpu.ref.parameters()])
+    assert all(v.device.type == "cuda" for st in gpu.opt.state.values() for v in st.values() if torch.is_tensor(v) and v.dim())
+    cpu, s_cpu = _step(cfg, paths, scored, device=torch.device("cpu"))
+    for k in ("loss/policy", "loss/value", "kl/to_ref"):
+        assert s_gpu[k] == pytest.approx(s_cpu[k], rel=1e-3, abs=1e-5), k
+    sd = gpu.state_dict()
+    assert "cuda_rng" in sd
+    again = make_learner(cfg, paths.policy)
+    again.load_state_dict(copy.deepcopy(sd))
+    assert all(p.device.type == "cuda" for p in again.model.parameters())
+
+
+@needs_gpu
+def test_bf16_autocast_on_cuda(tiny_assets):
+    cfg, _, paths, scored = _learner_and_batch(tiny_assets, device="cuda", num_gpus=1, precision="bf16")
+    learner, stats = _step(cfg, paths, scored)
+    assert all(math.isfinite(v) for k, v in stats.items() if k.startswith(("loss/", "kl/", "optim/")))
+    assert all(p.dtype == torch.float32 and p.device.type == "cuda" for p in learner.model.parameters())
+
+
+@needs_gpu
+def test_reward_gold_and_rollout_models_follow_their_device(tiny_assets):
+    from actors.workers import GoldWorker, RewardWorker
+
+    cfg, _, paths, scored = _learner_and_batch(tiny_assets)
+    rt = cfg.runtime.model_copy(update={r: getattr(cfg.runtime, r).model_copy(update={"device": "cuda", "num_gpus": 1})
+                                        for r in ("reward", "gold", "rollout")})
+    cfg = cfg.model_copy(update={"runtime": rt})
+    rw = RewardWorker(cfg, [str(p) for p in paths.proxies])
+    gw = GoldWorker(cfg, str(paths.gold), str(paths.policy))
+    assert all(p.device.type == "cuda" for m in rw.ensemble.members for p in m.model.parameters())
+    assert next(gw.evaluator.init_model.parameters()).device.type == "cuda"
+    out = rw.score(scored.rollouts)
+    drift = gw.evaluate(scored.rollouts, "eval")
+    assert len(out.reward) == 8 and drift["eval/kl_from_init_k3"] == drift["eval/kl_from_init_k3"]
