@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from actors.roleset import LearnerLost
 from learner.config import TetherConfig
 from learner.learners import learner_class
 from learner.types import Rollouts
@@ -100,19 +101,24 @@ class Trainer:
     def latest_checkpoint(self) -> Path | None:
         return latest_checkpoint(self.run_dir)
 
-    def restore(self) -> int:
+    def restore(self, *, learner_lost: bool = False) -> int:
+        """Continue from the latest checkpoint (resume, or a lost learner); returns its iteration. Without a
+        checkpoint a resumed run starts afresh; a restarted learner is at the start already (iteration 0)."""
         ck = self.latest_checkpoint()
-        if ck is None:
+        if ck is None and not learner_lost:
             return 0
-        driver = json.loads((ck / "driver.json").read_text())
-        self.roles.load(str(ck / "learner.pt"))
-        self.iteration = driver["iteration"]
+        if ck is not None:
+            driver = json.loads((ck / "driver.json").read_text())
+            self.roles.load(str(ck / "learner.pt"))
+            self.iteration = driver["iteration"]
+        else:
+            self.iteration = 0
         self.roles.sync()  # rollout engines get the checkpoint's weights and version
         # Metrics logged after the checkpoint belong to iterations about to be redone.
         rows = read_metrics(self.run_dir)
         kept = [r for r in rows if r["step"] <= self.iteration]
         (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
-        log.info("resumed %s at iteration %d from %s", self.run_dir, self.iteration, ck)
+        log.info("resumed %s at iteration %d from %s", self.run_dir, self.iteration, ck or "the start")
         return self.iteration
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -186,29 +192,19 @@ class Trainer:
             if ctl is not None:
                 ctl.set_state("running", run_dir=str(self.run_dir.resolve()), pid=os.getpid(), iteration=self.iteration)
                 ctl.poll(self)  # a pause or stop sent before the job started
-            while self.iteration < cfg.train.iterations:
-                m = self.one_iteration()
-                runlog.log(self.iteration, m)
-                if ctl is not None:
-                    ctl.publish(self.iteration, m)
-                last = m
-                bar.update(1)
-                if self.progress:
-                    tqdm.write(
-                        f"[{cfg.name}] it {self.iteration:3d}  proxy {m['reward/proxy_mean']:+.3f}  gold {m['reward/gold_mean']:+.3f}  "
-                        f"KL(init) {m['kl/from_init']:6.2f}  " + (f"beta {m['kl/coef']:.4f}  " if "kl/coef" in m else "") + f"{m['time_s/iteration']:.1f}s"
-                        + ("  RESET" if m.get("elastic_reset/event") else "")
-                    )
-                every = cfg.runtime.checkpoint_every
-                if every and self.iteration % every == 0 and self.iteration < cfg.train.iterations:
-                    self.save_checkpoint()
-                if ctl is not None and self.iteration < cfg.train.iterations:
-                    ctl.poll(self)
-            final = self.evaluate()
-            runlog.log(self.iteration, final)
-            if ctl is not None:
-                ctl.publish(self.iteration, final)
-            self.save_checkpoint()
+            lost = 0
+            while True:
+                try:
+                    last, final = self._loop(runlog, bar, last)
+                    break
+                except LearnerLost as e:  # Ray restarted the learner from scratch: continue from the latest checkpoint
+                    lost += 1
+                    if lost > cfg.runtime.max_restarts:
+                        raise
+                    log.warning("%s; restoring the latest checkpoint", e)
+                    self.restore(learner_lost=True)
+                    bar.n = self.iteration
+                    bar.refresh()
         except StopRequested as e:
             log.info("%s: saving a checkpoint and stopping", e)
             state, final = "stopped", {}
@@ -229,6 +225,35 @@ class Trainer:
             ctl.set_state(state, iteration=self.iteration, summary=summary)
             ctl.drain()  # metrics buffered during a Redis outage are delivered before the job ends
         return summary
+
+    def _loop(self, runlog: RunLog, bar, last: dict) -> tuple[dict, dict]:
+        """Iterations up to cfg.train.iterations (checkpoints, commands between them), then the final evaluation
+        and checkpoint; returns (the last iteration's metrics, the final evaluation)."""
+        cfg, ctl = self.cfg, self.commands
+        while self.iteration < cfg.train.iterations:
+            m = self.one_iteration()
+            runlog.log(self.iteration, m)
+            if ctl is not None:
+                ctl.publish(self.iteration, m)
+            last = m
+            bar.update(1)
+            if self.progress:
+                tqdm.write(
+                    f"[{cfg.name}] it {self.iteration:3d}  proxy {m['reward/proxy_mean']:+.3f}  gold {m['reward/gold_mean']:+.3f}  "
+                    f"KL(init) {m['kl/from_init']:6.2f}  " + (f"beta {m['kl/coef']:.4f}  " if "kl/coef" in m else "") + f"{m['time_s/iteration']:.1f}s"
+                    + ("  RESET" if m.get("elastic_reset/event") else "")
+                )
+            every = cfg.runtime.checkpoint_every
+            if every and self.iteration % every == 0 and self.iteration < cfg.train.iterations:
+                self.save_checkpoint()
+            if ctl is not None and self.iteration < cfg.train.iterations:
+                ctl.poll(self)
+        final = self.evaluate()
+        runlog.log(self.iteration, final)
+        if ctl is not None:
+            ctl.publish(self.iteration, final)
+        self.save_checkpoint()
+        return last, final
 
     def close(self) -> None:
         self.roles.close()

@@ -68,6 +68,11 @@ class RuntimeConfig(Strict):
     ray_address: str | None = Field(None, description="Ray cluster to join ('auto', 'ray://host:10001', host:port). None = env RAY_ADDRESS, else a local cluster.")
     local_num_cpus: int | None = Field(None, ge=1, description="CPUs of a locally started Ray cluster (None = all cores).")
     object_store_mb: int = Field(512, ge=64, description="Object store size of a locally started Ray cluster (keep modest on small machines).")
+    max_restarts: int = Field(
+        3, ge=0, le=1000, description="Times Ray restarts each actor after its process dies (0 = a lost actor ends the run). A restarted "
+        "rollout, reward or gold actor gets the current weights and settings and the lost call is retried; a lost learner restarts "
+        "from the latest checkpoint (every rank of a group), redoing the iterations since.")
+    restart_timeout_s: float = Field(300.0, gt=0, description="Wait at most this long for Ray to bring a lost actor back.")
     connect_timeout_s: float = Field(30.0, gt=0, description="Give up joining a Ray cluster (or placing the actors) after this long, with a message.")
     kv_cache_gib: float = Field(1.0, gt=0, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE).")
     rollout: RoleResources = Field(default_factory=lambda: RoleResources(num_cpus=0.5, threads=1), description="Per rollout actor.")
