@@ -111,7 +111,7 @@ class Placement:
 
     def options(self, role: str, i: int, res: RoleResources) -> dict:
         return {
-            "num_cpus": res.num_cpus, "num_gpus": res.num_gpus,
+            "num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "resources": dict(res.resources),
             "scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=self.pg, placement_group_bundle_index=self.bundle_of[role][i]),
         }
 
@@ -126,7 +126,7 @@ def bundles(rt: RuntimeConfig) -> tuple[list[dict], dict[str, list[int]]]:
         n = rt.rollout_actors if role == "rollout" else rt.learner.ranks if role == "learner" else 1
         idx[role] = []
         for _ in range(n):
-            b = {"CPU": res.num_cpus}
+            b = {"CPU": res.num_cpus, **res.resources}
             if res.num_gpus:
                 b["GPU"] = res.num_gpus
             idx[role].append(len(out))
@@ -146,6 +146,15 @@ def place(rt: RuntimeConfig) -> Placement:
             f"reward {rt.reward.num_cpus:g}, gold {rt.gold.num_cpus:g}, {rt.learner.ranks} learner rank(s) x {rt.learner.num_cpus:g}); the cluster has "
             f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs. Lower runtime.<role>.num_cpus/num_gpus or runtime.rollout_actors, or add nodes."
         )
+    custom = {k for b in bs for k in b if k not in ("CPU", "GPU")}
+    for k in sorted(custom):
+        need = sum(b.get(k, 0) for b in bs)
+        if need > have.get(k, 0):
+            roles = ", ".join(sorted({r for r in ROLES if k in getattr(rt, r).resources}))
+            raise RuntimeSetupError(
+                f"runtime.<role>.resources asks for {need:g} of the custom resource {k!r} ({roles}); the cluster has {have.get(k, 0):g}. "
+                f"Start nodes with `ray start --resources '{{\"{k}\": N}}'`, or remove it from runtime.{roles.split(', ')[0]}.resources."
+            )
     pg = placement_group(bs, strategy="PACK", name=f"tether-{os.getpid()}")
     ready, _ = ray.wait([pg.ready()], timeout=rt.connect_timeout_s)
     if not ready:

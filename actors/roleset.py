@@ -9,26 +9,12 @@ import logging
 import time
 import uuid
 
+from actors.recovery import Recovery, _node
 from learner.config import TetherConfig
 from learner.types import Rollouts, ScoredRollouts
 from tasks.imdb.build import TaskPaths
 
 log = logging.getLogger(__name__)
-
-
-def _pid(actor_self) -> int:
-    import os
-
-    return os.getpid()
-
-
-class LearnerLost(RuntimeError):
-    """The learner (a rank of its group) died; Ray restarted it from scratch. The driver restores the latest
-    checkpoint and redoes the iterations since (services/train.py)."""
-
-
-class RoleLost(RuntimeError):
-    """An actor died more often than runtime.max_restarts allows, or did not come back in time."""
 
 
 def concat_rollouts(parts: list[Rollouts]) -> Rollouts:
@@ -103,7 +89,7 @@ class LocalRoleSet:
         self.learner.close()
 
 
-class RayRoleSet:
+class RayRoleSet(Recovery):
     """Rollout actors (vLLM or transformers), a reward actor, a gold actor and the learner, on one placement group."""
 
     def __init__(self, cfg: TetherConfig, paths: TaskPaths):
@@ -141,95 +127,20 @@ class RayRoleSet:
         ray.get([a.policy_version.remote() for a in self.rollout] + [a.version.remote() for a in self.learners])
         self.learner_backend = self._join_group()
         self._note_pids(self.learners)
-
-    # -- fault tolerance ---------------------------------------------------------------------------
-    def _join_group(self) -> str | None:
-        if len(self.learners) == 1:
-            return None
-        ray, n = self._ray, len(self.learners)
-        address, port = ray.get(self.learner.rendezvous.remote())
-        backends = ray.get([a.join_group.remote(i, n, address, port, self.cfg.runtime.learner.backend) for i, a in enumerate(self.learners)],
-                           timeout=self.cfg.runtime.connect_timeout_s * 4)
-        log.info("learner group: %d ranks, %s, rank 0 at %s:%d", n, backends[0], address, port)
-        return backends[0]
-
-    def _back(self, role: str, actor, error: Exception) -> None:
-        """Wait until Ray has restarted ``actor`` (a constructor that runs again), or raise RoleLost."""
-        ray, rt = self._ray, self.cfg.runtime
-        self.restarts[role] = self.restarts.get(role, 0) + 1
-        if self.restarts[role] > rt.max_restarts * max(1, len(self.rollout) if role == "rollout" else len(self.learners) if role == "learner" else 1):
-            raise RoleLost(f"the {role} actor died {self.restarts[role]} times (runtime.max_restarts is {rt.max_restarts}): {error}") from error
-        log.warning("the %s actor died (%s); waiting for Ray to restart it", role, str(error).splitlines()[0][:200])
-        t = time.perf_counter()
-        while True:
-            try:
-                pid = ray.get(actor.__ray_call__.remote(_pid), timeout=rt.restart_timeout_s)  # queued until the restart is done
-                break
-            except ray.exceptions.ActorUnavailableError:  # restarting: try again
-                if time.perf_counter() - t > rt.restart_timeout_s:
-                    raise RoleLost(f"the {role} actor did not come back within runtime.restart_timeout_s={rt.restart_timeout_s:g}s") from error
-                time.sleep(0.5)
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
-                raise RoleLost(f"the {role} actor is gone for good (restarts exhausted or unschedulable): {e}") from error
-        key = actor._actor_id.hex()
-        if self._pids.get(key) == pid:  # another call lost in the same death: this restart is counted already
-            self.restarts[role] -= 1
-        self._pids[key] = pid
-        log.warning("the %s actor is back after %.1fs (pid %d)", role, time.perf_counter() - t, pid)
-
-    def _note_pids(self, actors) -> list[int]:
-        pids = self._ray.get([a.__ray_call__.remote(_pid) for a in actors])
-        for a, pid in zip(actors, pids):
-            self._pids[a._actor_id.hex()] = pid
-        return pids
-
-    def _check_learners(self) -> None:
-        """A rank that died between two calls comes back silently, at the initial weights: catch that before it trains."""
-        known = [self._pids.get(a._actor_id.hex()) for a in self.learners]
-        now = self._ray.get([a.__ray_call__.remote(_pid) for a in self.learners])
-        if now != known:
-            raise self._ray.exceptions.ActorDiedError()  # handled by _learner_call like a death seen mid-call
-
-    def _retry(self, role: str, actor, call, *, after_restart=None):
-        """ray.get(call(actor)); when the actor dies, wait for its restart, run ``after_restart`` (restore what it
-        held: weights, settings) and call again. A call's inputs are explicit (seeds included), so the retry
-        computes what the lost call would have."""
-        while True:
-            try:
-                return self._ray.get(call(actor))
-            except self._ray.exceptions.RayActorError as e:
-                self._back(role, actor, e)
-                if after_restart is not None:
-                    after_restart()
-
-    def _resync(self, actor) -> None:
-        """Give a restarted rollout actor the learner's current weights and version."""
-        handle, version, _ = self._learner_call(lambda: self._ray.get(self.learner.publish.remote()))
-        self._ray.get(actor.load.remote(handle, version))
-
-    def _restore_reward(self) -> None:
-        if self.uwo_lambda is not None:
-            self._ray.get(self.reward.set_uwo_lambda.remote(self.uwo_lambda))
-
-    def _learner_call(self, fn):
-        """Run fn (which talks to the learner group); when a rank died, bring every rank back (fresh processes,
-        a new process group) and raise LearnerLost so that the driver restores the latest checkpoint."""
-        try:
-            return fn()
-        except self._ray.exceptions.RayActorError as e:
-            ray = self._ray
-            dead = e
-            if len(self.learners) > 1:
-                for a in self.learners:  # the survivors hold a broken process group: restart them too
-                    ray.kill(a, no_restart=False)
-            for a in self.learners:
-                self._back("learner", a, dead)
-            self.learner_backend = self._join_group()
-            self._note_pids(self.learners)
-            raise LearnerLost(f"a learner rank died and was restarted: {str(e).splitlines()[0][:200]}") from e
-
-    def restart_counts(self) -> dict[str, float]:
-        return {f"runtime/restarts_{role}": float(n) for role, n in self.restarts.items()}
+        # Which rollout actors take the weights through the collective group, and which through a file handle
+        # (tmpfs / object store). auto: the learner's node -> tmpfs, any other node -> collective.
+        self.nodes = dict(zip(["learner", *[f"rollout-{i}" for i in range(len(self.rollout))]],
+                              ray.get([a.__ray_call__.remote(_node) for a in [self.learner, *self.rollout]])))
+        if rt.weight_sync == "auto":
+            remote = [i for i in range(len(self.rollout)) if self.nodes[f"rollout-{i}"] != self.nodes["learner"]]
+        else:
+            remote = list(range(len(self.rollout))) if rt.weight_sync == "collective" else []
+        self.collective_rollouts = [self.rollout[i] for i in remote]
+        self.file_rollouts = [a for i, a in enumerate(self.rollout) if i not in remote]
+        self.collective = bool(self.collective_rollouts)
+        self._weight_group: dict | None = None  # the collective sync's group: set up now, rebuilt after a restart
+        if self.collective:
+            self._join_weight_group()
 
     def generate(self, prompts: list[str], seed: int, prefix_ids: list[int] | None = None) -> Rollouts:
         n = len(self.rollout)
@@ -273,10 +184,22 @@ class RayRoleSet:
         return self._learner_call(lambda: self._ray.get(self.learner.version.remote()))
 
     def sync(self) -> dict:
+        """The learner's weights to every rollout actor: by file handle (tmpfs / object store) and/or by the collective
+        group, as runtime.weight_sync placed each actor."""
         t = time.perf_counter()
-        handle, version, send_s = self._learner_call(lambda: self._ray.get(self.learner.publish.remote()))
-        recv = [self._retry("rollout", a, lambda x: x.load.remote(handle, version), after_restart=lambda a=a: self._resync(a)) for a in self.rollout]
-        return {"time_s/sync": time.perf_counter() - t, "time_s/sync_send": send_s, "time_s/sync_receive": max(r or 0.0 for r in recv)}
+        out: dict[str, float] = {"sync/collective_receivers": float(len(self.collective_rollouts)),
+                                 "sync/file_receivers": float(len(self.file_rollouts))}
+        if self.file_rollouts:
+            handle, version, send_s = self._learner_call(lambda: self._ray.get(self.learner.publish.remote()))
+            recv = [self._retry("rollout", a, lambda x: x.load.remote(handle, version), after_restart=lambda a=a: self._resync(a))
+                    for a in self.file_rollouts]
+            out.update({"time_s/sync_send": send_s, "time_s/sync_receive": max(r or 0.0 for r in recv)})
+        if self.collective_rollouts:
+            c = self._sync_collective_retrying()
+            out["time_s/sync_send"] = out.get("time_s/sync_send", 0.0) + c["time_s/sync_send"]
+            out["time_s/sync_receive"] = max(out.get("time_s/sync_receive", 0.0), c["time_s/sync_receive"])
+        out["time_s/sync"] = time.perf_counter() - t
+        return out
 
     def save(self, path: str) -> None:
         self._learner_call(lambda: self._ray.get(self.learner.save.remote(path)))

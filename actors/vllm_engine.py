@@ -60,6 +60,7 @@ class VLLMEngine:
             enforce_eager=True,  # torch.compile gave no gain on CPU and doubled start-up
             logprobs_mode=LOGPROBS_MODE, generation_config="vllm",  # our SamplingParams only, not generation_config.json
             max_num_seqs=max_num_seqs,
+            worker_extension_cls="actors.collective.WeightReceiverExtension",  # the collective weight sync's receiving end
         )
         # Local folder for load_weights(state_dict): vLLM's reload reads safetensors from a folder.
         self._sync = TmpfsWeightSync(run_id=run_id or f"vllm-{os.getpid()}-{id(self):x}")
@@ -116,6 +117,23 @@ class VLLMEngine:
         """Same call as TransformersEngine.load_weights: written to this engine's tmpfs folder, then reloaded."""
         folder = self._sync.send(state_dict.items(), version)
         self.load_weights_from_folder(folder, version)
+
+    @property
+    def n_workers(self) -> int:
+        """vLLM worker processes of this engine (tensor x pipeline parallel): each is one rank of a weight group."""
+        return int(self.llm.llm_engine.vllm_config.parallel_config.world_size)
+
+    def join_weight_group(self, backend: str, address: str, port: int, rank: int, world: int, timeout_s: float = 300.0) -> None:
+        """Join the collective weight sync's group (actors/collective.py) as ranks rank .. rank + n_workers - 1."""
+        self.llm.collective_rpc("init_weight_group", args=(backend, address, port, rank, world, timeout_s))
+
+    def receive_collective(self, meta, bucket_mb: float, version: int) -> None:
+        """Receive the learner's broadcast straight into vLLM's in-place reload (no file on the path)."""
+        t0 = time.perf_counter()
+        self.llm.collective_rpc("receive_weights_collective", args=(meta, bucket_mb))
+        self.llm.reset_prefix_cache()
+        self.policy_version = int(version)
+        self.last_reload_s = time.perf_counter() - t0
 
     def receive_weights(self, sync: WeightSync, handle) -> int:
         """Load what a learner published through any WeightSync backend; returns the new version."""

@@ -27,6 +27,11 @@ def set_kl(kl_ctl, *, coef: float | None = None, target: float | None = None) ->
     return old
 
 
+def file_backend(cfg: TetherConfig) -> str:
+    """The handle-passing backend of actors/weight_sync.py a role uses (auto: tmpfs, for the receivers on the learner's node)."""
+    return "tmpfs" if cfg.runtime.weight_sync == "auto" else cfg.runtime.weight_sync
+
+
 def host_tensors(state_dict: dict) -> dict:
     """The same tensors on the CPU (a GPU learner's weights, for the file and object-store sync paths)."""
     return {k: v.detach().cpu() if v.device.type != "cpu" else v for k, v in state_dict.items()}
@@ -51,10 +56,10 @@ class RolloutWorker:
     def __init__(self, cfg: TetherConfig, policy_path: str, index: int, run_id: str, *, with_sync: bool = True):
         self.engine = make_engine(cfg, policy_path, seed=cfg.train.seed + index, run_id=f"{run_id}-r{index}")
         self.sync = None
-        if with_sync:
-            from actors.weight_sync import make_weight_sync
+        if with_sync and cfg.runtime.weight_sync != "collective":  # the collective backend joins a group instead
+            from actors.weight_sync import make_weight_sync  # auto: tmpfs for the learner's node, a group for the others
 
-            self.sync = make_weight_sync(cfg.runtime.weight_sync, run_id=f"{run_id}-r{index}")
+            self.sync = make_weight_sync(file_backend(cfg), run_id=f"{run_id}-r{index}")
 
     def generate(self, prompts: list[str], seed: int, prefix_ids: list[int] | None = None):
         return self.engine.generate(prompts, seed=seed, prefix_ids=prefix_ids)
@@ -70,6 +75,30 @@ class RolloutWorker:
             self.engine.load_weights(sd, v)
         if v != version:
             raise RuntimeError(f"weight sync delivered version {v}, expected {version}")
+        return time.perf_counter() - t
+
+    # -- the collective weight sync (actors/collective.py) --------------------------------------------
+    def weight_group_size(self) -> int:
+        """Ranks this rollout actor takes in the weight group: one per vLLM worker (one for transformers)."""
+        return getattr(self.engine, "n_workers", 1)
+
+    def join_weight_group(self, backend: str, address: str, port: int, rank: int, world: int) -> None:
+        if hasattr(self.engine, "join_weight_group"):
+            self.engine.join_weight_group(backend, address, port, rank, world)
+        else:
+            from actors.collective import stateless_group
+
+            self._pg, self._pg_backend = stateless_group(backend, address, port, rank, world), backend
+
+    def receive_collective(self, meta, bucket_mb: float, version: int) -> float:
+        t = time.perf_counter()
+        if hasattr(self.engine, "receive_collective"):
+            self.engine.receive_collective(meta, bucket_mb, version)
+        else:
+            from actors.collective import receive
+
+            dev = torch.device("cuda", torch.cuda.current_device()) if self._pg_backend == "nccl" else torch.device("cpu")
+            self.engine.load_weights({k: v.clone() for k, v in receive(self._pg, meta, bucket_mb, dev)}, version)
         return time.perf_counter() - t
 
     def load_state_dict(self, state_dict: dict, version: int) -> None:
@@ -134,10 +163,10 @@ class LearnerWorker:
 
         self.learner = make_learner(cfg, policy_path, reference=reference, reference_weights=reference_weights)
         self.sync = None
-        if with_sync:
-            from actors.weight_sync import make_weight_sync
+        if with_sync and cfg.runtime.weight_sync != "collective":  # the collective backend joins a group instead
+            from actors.weight_sync import make_weight_sync  # auto: tmpfs for the learner's node, a group for the others
 
-            self.sync = make_weight_sync(cfg.runtime.weight_sync, run_id=f"{run_id}-learner")
+            self.sync = make_weight_sync(file_backend(cfg), run_id=f"{run_id}-learner")
 
     def step(self, scored) -> dict:
         with self.learner.autocast():
@@ -165,6 +194,26 @@ class LearnerWorker:
 
     def version(self) -> int:
         return self.learner.version
+
+    # -- the collective weight sync (actors/collective.py): this learner is rank 0 ----------------------
+    def weight_backend(self) -> str:
+        return "nccl" if self.learner.device.type == "cuda" else "gloo"
+
+    def weights_meta(self):
+        from actors.collective import describe, with_tied_head
+
+        return describe(with_tied_head(self.learner.policy_state_dict()))
+
+    def join_weight_group(self, address: str, port: int, world: int) -> None:
+        from actors.collective import CollectiveSender
+
+        self.sender = CollectiveSender(self.weight_backend(), address, port, world, self.learner.device)
+
+    def broadcast_weights(self, bucket_mb: float) -> tuple[int, float]:
+        """Send the current policy to every member of the weight group; returns (version, seconds)."""
+        from actors.collective import with_tied_head
+
+        return self.learner.version, self.sender.send(with_tied_head(self.learner.policy_state_dict()), bucket_mb)
 
     def reset_now(self) -> int:
         self.learner.reset_now()

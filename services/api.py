@@ -61,6 +61,7 @@ class ServiceSettings:
     job_env: dict[str, str] = field(default_factory=job_env_vars)
     tether_bin: str = field(default_factory=lambda: str(Path(sys.executable).with_name("tether")))
     max_runs: int | None = None  # None: as many as the cluster's CPUs/GPUs hold (services/scheduler.py)
+    job_retries: int = 1  # a run whose driver died is resumed from its checkpoint this many times (services/scheduler.py)
     limits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     max_body_bytes: int = 1024 * 1024  # a full config dump is about 6 KB
     scheduler_poll_s: float = 1.0
@@ -106,8 +107,14 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                       f"{q(settings.tether_bin)} train {q(cfg_path)} --run-id {run_id} --redis-url {q(settings.redis_url)}")
         settings.jobs.submit(entrypoint, job_id=rec["job_id"], env=settings.job_env)
 
+    def resume(rec: dict[str, Any]) -> None:  # a job whose driver died: continue its run folder from the checkpoint
+        root = str(Path(rec["run_dir"]).parent)  # the trainer reports <run folder>/main; --resume takes the run folder
+        entrypoint = f"{q(settings.tether_bin)} train --resume {q(root)} --run-id {rec['id']} --redis-url {q(settings.redis_url)}"
+        settings.jobs.submit(entrypoint, job_id=rec["job_id"], env=settings.job_env)
+
     # Without Ray (--no-ray) this replica stores and queues runs; a replica with Ray on the same Redis admits them.
-    scheduler = Scheduler(store, settings.jobs, None if settings.jobs is None else submit, max_runs=settings.max_runs)
+    scheduler = Scheduler(store, settings.jobs, None if settings.jobs is None else submit, max_runs=settings.max_runs,
+                          resume=None if settings.jobs is None else resume, job_retries=settings.job_retries)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):

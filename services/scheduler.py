@@ -66,10 +66,13 @@ class Scheduler:
     ``jobs`` (services.jobs.RayJobs or None) answers job status, failure reasons and the cluster's size."""
 
     def __init__(self, store: RunStore, jobs, submit: Callable[[dict[str, Any]], None] | None, *, max_runs: int | None = None,
-                 capacity_ttl_s: float = 10.0):
+                 capacity_ttl_s: float = 10.0, resume: Callable[[dict[str, Any]], None] | None = None, job_retries: int = 1):
         if max_runs is not None and max_runs < 1:
             raise ValueError(f"max_runs must be >= 1 (or None for what the cluster's CPUs/GPUs allow), got {max_runs}")
         self.store, self.jobs, self.submit, self.max_runs = store, jobs, submit, max_runs
+        # A job whose driver died (SIGKILL, OOM, a lost node) without the trainer reporting an end is submitted again
+        # as `tether train --resume <its run folder>`, at most job_retries times: it continues from its checkpoint.
+        self.resume, self.job_retries = resume, job_retries
         self.capacity_ttl_s = capacity_ttl_s
         self._capacity: tuple[float, dict[str, float] | None] = (0.0, None)
         self._lock = threading.Lock()
@@ -167,12 +170,33 @@ class Scheduler:
             return True
         if status == "SUCCEEDED":
             self.store.update_run(rec["id"], state="finished", error="the Ray job succeeded but the trainer's final report did not reach Redis")
+        elif status == "FAILED" and self._retry({**fresh, "id": rec["id"]}):
+            return False
         else:
             state = "stopped" if status == "STOPPED" else "failed"
             reason = ("The cluster does not know this job (was the Ray head restarted?)" if status == "LOST"
                       else self.jobs.failure(rec["job_id"]))
             self.store.update_run(rec["id"], state=state, error=f"the Ray job {rec['job_id']} is {status}. {reason}".strip())
             log.warning("run %s: Ray job %s %s", rec["id"], rec["job_id"], status)
+        return True
+
+    def _retry(self, rec: dict[str, Any]) -> bool:
+        """Submit a run whose driver died again, resuming its run folder; False when it cannot or may not be."""
+        retries = int(rec.get("retries") or 0)
+        if self.resume is None or retries >= self.job_retries or not rec.get("run_dir"):
+            return False
+        base = str(rec.get("job_base") or rec["job_id"])
+        job_id, reason = f"{base}-retry{retries + 1}", self.jobs.failure(rec["job_id"])
+        try:
+            self.resume({**rec, "job_id": job_id})
+        except Exception as e:  # noqa: BLE001 - no retry: the run fails with both reasons
+            log.warning("run %s: resubmitting failed: %s", rec.get("id"), e)
+            return False
+        self.store.update_run(rec["id"], state="submitted", job_id=job_id, job_base=base, job_status="PENDING", retries=retries + 1,
+                              retry_reason=f"the driver's job {rec['job_id']} failed ({reason.splitlines()[0][:300] if reason else 'no reason'}); "
+                                    f"resumed from its checkpoint as job {job_id} (retry {retries + 1} of {self.job_retries})")
+        self.store.r.sadd(LIVE, rec["id"])
+        log.warning("run %s: Ray job %s failed; resuming it as %s", rec["id"], rec["job_id"], job_id)
         return True
 
     def _fits(self, need: dict[str, float], active: list[dict[str, Any]], holding: list[dict[str, Any]]) -> bool:

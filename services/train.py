@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from actors.roleset import LearnerLost
+from actors.recovery import LearnerLost
 from learner.config import TetherConfig
 from learner.learners import learner_class
 from learner.types import Rollouts

@@ -208,3 +208,37 @@ def test_ray_job_submit_cli_runs_tether_train_in_the_default_mode(ray_head, tiny
 
     store = RunStore(tether_redis.url)  # `--run-id/--redis-url`: the job reported to a service's Redis
     assert store.get_run("r-cli")["state"] == "finished" and [m["step"] for m in store.metrics("r-cli")] == [1, 2, 3, 3]
+
+
+def test_a_run_whose_driver_is_killed_is_resumed_from_its_checkpoint(ray_head, tiny_assets, tether_redis):
+    """SIGKILL the `tether train` driver of a service run mid-run: the job fails without the trainer reporting an
+    end, and the scheduler submits it again as `tether train --resume <run folder>`, which continues from the
+    latest checkpoint to `finished` (each iteration in the run folder's log once)."""
+    import psutil
+
+    from services.runlog import read_metrics
+
+    cfg = tiny_assets[0]
+    client, _ = _client(cfg, tether_redis, ray_head["jobs"], scheduler_poll_s=0.5)
+    body = _tiny_body(cfg, "killed-driver", checkpoint_every=1)
+    body["train"]["iterations"] = 6
+    with client:
+        run = client.post("/runs", json={"config": body}, headers=AUTH).json()
+        t0 = time.time()
+        while time.time() - t0 < 300:
+            rows = client.get(f"/runs/{run['id']}/metrics", headers=AUTH).json()
+            if len(rows) >= 2:
+                break
+            time.sleep(0.5)
+        drivers = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and "--run-id" in p.info["cmdline"]
+                   and run["id"] in p.info["cmdline"] and "train" in p.info["cmdline"] and "bash" not in p.info["cmdline"][0]]
+        assert len(drivers) == 1, [p.info["cmdline"] for p in drivers]
+        drivers[0].kill()  # SIGKILL: no chance to report
+        done = _wait_done(client, run["id"], timeout=400)
+        assert done["status"] == "finished" and done["job_status"] == "SUCCEEDED", done
+        assert done["retries"] == 1 and done["job_id"] == f"tether-{run['id']}-retry1"
+        assert "resumed from its checkpoint" in done["retry_reason"] and done["error"] is None
+        steps = [r["step"] for r in read_metrics(Path(done["run_dir"]))]
+        assert steps == [1, 2, 3, 4, 5, 6, 6]  # resumed where the checkpoint was: no iteration lost or logged twice
+        logs = ray_head["jobs"].logs(done["job_id"])
+        assert "resumed" in logs or "--resume" in logs or "RolloutActor" in logs

@@ -125,3 +125,18 @@ def test_a_sweep_cell_and_a_variant_compose_the_same_config():
         cell = load_sweep(path, Path(d) / "out").cells[0].config
     exclude = {"name", "variants", "data_dir"}
     assert cell.model_dump(exclude=exclude) == via_set.model_dump(exclude=exclude)
+
+
+def test_every_config_in_the_readme_is_valid(tmp_path):
+    """The YAML configs the README shows (configuration, the cluster's learner group) load as written."""
+    import re
+    import textwrap
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"^( *)```yaml\n(.*?)^\1```", text, flags=re.S | re.M)
+    assert len(blocks) >= 2
+    for i, (indent, body) in enumerate(blocks):
+        path = tmp_path / f"readme-{i}.yaml"
+        path.write_text(textwrap.dedent(body))
+        for cfg in load_config(path).expand():
+            assert cfg.name

@@ -14,7 +14,7 @@ from services.runlog import read_metrics
 from services.train import Trainer
 
 pytestmark = pytest.mark.slow
-ITERATIONS = 5
+ITERATIONS = 9  # an iteration takes ~0.3 s on the tiny task; each restart holds the run, so the kills land apart
 SAME = ("reward/proxy_mean", "reward/gold_mean", "kl/from_init", "kl/to_ref", "loss/policy", "loss/value", "kl/coef_next",
         "policy/version", "eval/gold_mean", "eval/kl_from_init_k3")
 
@@ -41,8 +41,8 @@ def test_killed_actors_come_back_and_the_run_matches_an_uninterrupted_one(tiny_a
     tr = Trainer(cfg, tmp_path / "cut", progress=False)
     roles = tr.roles
     # role -> (process id, the iteration after which it is killed): during the next iteration's calls
-    victims = {"rollout": (_pid(roles.rollout[0]), 1), "reward": (_pid(roles.reward), 2), "gold": (_pid(roles.gold), 3),
-               "learner": (_pid(roles.learner), 4)}
+    victims = {"rollout": (_pid(roles.rollout[0]), 1), "reward": (_pid(roles.reward), 3), "gold": (_pid(roles.gold), 5),
+               "learner": (_pid(roles.learner), 7)}
     killed: dict[str, float] = {}
 
     def killer():
@@ -51,9 +51,9 @@ def test_killed_actors_come_back_and_the_run_matches_an_uninterrupted_one(tiny_a
             done = len([r for r in read_metrics(tmp_path / "cut") if "loss/policy" in r]) if (tmp_path / "cut" / "metrics.jsonl").exists() else 0
             for role, (pid, after) in victims.items():
                 if role not in killed and done >= after:
-                    time.sleep(0.5 if role in ("rollout", "learner") else 0.0)  # land inside the next iteration's calls
                     os.kill(pid, signal.SIGKILL)
                     killed[role] = time.time()
+                    print(f"{time.strftime('%H:%M:%S')} killed the {role} actor (pid {pid}) after iteration {done}", flush=True)
             time.sleep(0.05)
 
     t = threading.Thread(target=killer, daemon=True)

@@ -34,6 +34,9 @@ class RoleResources(Strict):
     num_cpus: float = Field(1.0, ge=0, description="Ray logical CPUs reserved for each actor of this role.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor of this role (0 on CPU machines).")
     threads: int = Field(1, ge=1, description="torch threads inside the actor (keep the sum across busy roles <= physical cores).")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources each actor of this role needs, e.g. {node_b: 1} to put it on the nodes "
+        "started with `ray start --resources '{\"node_b\": 1}'` (placement across nodes).")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where the role's models and batches live: auto = the GPU Ray assigned when num_gpus > 0 and CUDA is "
         "present, else the CPU; cuda = the assigned GPU (an error without one); cpu. vLLM rollouts pick their device themselves.")
@@ -58,9 +61,13 @@ class RuntimeConfig(Strict):
     mode: Literal["ray", "local"] = Field("ray", description="ray: each role is a Ray actor (the design); local: every role in this process, no Ray (debugging).")
     engine: Literal["vllm", "transformers"] = Field("vllm", description="Rollout engine: vLLM, or transformers generate (fallback and test reference).")
     rollout_actors: int = Field(1, ge=1, description="Rollout actors generating in parallel; a batch's prompts are split between them.")
-    weight_sync: Literal["tmpfs", "object_store"] = Field(
-        "tmpfs", description="tmpfs: safetensors in /dev/shm + vLLM reload_weights (one node). object_store: through Ray's object store (across nodes)."
+    weight_sync: Literal["auto", "tmpfs", "object_store", "collective"] = Field(
+        "auto", description="auto: per rollout actor, tmpfs when it is on the learner's node, collective when it is on another. "
+        "tmpfs: safetensors in /dev/shm + vLLM reload_weights (one node). object_store: through Ray's object store (across "
+        "nodes). collective: the learner broadcasts to every rollout engine's workers in one process group (gloo on CPU, NCCL on GPU), "
+        "bucket by bucket into vLLM's in-place reload, no file system (across nodes)."
     )
+    weight_bucket_mb: float = Field(64.0, gt=0, le=65536, description="collective weight sync: tensors per broadcast, in MiB.")
     max_staleness: int = Field(
         0, ge=0,
         description="Rollouts stamped with a policy_version older than learner.version - max_staleness are dropped (synchronous on-policy PPO: 0).",
