@@ -148,6 +148,8 @@ def cmd_serve(args) -> int:
         limits = parse_limits(args.limit)
     except ValueError as e:
         sys.exit(f"tether: {e}")
+    if args.job_retries < 0:
+        sys.exit(f"tether: --job-retries must be >= 0 (0: a run whose driver died stays failed), got {args.job_retries}")
     if args.max_runs is not None and args.max_runs < 1:
         sys.exit(f"tether: --max-runs must be >= 1 (or left out: as many runs as the cluster's CPUs/GPUs hold), got {args.max_runs}")
     if not 0 < args.max_body_mb <= 1024:
@@ -161,7 +163,7 @@ def cmd_serve(args) -> int:
         url = embedded.start()
     token, source = load_or_create_token(data_dir)
     jobs = None if args.no_ray else RayJobs(args.ray_address, auth=args.ray_auth)
-    app = create_app(ServiceSettings(data_dir=data_dir, redis_url=url, token=token, jobs=jobs, max_runs=args.max_runs, limits=limits,
+    app = create_app(ServiceSettings(data_dir=data_dir, redis_url=url, token=token, jobs=jobs, max_runs=args.max_runs, job_retries=args.job_retries, limits=limits,
                                      max_body_bytes=int(args.max_body_mb * 1024 * 1024)))
     print(f"tether serve: http://{args.host}:{args.port}/  (API docs /docs)")
     print(f"  redis: {url} ({'embedded, data in ' + str(embedded.dir) if embedded else 'external'})")
@@ -312,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--ray-auth", choices=["token", "disabled"], default=os.environ.get("TETHER_RAY_AUTH", "token"),
                     help="Ray 2.60 auth mode of that cluster: token (sent from RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH / ~/.ray/auth_token) or disabled")
     sp.add_argument("--no-ray", action="store_true", help="no job submission: runs are stored and wait queued (a replica with Ray on the same Redis admits them); runs can still be watched and steered")
+    sp.add_argument("--job-retries", type=int, default=1,
+                    help="resume a run whose driver died (killed, OOM, lost node) from its checkpoint, at most this many times (default 1)")
     sp.add_argument("--max-runs", type=int, default=None,
                     help="at most this many runs at once (default: as many as the cluster's CPUs/GPUs hold for what each run declares); "
                          "the others wait as 'queued', in order")

@@ -94,12 +94,15 @@ def test_reset_applies_hand_run_ema_and_restores_theta0_in_ema():
     assert er.n_resets == 1
 
 
-def test_reset_clears_optimizer_and_value_head_when_asked():
+def test_reset_keeps_the_optimizer_by_default_and_clears_it_and_the_value_head_when_asked():
     model, opt, er = _setup(torch.optim.Adam)
     theta0 = _snap(model)
     _train(model, opt, 3, er)
     assert not torch.equal(model.value_head.weight, theta0["value_head.weight"])
-    er.reset(model, optimizer=opt, reset_value_head=True)  # reset_optimizer defaults to True
+    kept = {k: {n: v.clone() for n, v in st.items()} for k, st in opt.state.items()}
+    er.reset(model, optimizer=opt)  # the authors keep the optimiser state (reset_opt False): the default
+    assert len(opt.state) == len(kept) and all(torch.equal(opt.state[k]["exp_avg"], v["exp_avg"]) for k, v in kept.items())
+    er.reset(model, optimizer=opt, reset_optimizer=True, reset_value_head=True)
     assert len(opt.state) == 0 and isinstance(opt.state, dict)
     assert torch.equal(model.value_head.weight.detach(), theta0["value_head.weight"])
     assert torch.equal(model.value_head.bias.detach(), theta0["value_head.bias"])

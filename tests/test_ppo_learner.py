@@ -43,25 +43,52 @@ def test_learner_increases_a_simple_reward(tiny_assets):
     assert learner.version == 8 and eng.policy_version == 8
 
 
-def test_elastic_reset_restores_ema_then_initial(tiny_assets):
+def test_elastic_reset_follows_the_authors_rules(tiny_assets):
+    """The authors' IMDB code (RL4LMs, branch paper): the EMA is updated once per PPO iteration, after all epochs
+    (ema_ppo.py:176-180); a reset copies the EMA into the policy only (training_utils.py:305-309: the separate value
+    model is left alone) and keeps the optimiser state (reset_opt False, training_utils.py:221); then EMA <- theta_0."""
     cfg, tok, learner, eng = _setup(
-        tiny_assets, ppo={"lr": 1e-2, "batch_size": 8, "minibatch_size": 4, "epochs": 1},
-        elastic_reset={"enabled": True, "every": 2, "eta": 0.5}, kl={"mode": "fixed", "coef": 0.0},
+        tiny_assets, ppo={"lr": 1e-2, "batch_size": 8, "minibatch_size": 4, "epochs": 2},  # 4 optimiser steps per iteration
+        elastic_reset={"enabled": True, "every": 100, "eta": 0.5}, kl={"mode": "fixed", "coef": 0.0},
     )
-    init = {k: v.clone() for k, v in learner.model.lm.state_dict().items()}
+    assert learner.model.critic is not None  # ppo.value_model: separate, the default
+    params = lambda: {n: p.detach().clone() for n, p in learner.model.named_parameters()}  # noqa: E731
+    theta0 = params()
     r = eng.generate(["Great film", "Awful"] * 4, seed=0)
     s = ScoredRollouts(r, [[float(i)] for i in range(8)], [float(i) for i in range(8)], [0.0] * 8)
     learner.step(s)
-    ema_before = {k: v.clone() for k, v in learner.elastic.ema_state_dict().items()}
-    out = learner.step(s)  # iteration 2: reset fires after this update
-    assert out["elastic_reset/event"] == 1.0 and learner.elastic.n_resets == 1
-    # The EMA the reset copied in: one more EMA update per optimiser step of iteration 2.
-    sd = learner.model.state_dict()
-    moved = [k for k in ema_before if not torch.equal(sd[k], init.get(k[3:], sd[k]))]
-    assert moved, "the reset should leave the policy away from the initial weights"
-    for k, v in learner.elastic.ema_state_dict().items():  # EMA <- theta_0
-        assert torch.equal(v.to(init[k[3:]].dtype), init[k[3:]]), k
-    assert learner.opt.state == {} or len(learner.opt.state) == 0  # optimiser state cleared
+    theta1, ema1 = params(), {k: v.clone() for k, v in learner.elastic.ema_state_dict().items()}
+    assert learner.elastic.n_updates == 1  # one EMA update for the 4 optimiser steps
+    assert set(ema1) == {n for n in theta0 if n.startswith("lm.")}  # the value function is not averaged
+    for n, v in ema1.items():
+        torch.testing.assert_close(v, 0.5 * theta0[n] + 0.5 * theta1[n], rtol=0, atol=1e-6)
+    learner.step(s)
+    theta2 = params()
+    assert learner.elastic.n_updates == 2
+    n_opt_state = len(learner.opt.state)
+    version = learner.version
+    learner.reset_now()
+    after = params()
+    for n in ema1:  # policy <- EMA = 0.5 * ema1 + 0.5 * theta2; EMA <- theta_0
+        torch.testing.assert_close(after[n], 0.5 * ema1[n] + 0.5 * theta2[n], rtol=0, atol=1e-6)
+        assert torch.equal(learner.elastic.ema_state_dict()[n].to(theta0[n].dtype), theta0[n]), n
+    moved = [n for n in ema1 if not torch.equal(after[n], theta0[n])]
+    assert moved, "the reset leaves the policy between theta_0 and where training took it"
+    for n in theta0:
+        if n.startswith(("critic.", "value_head")):
+            assert torch.equal(after[n], theta2[n]), n  # the value function is not moved by the reset
+    assert len(learner.opt.state) == n_opt_state > 0  # the optimiser state is kept
+    assert learner.version == version + 1  # the weights changed: rollouts must resync
+
+
+def test_ema_cadence_options_per_epoch_and_per_step(tiny_assets):
+    for update, n in (("epoch", 2), ("step", 4)):
+        cfg, tok, learner, eng = _setup(
+            tiny_assets, ppo={"lr": 1e-2, "batch_size": 8, "minibatch_size": 4, "epochs": 2},
+            elastic_reset={"enabled": True, "every": 100, "eta": 0.5, "update": update}, kl={"mode": "fixed", "coef": 0.0})
+        r = eng.generate(["Great film", "Awful"] * 4, seed=0)
+        learner.step(ScoredRollouts(r, [[float(i)] for i in range(8)], [float(i) for i in range(8)], [0.0] * 8))
+        assert learner.elastic.n_updates == n, update
 
 
 def test_checkpoint_roundtrip_gives_identical_next_step(tiny_assets):

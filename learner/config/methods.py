@@ -33,9 +33,13 @@ class ElasticResetConfig(Strict):
     """Elastic Reset (Noukhovitch et al. 2023)."""
 
     enabled: bool = Field(False, description="Keep an EMA of the policy and reset periodically.")
-    eta: float = Field(0.995, gt=0, lt=1, description="EMA decay: theta_ema <- eta*theta_ema + (1-eta)*theta after each optimiser step (paper: 0.995).")
+    eta: float = Field(0.995, gt=0, lt=1, description="EMA decay: theta_ema <- eta*theta_ema + (1-eta)*theta at each EMA update (paper: 0.995).")
+    update: Literal["iteration", "epoch", "step"] = Field(
+        "iteration", description="When the EMA is updated: once per PPO iteration, after all epochs on its rollout batch (the authors' "
+        "IMDB code: EMAPPO.learn updates after train(), ema_update_train False); once per PPO epoch (their StackLLaMA code); or after "
+        "every optimiser step (faster-moving EMA, a weaker reset).")
     every: int = Field(17, ge=1, description="Reset period in PPO iterations (paper, IMDB: 17).")
-    reset_optimizer: bool = Field(True, description="Clear the optimiser state at a reset.")
+    reset_optimizer: bool = Field(False, description="Clear the optimiser state at a reset (the authors' reset_opt, False in both code bases).")
     reset_value_head: bool = Field(False, description="Also restore the value head to its initial weights at a reset.")
     include_value_head: bool = Field(False, description="Average the value head in the EMA too (the paper does not).")
 
@@ -70,6 +74,10 @@ class PPOConfig(Strict):
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
     whiten_advantages: bool = Field(True, description="Whiten advantages over the batch.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
+    value_model: Literal["separate", "shared"] = Field(
+        "separate", description="separate: the value head on its own copy of the transformer (the Elastic Reset authors' RL4LMs "
+        "actor-critic, TRL's PPOTrainer), so a reset of the policy does not move the value function; shared: the head on the "
+        "policy's last hidden state (one forward pass, cheaper; a reset then changes the critic's features).")
 
     @model_validator(mode="after")
     def _mb(self) -> "PPOConfig":

@@ -28,7 +28,8 @@ class PPOLearner(LearnerBase):
 
     def __init__(self, cfg: TetherConfig, init_lm: torch.nn.Module, *, pad_id: int, ref_lm: torch.nn.Module | None = None):
         super().__init__(cfg, init_lm, pad_id=pad_id, ref_lm=ref_lm)  # self.ref: pi_0, a SALSA soup, or (kl.reference: ema) the EMA
-        self.model = PolicyWithValue(init_lm).to(self.device)  # the value head is made on the CPU
+        # the value head (and a separate critic) are made on the CPU: move them to the policy's device
+        self.model = PolicyWithValue(init_lm, separate_critic=cfg.ppo.value_model == "separate").to(self.device)
         self.model.train()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.ppo.lr)
         k = cfg.kl
@@ -36,7 +37,8 @@ class PPOLearner(LearnerBase):
         er = cfg.elastic_reset
         self.elastic = None
         if er.enabled:
-            exclude = (lambda n: False) if er.include_value_head else (lambda n: n.startswith("value_head"))
+            # the value function (head, and the separate critic) is neither averaged nor reset, as in the authors' code
+            exclude = (lambda n: False) if er.include_value_head else (lambda n: n.startswith(("value_head", "critic.")))
             self.elastic = ElasticReset(self.model, eta=er.eta, exclude=exclude)
         if cfg.kl.reference == "ema" and self.elastic is None:
             raise ValueError("kl.reference 'ema' needs elastic_reset.enabled: true (there is no EMA otherwise); use kl.reference: initial")
@@ -99,13 +101,19 @@ class PPOLearner(LearnerBase):
                 share = dp.share(m.sum())  # every term is a mean over the minibatch's response tokens
                 gn = optimizer_step(self.opt, loss * share if dp.active else loss, self.model.parameters(), c.max_grad_norm,
                                     reduce_grads=dp.reduce_grads)
-                if self.elastic is not None:
-                    self.elastic.update(self.model)  # EMA after every optimiser step (paper, Alg. 1)
+                if self.elastic is not None and self.cfg.elastic_reset.update == "step":
+                    self.elastic.update(self.model)  # EMA after every optimiser step (an option; not the authors' cadence)
                 mstats = dp.weighted_sum({"loss/policy": pl.item(), "loss/value": vl.item(), "loss/entropy": ent.item(),
                                           "ppo/clipfrac": pst["clipfrac"], "ppo/approx_kl": pst["approx_kl"],
                                           "ppo/vf_clipfrac": vst["vf_clipfrac"]}, share)
                 for k, v in (*mstats.items(), ("optim/grad_norm", float(gn))):
                     stats[k].append(v)
+            if self.elastic is not None and self.cfg.elastic_reset.update == "epoch":
+                self.elastic.update(self.model)  # once per PPO epoch: the authors' StackLLaMA code
+        if self.elastic is not None and self.cfg.elastic_reset.update == "iteration":
+            # once per PPO iteration, after every epoch on this rollout batch: the authors' IMDB code (RL4LMs, branch
+            # "paper", rl4lms/algorithms/ema/ema_ppo.py:176-180 -- EMAPPO.learn calls ema_update_ref_model after train())
+            self.elastic.update(self.model)
         seq_kl = float(masked_sum(kl_tok, mask, dim=1).mean())
         self.kl_ctl.update(seq_kl, B)
         self.iteration += 1

@@ -1,9 +1,11 @@
 """Elastic Reset (Noukhovitch et al. 2023; docs/methods.md s.2).
 
-After every optimiser step: theta_ema <- eta * theta_ema + (1 - eta) * theta.
-Every n_reset steps (the caller decides when): theta <- theta_ema, then theta_ema <- theta_0.
-The value head is not averaged (paper, s.3); it can optionally be restored to its initial weights,
-and the optimiser state cleared, at a reset.
+At each EMA update: theta_ema <- eta * theta_ema + (1 - eta) * theta. The caller decides when: the
+authors update once per PPO iteration, after all epochs on a rollout batch (their IMDB code), or once
+per epoch (their StackLLaMA code); see learner/learners/ppo.py.
+Every n_reset iterations (the caller decides when): theta <- theta_ema, then theta_ema <- theta_0.
+The value function is not averaged (paper, s.3); it can optionally be restored to its initial weights,
+and the optimiser state cleared, at a reset (the authors keep it: reset_opt is False).
 
 Parameters are matched by the names of ``model.named_parameters()``, which lists a tied Parameter
 once, so tied weights are tracked (and updated) exactly once. Buffers are not tracked.
@@ -49,7 +51,7 @@ class ElasticReset:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """theta_ema <- eta * theta_ema + (1 - eta) * theta, in place (call after each optimiser step)."""
+        """theta_ema <- eta * theta_ema + (1 - eta) * theta, in place (once per PPO iteration in the authors' code)."""
         params = self._params(model)
         for name, ema in self.ema.items():
             ema.mul_(self.eta).add_(params[name].detach().to(ema.dtype), alpha=1.0 - self.eta)
@@ -61,7 +63,7 @@ class ElasticReset:
         model: nn.Module,
         *,
         optimizer: torch.optim.Optimizer | None = None,
-        reset_optimizer: bool = True,
+        reset_optimizer: bool = False,
         reset_value_head: bool = False,
     ) -> None:
         """theta <- theta_ema; theta_ema <- theta_0; optionally clear the optimiser state and restore excluded params."""

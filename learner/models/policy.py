@@ -2,6 +2,7 @@
 loaders of a policy and of a weight-soup reference (SALSA)."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -12,20 +13,31 @@ from learner.methods.soup import weight_soup
 
 
 class PolicyWithValue(nn.Module):
-    """`lm` is an AutoModelForCausalLM; the value head reads the last hidden state (TRL's ValueHead)."""
+    """`lm` is an AutoModelForCausalLM; the value head reads a last hidden state (TRL's ValueHead).
 
-    def __init__(self, lm: nn.Module):
+    ``separate_critic``: the value head sits on its own copy of the transformer (``critic``), started from the
+    same weights, as in the Elastic Reset authors' IMDB code (RL4LMs' actor-critic policy) and TRL's PPOTrainer:
+    a change of the policy's weights (an Elastic Reset) does not move the value function. Otherwise the value
+    head reads the policy's own last hidden state (one forward pass for both).
+    """
+
+    def __init__(self, lm: nn.Module, *, separate_critic: bool = False):
         super().__init__()
         self.lm = lm
         hidden = lm.config.hidden_size
+        self.critic = copy.deepcopy(getattr(lm, lm.base_model_prefix)) if separate_critic else None
         self.value_head = nn.Linear(hidden, 1)
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), output_hidden_states=True)
-        values = self.value_head(out.hidden_states[-1]).squeeze(-1)  # (B, L)
-        return out.logits, values
+        pos = position_ids(attention_mask)
+        if self.critic is None:
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, output_hidden_states=True)
+            return out.logits, self.value_head(out.hidden_states[-1]).squeeze(-1)  # (B, L, V), (B, L)
+        logits = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos).logits
+        h = self.critic(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos).last_hidden_state  # (B, L, H)
+        return logits, self.value_head(h).squeeze(-1)
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
