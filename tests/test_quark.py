@@ -123,3 +123,42 @@ def test_masked_positions_do_not_matter_and_ref_gets_no_grad():
     t2 = torch.where(off, garbage[2], tokens)
     loss2, _ = quark_loss(logits=l2, ref_logits=r2, tokens=t2, mask=mask)
     assert loss2.item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_kl_excludes_the_reward_tokens_as_the_official_code_does():
+    """GXimingLu/Quark main.py:244,252: the policy's logits sliced to the ordinary vocabulary, then
+    KLDivLoss(log_softmax(ref), softmax(policy)) summed over it; the reference may lack the reward tokens."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    V, K = 7, 3
+    logits = torch.randn(2, 4, V + K)  # the expanded policy
+    ref_v = torch.randn(2, 4, V)  # an SFT model or a soup: no reward tokens
+    tokens, mask = torch.randint(0, V, (2, 4)), torch.tensor([[1.0, 1, 1, 0], [1, 1, 0, 0]])
+    loss, stats = quark_loss(logits=logits, ref_logits=ref_v, tokens=tokens, mask=mask, kl_coef=1.0, entropy_coef=0.0, n_base=V)
+    official = torch.nn.KLDivLoss(reduction="none")(F.log_softmax(ref_v, -1), F.softmax(logits[:, :, :V], -1)).sum(-1)  # (2, 4)
+    assert stats["loss/kl"] == pytest.approx(float((official * mask).sum() / mask.sum()), rel=1e-5)
+    nll = -(torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1))  # over all V + K logits
+    assert stats["loss/nll"] == pytest.approx(float((nll * mask).sum() / mask.sum()), rel=1e-5)
+    # a reference with the reward tokens (a copy of the expanded start policy) is sliced the same way
+    ref_vk = torch.cat([ref_v, torch.randn(2, 4, K) + 5.0], -1)
+    _, same = quark_loss(logits=logits, ref_logits=ref_vk, tokens=tokens, mask=mask, n_base=V)
+    assert same["loss/kl"] == pytest.approx(stats["loss/kl"], rel=1e-5)
+    with pytest.raises(ValueError, match="fewer than the 7 ordinary tokens"):
+        quark_loss(logits=logits, ref_logits=ref_v[..., :5], tokens=tokens, mask=mask, n_base=V)
+
+
+def test_quark_with_an_sft_or_soup_reference_trains(tiny_assets, tiny_cfg, tmp_path):
+    """reference.kind sft / soup: the KL reference has the base vocabulary (V), the policy V + K reward tokens."""
+    from learner.config import load_config
+    from services.train import train
+    from tasks.imdb.build import prepare
+
+    sets = [f"data_dir={tiny_cfg.data_dir}", f"runs_dir={tmp_path}", "train.threads=1", "runtime.mode=local", "runtime.engine=transformers",
+            "algorithm=quark", "quark.batch_size=8", "quark.minibatch_size=4", "quark.steps_per_iteration=2", "reference.sft_tokens=20000",
+            "train.iterations=2"]
+    for kind in ("sft", "soup"):
+        cfg = load_config("tiny", [*sets, f"reference.kind={kind}"])
+        prepare(cfg)
+        summary = train(cfg, tmp_path / kind, progress=False)
+        assert summary["eval/kl_from_init_k3"] >= 0 and np.isfinite(summary["quark/pool_size"])

@@ -118,7 +118,7 @@ class QuarkLearner(LearnerBase):
             with torch.no_grad():
                 _, ref_logits = response_logprobs(self.ref, plain, return_logits=True)
             loss, st = quark_loss(logits=logits, ref_logits=ref_logits, tokens=cond["input_ids"][:, P : P + R], mask=mask,
-                                  kl_coef=q.kl_coef, entropy_coef=q.entropy_coef)
+                                  kl_coef=q.kl_coef, entropy_coef=q.entropy_coef, n_base=min(self.token_ids))  # reward tokens come last
             dp = self.dp
             share = dp.share(mask.sum())  # every term is a mean over the minibatch's response tokens
             gn = optimizer_step(self.opt, loss * share if dp.active else loss, self.model.parameters(), q.max_grad_norm,

@@ -98,16 +98,24 @@ def condition(prompt_ids: Sequence[int], token_id: int) -> list[int]:
 
 
 def quark_loss(*, logits: Tensor, ref_logits: Tensor, tokens: Tensor, mask: Tensor, kl_coef: float = 0.05,
-               entropy_coef: float = 0.06) -> tuple[Tensor, dict[str, float]]:
+               entropy_coef: float = 0.06, n_base: int | None = None) -> tuple[Tensor, dict[str, float]]:
     """Quark objective (Lu et al. 2022): NLL + kl_coef * KL(pi || pi_ref) - entropy_coef * H(pi), token means.
 
-    logits: (B, T, V) policy logits at the response positions, on the reward-conditioned input;
-    ref_logits: (B, T, V) reference logits at the same response positions, unconditioned input (no grad);
+    logits: (B, T, V + K) policy logits at the response positions, on the reward-conditioned input;
+    ref_logits: (B, T, V') reference logits at the same response positions, unconditioned input (no grad),
+    V' = V (an SFT model or a soup) or V + K (a copy of the expanded start policy);
     tokens: (B, T) response tokens; mask: (B, T), 1 on response tokens. Each term is a masked mean over
     all valid tokens of the batch.
+    n_base: V, the vocabulary without the K reward tokens. The KL excludes them, as the official code does
+    (GXimingLu/Quark main.py:244 slices the policy's logits to ``[:, :, :-len(tree_tokens)]`` and line 252
+    takes KLDivLoss(log_softmax(ref), softmax(policy)) summed over that vocabulary): both distributions are
+    renormalised over the V ordinary tokens. NLL and entropy use the full V + K logits, as there.
     """
     nll = masked_mean(-logprobs_from_logits(logits, tokens), mask)  # ()
-    kl = masked_mean(exact_kl_from_logits(logits, ref_logits.detach()), mask)  # ()
+    n = logits.shape[-1] if n_base is None else int(n_base)
+    if ref_logits.shape[-1] < n:
+        raise ValueError(f"the reference has {ref_logits.shape[-1]} logits, fewer than the {n} ordinary tokens the KL needs")
+    kl = masked_mean(exact_kl_from_logits(logits[..., :n], ref_logits[..., :n].detach()), mask)  # ()
     ent = masked_mean(entropy_from_logits(logits), mask)  # ()
     loss = nll + kl_coef * kl - entropy_coef * ent
     stats = {"loss/nll": nll.item(), "loss/kl": kl.item(), "loss/entropy": ent.item()}
