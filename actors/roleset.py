@@ -46,7 +46,7 @@ class LocalRoleSet:
         run_id = f"{cfg.name}-local-{uuid.uuid4().hex[:8]}"
         self.rollout = RolloutWorker(cfg, str(paths.policy), 0, run_id, with_sync=False)
         self.reward = RewardWorker(cfg, [str(p) for p in paths.proxies])
-        self.gold = GoldWorker(cfg, str(paths.gold), str(paths.policy))
+        self.gold = GoldWorker(cfg, str(paths.gold), str(paths.drift_policy or paths.policy))
         self.learner = LearnerWorker(cfg, str(paths.policy), run_id, [str(p) for p in paths.reference], list(paths.reference_weights),
                                      with_sync=False)
 
@@ -112,11 +112,11 @@ class RayRoleSet(Recovery):
             signal.signal(signal.SIGTERM, on_sigterm)
         self.placement = place(rt)
         run_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
-        pol, gold = str(paths.policy), str(paths.gold)
+        pol, gold, drift = str(paths.policy), str(paths.gold), str(paths.drift_policy or paths.policy)
         o = lambda role, i, res: {**self.placement.options(role, i, res), "max_restarts": rt.max_restarts}  # noqa: E731
         self.rollout = [RolloutActor.options(**o("rollout", i, rt.rollout), name=None).remote(cfg, pol, i, run_id) for i in range(rt.rollout_actors)]
         self.reward = RewardActor.options(**o("reward", 0, rt.reward)).remote(cfg, [str(p) for p in paths.proxies])
-        self.gold = GoldActor.options(**o("gold", 0, rt.gold)).remote(cfg, gold, pol)
+        self.gold = GoldActor.options(**o("gold", 0, rt.gold)).remote(cfg, gold, drift)
         self.uwo_lambda = None  # a live change (set_uwo_lambda) to re-apply to a restarted reward actor
         self.restarts: dict[str, int] = {}  # role -> actor restarts survived (metrics: runtime/restarts_<role>)
         self._pids: dict[str, int] = {}  # actor id -> process id after its latest restart

@@ -62,9 +62,20 @@ class Trainer:
         # The algorithm's hooks: the policy folder every role loads (Quark adds reward tokens to it) and the control
         # tokens sampling may be conditioned on.
         self.algorithm = learner_class(cfg.algorithm)
-        policy, self.control_ids = self.algorithm.prepare_policy(cfg, self.paths.policy, self.run_dir)
+        if cfg.reference.kind == "soup":  # SALSA, Algorithm 1: the policy (and its value network) start from the soup itself
+            from tasks.imdb.sft import write_soup
+
+            soup = write_soup(self.paths.reference, self.paths.reference_weights, self.run_dir / "soup-policy")
+            self.paths = dataclasses.replace(self.paths, policy=soup)
+        start = self.paths.policy
+        policy, self.control_ids = self.algorithm.prepare_policy(cfg, start, self.run_dir)
         if policy != Path(self.paths.policy):
             self.paths = dataclasses.replace(self.paths, policy=policy)
+        # Drift is measured from one common model for every method: pi_0 (with the algorithm's extra tokens, so that
+        # it can score every sampled token), whatever the run starts from or regularises towards.
+        base = self.paths.base_policy or self.paths.policy
+        drift = policy if str(base) == str(start) else self.algorithm.prepare_policy(cfg, base, self.run_dir / "drift")[0]
+        self.paths = dataclasses.replace(self.paths, drift_policy=drift)
         split = load_imdb(cfg.task)
         self.train_text = split.train_text
         self.eval_prompts = make_prompts(split.heldout_text, cfg.train.eval_prompts, cfg.task, seed=cfg.train.seed + 99991)

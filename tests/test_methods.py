@@ -207,11 +207,35 @@ def test_salsa_prepares_sft_models_and_trains_against_their_soup(tiny_assets, ti
     assert len(m["members"]) == 2 and m["distance_between_0_1"] > 0
     assert all(x["distance_from_base"] > 0 for x in m["members"])
     paths = resolve(cfg)
-    assert paths.policy == paths.reference[0] and paths.reference_weights == [0.5, 0.5] and paths.base_policy != paths.policy
-    learner = make_learner(cfg, paths.policy, reference=paths.reference, reference_weights=paths.reference_weights)
+    assert paths.reference_weights == [0.5, 0.5] and paths.base_policy != paths.policy
     a, b = (load_policy(p).state_dict() for p in paths.reference)
+    pi0 = load_policy(paths.base_policy).state_dict()
     k = "model.layers.0.mlp.up_proj.weight"
-    assert torch.allclose(learner.ref.state_dict()[k], (a[k] + b[k]) / 2, atol=1e-6)
-    assert torch.equal(learner.model.lm.state_dict()[k], a[k])  # the policy starts from SFT model 0
-    summary = train(cfg, tmp_path / "salsa", progress=False)
+    soup = (a[k] + b[k]) / 2
+    # SALSA, Algorithm 1: policy, KL reference and value network all start from the soup; drift is measured from pi_0
+    from actors.roleset import LocalRoleSet
+    from services.train import Trainer
+
+    tr = Trainer(cfg, tmp_path / "salsa", progress=False, roles=None)
+    try:
+        learner = tr.roles.learner.learner
+        assert torch.allclose(learner.ref.state_dict()[k], soup, atol=1e-6)
+        assert torch.allclose(learner.model.lm.state_dict()[k], soup, atol=1e-6)
+        assert torch.allclose(learner.model.critic.state_dict()[k.removeprefix("model.")], soup, atol=1e-6)
+        assert torch.equal(tr.roles.gold.evaluator.init_model.state_dict()[k], pi0[k])  # the common model of every method
+        assert isinstance(tr.roles, LocalRoleSet)
+        summary = tr.run()
+    finally:
+        tr.close()
     assert summary["eval/kl_from_init_k3"] >= 0
+    # its baseline (kind: sft) uses SFT model 0 in all three places
+    base_cfg = _cfg(tiny_cfg, *LOCAL, "reference.kind=sft", "reference.sft_tokens=20000", "train.iterations=1")
+    tr = Trainer(base_cfg, tmp_path / "sft", progress=False)
+    try:
+        learner = tr.roles.learner.learner
+        for sd in (learner.ref.state_dict(), learner.model.lm.state_dict()):
+            assert torch.equal(sd[k], a[k])
+        assert torch.equal(learner.model.critic.state_dict()[k.removeprefix("model.")], a[k])
+        assert torch.equal(tr.roles.gold.evaluator.init_model.state_dict()[k], pi0[k])
+    finally:
+        tr.close()

@@ -28,12 +28,13 @@ COMMITTED_POLICY = REPO_ASSETS / "imdb-policy"
 
 @dataclass(frozen=True)
 class TaskPaths:
-    policy: Path | str  # the model the run starts from: pi_0, or an SFT model (reference.kind sft/soup); local folder or hub name
+    policy: Path | str  # the model the run starts from: pi_0, or an SFT model (reference.kind sft; the driver writes the soup for soup)
     gold: Path | str
     proxies: list[Path | str]
     reference: list[Path | str] = field(default_factory=list)  # models whose soup is the KL reference; empty = the start policy
     reference_weights: list[float] = field(default_factory=list)
     base_policy: Path | str | None = None  # pi_0 itself (what proxies were trained on)
+    drift_policy: Path | str | None = None  # the common model drift is measured from (pi_0; the driver sets it); None = policy
 
 
 def _parts(cfg: TetherConfig, stage: str) -> dict:

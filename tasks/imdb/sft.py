@@ -84,3 +84,28 @@ def build_sft(base: str | Path, out_dir: Path, train_texts: list[str], heldout_t
         "soup_heldout_perplexity": round(heldout_perplexity(soup, held, context), 3),
         "distance_between_0_1": round(param_distance(sds[0], sds[1]), 4) if n > 1 else 0.0,
     }
+
+
+def write_soup(paths: list[str | Path], weights: list[float], out_dir: Path) -> Path:
+    """SALSA's start model: the weight soup of ``paths`` saved as a model folder (with the first model's tokenizer),
+    so that every role can load it (vLLM reads folders). Reused when ``out_dir`` already holds this soup."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from learner.models.policy import load_soup
+
+    out_dir = Path(out_dir)
+    meta = {"sources": [str(p) for p in paths], "weights": [float(w) for w in weights]}
+    marker = out_dir / "tether_soup.json"
+    if marker.exists() and json.loads(marker.read_text()) == meta:
+        return out_dir
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    load_soup(list(paths), list(weights)).save_pretrained(str(tmp))
+    AutoTokenizer.from_pretrained(str(paths[0])).save_pretrained(str(tmp))
+    (tmp / "tether_soup.json").write_text(json.dumps(meta))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return out_dir
