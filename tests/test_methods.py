@@ -99,26 +99,32 @@ def test_fdpg_moves_probability_towards_the_rewarded_samples(tiny_assets, tiny_c
 
 
 def test_fdpg_gdc_with_a_lagged_proposal(tiny_assets, tiny_cfg):
-    cfg = _cfg(tiny_cfg, "algorithm=fdpg", "fdpg.target=gdc", "fdpg.threshold=0.0", "fdpg.proposal=lagged", "fdpg.lag_every=2",
+    """GDC's constraint is the proxy ensemble's own (aggregate >= a threshold calibrated on the first batch, then
+    fixed); the gold is held out: a batch's gold scores change nothing."""
+    cfg = _cfg(tiny_cfg, "algorithm=fdpg", "fdpg.target=gdc", "fdpg.constraint_quantile=0.75", "fdpg.proposal=lagged", "fdpg.lag_every=2",
                "fdpg.batch_size=8", "fdpg.minibatch_size=4", "fdpg.lr=3e-3")
     paths = tiny_assets[2]
     learner = make_learner(cfg, paths.policy)
+    twin = make_learner(cfg, paths.policy)
     tok = AutoTokenizer.from_pretrained(str(paths.policy))
     eng = TransformersEngine(load_policy(paths.policy), tok, cfg.generation)
     r = eng.generate(["This movie", "I think", "The plot", "Worst"] * 2, seed=0)
-    gold = [1.0, -1.0, 1.0, -1.0, -1.0, -1.0, -1.0, -1.0]
-    sr = ScoredRollouts(r, [[0.0]] * 8, [0.0] * 8, [0.0] * 8, gold=gold)
+    agg = [0.3, -1.0, 2.0, -0.5, 0.1, -2.0, 1.0, 0.0]
+    sr = ScoredRollouts(r, [[a] for a in agg], agg, [0.0] * 8, gold=[5.0] * 8)
     proposal0 = copy.deepcopy(learner.policy_state_dict())
     s1 = learner.step(sr)
-    assert s1["fdpg/constraint_rate"] == pytest.approx(0.25)
+    assert s1["fdpg/constraint_threshold"] == pytest.approx(float(np.quantile(agg, 0.75)))
+    assert s1["fdpg/constraint_rate"] == pytest.approx(0.25)  # 2 of 8 at or above the 75% quantile
+    t1 = twin.step(ScoredRollouts(r, [[a] for a in agg], agg, [0.0] * 8, gold=[-5.0] * 8))  # other gold: same update
+    assert t1["loss/policy"] == s1["loss/policy"]
     # the proposal (what the rollout engines get) stays put until lag_every iterations have passed
     assert learner.version == 0 and all(torch.equal(proposal0[k], v) for k, v in learner.policy_state_dict().items())
-    s2 = learner.step(sr)
+    s2 = learner.step(ScoredRollouts(r, [[a + 10] for a in agg], [a + 10 for a in agg], [0.0] * 8))  # no gold at all
+    assert s2["fdpg/constraint_threshold"] == s1["fdpg/constraint_threshold"]  # fixed after calibration
+    assert s2["fdpg/constraint_rate"] == 1.0
     assert learner.version == 1 and s2["fdpg/proposal_updated"] == 1.0
     assert all(torch.equal(learner.model.state_dict()[k], v) for k, v in learner.policy_state_dict().items())
-    # probability moved towards the samples that satisfy the constraint
-    with pytest.raises(ValueError, match="needs the gold scores"):
-        learner.step(ScoredRollouts(r, [[0.0]] * 8, [0.0] * 8, [0.0] * 8))
+    assert learner.state_dict()["gdc_threshold"] == s1["fdpg/constraint_threshold"]
 
 
 def test_quark_reward_tokens_and_conditioning(tiny_assets, tiny_cfg, tmp_path):

@@ -91,10 +91,15 @@ class FDPGConfig(Strict):
 
     divergence: Literal["forward_kl", "reverse_kl", "js", "tv"] = Field("js", description="The f-divergence (Go et al.: JS is a good default and often beats forward KL).")
     target: Literal["rlhf", "gdc"] = Field(
-        "rlhf", description="rlhf: p ~ pi_0 exp(r / beta) with r the proxy-ensemble aggregate. gdc: p ~ pi_0 * 1[gold reward > threshold] ('the review is positive').",
+        "rlhf", description="rlhf: p ~ pi_0 exp(r / beta) with r the proxy-ensemble aggregate. gdc: p ~ pi_0 * 1[proxy aggregate >= threshold], "
+        "a declared constraint of the proxy ensemble's own; the gold stays held out (it only grades, as for every method).",
     )
     beta: float | None = Field(None, gt=0, description="Temperature of the RLHF target (only target=rlhf; default 1.0).")
-    threshold: float | None = Field(None, description="GDC constraint: gold reward (logit) above this (only target=gdc; default 0.0, i.e. classified positive).")
+    threshold: float | None = Field(None, description="GDC constraint: the proxy aggregate at least this (only target=gdc; default: "
+                                    "calibrated, see constraint_quantile).")
+    constraint_quantile: float | None = Field(None, gt=0, lt=1, description="GDC without a threshold: the threshold is this quantile of "
+                                              "the proxy aggregate of the first batch (pi_0's samples), then fixed (only target=gdc; default "
+                                              "0.5: p is pi_0 restricted to what the proxies rate above its median).")
     proposal: Literal["current", "lagged"] = Field("current", description="Sample from the current policy, or from a lagged copy updated every lag_every iterations (then rollouts come from the copy).")
     lag_every: int | None = Field(None, ge=1, description="Iterations between proposal updates (only proposal=lagged; default 4).")
     lr: float = Field(5e-5, gt=0, description="Adam learning rate.")
@@ -109,8 +114,11 @@ class FDPGConfig(Strict):
     def _applies(self) -> "FDPGConfig":
         if self.target != "rlhf" and self.beta is not None:
             raise ValueError(f"fdpg.beta applies only to target 'rlhf', not '{self.target}'; remove it or set target: rlhf")
-        if self.target != "gdc" and self.threshold is not None:
-            raise ValueError(f"fdpg.threshold applies only to target 'gdc', not '{self.target}'; remove it or set target: gdc")
+        for name in ("threshold", "constraint_quantile"):
+            if self.target != "gdc" and getattr(self, name) is not None:
+                raise ValueError(f"fdpg.{name} applies only to target 'gdc', not '{self.target}'; remove it or set target: gdc")
+        if self.threshold is not None and self.constraint_quantile is not None:
+            raise ValueError("fdpg.threshold and fdpg.constraint_quantile are two ways to set one threshold; give one")
         if self.proposal != "lagged" and self.lag_every is not None:
             raise ValueError(f"fdpg.lag_every applies only to proposal 'lagged', not '{self.proposal}'; remove it or set proposal: lagged")
         if self.batch_size % self.minibatch_size:
@@ -122,8 +130,8 @@ class FDPGConfig(Strict):
         return 1.0 if self.beta is None else self.beta
 
     @property
-    def threshold_(self) -> float:
-        return 0.0 if self.threshold is None else self.threshold
+    def constraint_quantile_(self) -> float:
+        return 0.5 if self.constraint_quantile is None else self.constraint_quantile
 
     @property
     def lag_every_(self) -> int:

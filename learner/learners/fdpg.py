@@ -33,6 +33,7 @@ class FDPGLearner(LearnerBase):
         self.opt = torch.optim.Adam(self.model.parameters(), lr=c.lr)
         self.log_z = RunningLogZ(c.z_momentum)
         self.baseline = MovingBaseline(c.baseline_momentum)
+        self.gdc_threshold: float | None = None  # the GDC constraint's threshold on the proxy aggregate, once fixed
         # self.version counts the sampling weights' versions (the proposal's, when lagged)
 
     def policy_state_dict(self) -> dict[str, torch.Tensor]:
@@ -61,13 +62,17 @@ class FDPGLearner(LearnerBase):
             log_pt = log_target(init_logp_seq=ref_lp, reward=self.tensor(scored.reward), beta=c.beta_)
             sat = float("nan")
         else:
-            if scored.gold is None:
-                raise ValueError("the GDC target needs the gold scores of the batch (ScoredRollouts.gold)")
-            ok = self.tensor(scored.gold) > c.threshold_
+            # a constraint of the proxy ensemble's own (the gold is held out for evaluation, as for every method)
+            agg = self.tensor(scored.reward)
+            if self.gdc_threshold is None:  # declared, or calibrated once on the first batch (pi_0's samples) and fixed
+                self.gdc_threshold = c.threshold if c.threshold is not None else float(torch.quantile(agg.double(), c.constraint_quantile_))
+            ok = agg >= self.gdc_threshold
             log_pt = log_target(init_logp_seq=ref_lp, constraint=ok)
             sat = float(ok.float().mean())
         log_z = self.log_z.update(log_pt, q_lp)
         out: dict[str, float] = {"fdpg/log_z": log_z, "fdpg/constraint_rate": sat}
+        if self.gdc_threshold is not None:
+            out["fdpg/constraint_threshold"] = self.gdc_threshold
         stats: dict[str, list[float]] = {"loss/policy": [], "fdpg/pseudo_reward_mean": [], "fdpg/log_t_mean": [], "fdpg/weight_mean": [],
                                          "optim/grad_norm": []}
         if math.isfinite(log_z):
@@ -115,10 +120,11 @@ class FDPGLearner(LearnerBase):
 
     def extra_state(self) -> dict:
         return {"proposal": self.proposal.state_dict() if self.proposal is not None else None, "log_z": self.log_z.state_dict(),
-                "baseline": self.baseline.state_dict()}
+                "baseline": self.baseline.state_dict(), "gdc_threshold": self.gdc_threshold}
 
     def load_extra_state(self, sd: dict) -> None:
         if self.proposal is not None and sd.get("proposal") is not None:
             self.proposal.load_state_dict(sd["proposal"])
         self.log_z.load_state_dict(sd["log_z"])
         self.baseline.load_state_dict(sd["baseline"])
+        self.gdc_threshold = sd.get("gdc_threshold")
