@@ -66,9 +66,6 @@ class Recovery:
     def _back(self, role: str, actor, error: Exception) -> None:
         """Wait until Ray has restarted ``actor`` (a constructor that runs again), or raise RoleLost."""
         ray, rt = self._ray, self.cfg.runtime
-        self.restarts[role] = self.restarts.get(role, 0) + 1
-        if self.restarts[role] > rt.max_restarts * max(1, len(self.rollout) if role == "rollout" else len(self.learners) if role == "learner" else 1):
-            raise RoleLost(f"the {role} actor died {self.restarts[role]} times (runtime.max_restarts is {rt.max_restarts}): {error}") from error
         log.warning("the %s actor died (%s); waiting for Ray to restart it", role, str(error).splitlines()[0][:200])
         t = time.perf_counter()
         while True:
@@ -82,8 +79,10 @@ class Recovery:
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
                 raise RoleLost(f"the {role} actor is gone for good (restarts exhausted or unschedulable): {e}") from error
         key = actor._actor_id.hex()
-        if self._pids.get(key) == pid:  # another call lost in the same death: this restart is counted already
-            self.restarts[role] -= 1
+        if self._pids.get(key) != pid:  # a new process (not another call lost in a death already counted)
+            self.restarts[role] = self.restarts.get(role, 0) + 1
+            if self.restarts[role] > rt.max_restarts * max(1, len(self.rollout) if role == "rollout" else len(self.learners) if role == "learner" else 1):
+                raise RoleLost(f"the {role} actor died {self.restarts[role]} times (runtime.max_restarts is {rt.max_restarts}): {error}") from error
         self._pids[key] = pid
         log.warning("the %s actor is back after %.1fs (pid %d)", role, time.perf_counter() - t, pid)
 

@@ -21,7 +21,7 @@ SAME = ("reward/proxy_mean", "reward/gold_mean", "kl/from_init", "kl/to_ref", "l
 
 def _cfg(tiny_assets):
     base = tiny_assets[0]
-    rt = base.runtime.model_copy(update={"mode": "ray", "engine": "vllm", "checkpoint_every": 1, "max_restarts": 2})
+    rt = base.runtime.model_copy(update={"mode": "ray", "engine": "vllm", "checkpoint_every": 1, "max_restarts": 1})  # one restart each: a death that loses two calls counts once
     return base.model_copy(update={"runtime": rt, "train": base.train.model_copy(update={"iterations": ITERATIONS, "eval_every": 2})})
 
 
