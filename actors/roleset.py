@@ -137,9 +137,8 @@ class RayRoleSet(Recovery):
             remote = list(range(len(self.rollout))) if rt.weight_sync == "collective" else []
         self.collective_rollouts = [self.rollout[i] for i in remote]
         self.file_rollouts = [a for i, a in enumerate(self.rollout) if i not in remote]
-        self.collective = bool(self.collective_rollouts)
         self._weight_group: dict | None = None  # the collective sync's group: set up now, rebuilt after a restart
-        if self.collective:
+        if self.collective_rollouts:
             self._join_weight_group()
 
     def generate(self, prompts: list[str], seed: int, prefix_ids: list[int] | None = None) -> Rollouts:

@@ -32,22 +32,16 @@ def file_backend(cfg: TetherConfig) -> str:
     return "tmpfs" if cfg.runtime.weight_sync == "auto" else cfg.runtime.weight_sync
 
 
-def host_tensors(state_dict: dict) -> dict:
-    """The same tensors on the CPU (a GPU learner's weights, for the file and object-store sync paths)."""
-    return {k: v.detach().cpu() if v.device.type != "cpu" else v for k, v in state_dict.items()}
-
-
 def make_engine(cfg: TetherConfig, policy_path: str, *, seed: int, run_id: str):
     """The configured rollout engine as a plain object."""
     if cfg.runtime.engine == "vllm":
         from actors.vllm_engine import VLLMEngine
 
         return VLLMEngine(policy_path, cfg.generation, seed=seed, kv_cache_gib=cfg.runtime.kv_cache_gib, run_id=run_id)
-    from learner.models.device import resolve_device
+    from learner.models.device import role_device
     from learner.models.engine import TransformersEngine
 
-    ro = cfg.runtime.rollout
-    return TransformersEngine.from_path(policy_path, cfg.generation, device=resolve_device(ro.device, ro.num_gpus, role="rollout"))
+    return TransformersEngine.from_path(policy_path, cfg.generation, device=role_device(cfg, "rollout"))
 
 
 class RolloutWorker:
@@ -98,7 +92,7 @@ class RolloutWorker:
             from actors.collective import receive
 
             dev = torch.device("cuda", torch.cuda.current_device()) if self._pg_backend == "nccl" else torch.device("cpu")
-            self.engine.load_weights({k: v.clone() for k, v in receive(self._pg, meta, bucket_mb, dev)}, version)
+            self.engine.load_weights(dict(receive(self._pg, meta, bucket_mb, dev)), version)
         return time.perf_counter() - t
 
     def load_state_dict(self, state_dict: dict, version: int) -> None:
@@ -121,12 +115,11 @@ class RewardWorker:
     """The proxy ensemble: scores and their aggregate (mean / WCO / UWO)."""
 
     def __init__(self, cfg: TetherConfig, member_paths: list[str]):
-        from learner.models.device import resolve_device
+        from learner.models.device import role_device
         from learner.models.reward import ProxyEnsemble
 
-        rr = cfg.runtime.reward
         self.ensemble = ProxyEnsemble(member_paths, aggregation=cfg.ensemble.aggregation, uwo_lambda=cfg.ensemble.lam, max_len=cfg.proxy.max_len,
-                                      device=resolve_device(rr.device, rr.num_gpus, role="reward"))
+                                      device=role_device(cfg, "reward"))
 
     def score(self, rollouts):
         return self.ensemble.score(rollouts)
@@ -140,11 +133,10 @@ class GoldWorker:
     """Gold reward and drift from pi_0 (held out from training)."""
 
     def __init__(self, cfg: TetherConfig, gold_path: str, policy_path: str):
-        from learner.models.device import resolve_device
+        from learner.models.device import role_device
         from learner.models.gold_eval import GoldEvaluator
 
-        g = cfg.runtime.gold
-        self.evaluator = GoldEvaluator.from_paths(gold_path, policy_path, device=resolve_device(g.device, g.num_gpus, role="gold"))
+        self.evaluator = GoldEvaluator.from_paths(gold_path, policy_path, device=role_device(cfg, "gold"))
 
     def evaluate(self, rollouts, prefix: str) -> dict:
         return self.evaluator.evaluate(rollouts, prefix=prefix)
@@ -189,7 +181,7 @@ class LearnerWorker:
     def publish(self) -> tuple[object, int, float]:
         """Publish the current policy weights; returns (handle, version, seconds)."""
         t = time.perf_counter()
-        handle = self.sync.send(host_tensors(self.learner.policy_state_dict()).items(), self.learner.version)
+        handle = self.sync.send(self.learner.policy_state_dict().items(), self.learner.version)  # the backends copy to the CPU
         return handle, self.learner.version, time.perf_counter() - t
 
     def version(self) -> int:

@@ -69,13 +69,11 @@ class Trainer:
             self.paths = dataclasses.replace(self.paths, policy=soup)
         start = self.paths.policy
         policy, self.control_ids = self.algorithm.prepare_policy(cfg, start, self.run_dir)
-        if policy != Path(self.paths.policy):
-            self.paths = dataclasses.replace(self.paths, policy=policy)
         # Drift is measured from one common model for every method: pi_0 (with the algorithm's extra tokens, so that
         # it can score every sampled token), whatever the run starts from or regularises towards.
-        base = self.paths.base_policy or self.paths.policy
+        base = self.paths.base_policy or start
         drift = policy if str(base) == str(start) else self.algorithm.prepare_policy(cfg, base, self.run_dir / "drift")[0]
-        self.paths = dataclasses.replace(self.paths, drift_policy=drift)
+        self.paths = dataclasses.replace(self.paths, policy=policy, drift_policy=drift)
         split = load_imdb(cfg.task)
         self.train_text = split.train_text
         self.eval_prompts = make_prompts(split.heldout_text, cfg.train.eval_prompts, cfg.task, seed=cfg.train.seed + 99991)

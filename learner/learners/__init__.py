@@ -39,11 +39,11 @@ def make_learner(cfg: TetherConfig, policy_path, *, reference: list | None = Non
     runtime.learner.device and num_gpus resolve to in this process; the GPU Ray assigned, else the CPU)."""
     from transformers import AutoTokenizer
 
-    from learner.models.device import resolve_device
+    from learner.models.device import role_device
     from learner.models.policy import load_policy
 
     lr = cfg.runtime.learner
-    device = resolve_device(lr.device, lr.num_gpus, role="learner") if device is None else device
+    device = role_device(cfg, "learner") if device is None else device
     tok = AutoTokenizer.from_pretrained(str(policy_path))
     init_lm = load_policy(policy_path).to(device)
     ref = load_reference(list(reference or []), list(reference_weights or []), init_lm).to(device)

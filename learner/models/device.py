@@ -31,6 +31,12 @@ def resolve_device(setting: str, num_gpus: float, *, role: str = "role") -> torc
     return torch.device("cpu")
 
 
+def role_device(cfg, role: str) -> torch.device:
+    """The device of one role of a run (``cfg.runtime.<role>``: its device setting and its reserved GPUs)."""
+    res = getattr(cfg.runtime, role)
+    return resolve_device(res.device, res.num_gpus, role=role)
+
+
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """Every tensor of a batch on ``device`` (no copy when it is there already)."""
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
