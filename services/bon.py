@@ -85,19 +85,25 @@ def _finite(x):
     return x
 
 
-def run_bon(cfg: TetherConfig, out_dir: Path, *, n_max: int, n_prompts: int, clean_cfg: TetherConfig | None = None,
+def run_bon(cfg: TetherConfig, out_dir: Path, *, n_max: int, n_prompts: int, n_best: int | None = None, clean_cfg: TetherConfig | None = None,
             aggregations: tuple[str, ...] = AGGREGATIONS, uwo_lambda: float = 0.5, chunk: int = 256, progress: bool = True,
             cfg_source: str = "<config>", clean_cfg_source: str | None = None, roles=None) -> dict:
     """Best-of-n curves for every (ensemble, aggregation); writes bon.json, samples.npz, bon_gold.png, bon_proxy.png, report.html.
 
     Assets are resolved first (tasks.imdb.store.AssetError, naming the prepare command, before anything loads).
-    ``uwo_lambda``: Coste et al. use 0.5 for best-of-n. Returns what bon.json holds.
+    ``n_max``: samples per prompt N; ``n_best``: the largest n estimated (default N; n < N lowers the estimator's
+    variance, Gao et al. use N well above n). ``uwo_lambda``: Coste et al. use 0.5 for best-of-n. Besides every
+    ensemble aggregation, each ensemble's first member alone is a curve ("<ensemble>/single"): the single proxy.
+    Returns what bon.json holds.
     """
     from tasks.imdb.build import resolve, set_threads
     from tasks.imdb.data import load_imdb, make_prompts
 
     if n_max < 1 or n_prompts < 1:
         raise ValueError(f"n_max and n_prompts must be >= 1, got {n_max} and {n_prompts}")
+    n_best = n_max if n_best is None else n_best
+    if not 1 <= n_best <= n_max:
+        raise ValueError(f"n_best must be between 1 and the samples per prompt ({n_max}), got {n_best}")
     bad = [a for a in aggregations if a not in AGGREGATIONS]
     if bad:
         raise ValueError(f"unknown aggregation {bad[0]!r}; accepted: {', '.join(AGGREGATIONS)}")
@@ -137,11 +143,12 @@ def run_bon(cfg: TetherConfig, out_dir: Path, *, n_max: int, n_prompts: int, cle
         timing["time_s/clean_score"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    ns = bon_ns(n_max)
+    ns = bon_ns(n_best)
     curves = {}
     for ens_name, m in members.items():
-        for a in aggregations:
-            c = ensemble_bon_curves(m, s["gold"], ns, aggregation=a, uwo_lambda=uwo_lambda)
+        for a in (*aggregations, "single"):
+            c = ensemble_bon_curves(m[..., :1] if a == "single" else m, s["gold"], ns, aggregation="mean" if a == "single" else a,
+                                    uwo_lambda=uwo_lambda)
             c["fit"] = fit_bon_curve(c["kl"], c["gold"])
             curves[f"{ens_name}/{a}"] = c
     timing["time_s/estimate"] = time.perf_counter() - t
@@ -152,8 +159,8 @@ def run_bon(cfg: TetherConfig, out_dir: Path, *, n_max: int, n_prompts: int, cle
     timing["time_s/total"] = time.perf_counter() - t_start
     result = {
         "settings": {
-            "name": cfg.name, "n_max": n_max, "n_prompts": n_prompts, "n_samples": n_max * n_prompts, "ns": ns,
-            "aggregations": list(aggregations), "uwo_lambda": uwo_lambda, "ensembles": list(members),
+            "name": cfg.name, "n_max": n_max, "n_best": n_best, "n_prompts": n_prompts, "n_samples": n_max * n_prompts, "ns": ns,
+            "aggregations": [*aggregations, "single"], "uwo_lambda": uwo_lambda, "ensembles": list(members),
             "label_noise": {"noisy": cfg.proxy.label_noise, **({"clean": clean_cfg.proxy.label_noise} if clean_cfg is not None else {})},
             "n_members": {k: int(v.shape[2]) for k, v in members.items()},
             "runtime/mode": cfg.runtime.mode, "runtime/engine": cfg.runtime.engine, "sample_seed": BON_SEED,

@@ -54,6 +54,9 @@ def cmd_prepare(args) -> int:
         metrics = m.get("metrics", {})
         if stage == "policy":
             print(f"  policy: {metrics.get('params', 0) / 1e6:.1f}M params, held-out perplexity {metrics.get('heldout_perplexity')}")
+        elif stage == "gold" and "heldout_sentiment_auc_50_words" in metrics:  # the contextual judge
+            print(f"  gold:   sentiment AUC {metrics['heldout_sentiment_auc_50_words']} on 50-word held-out windows; "
+                  f"{metrics['natural_fraction_penalised']:.1%} of them penalised for coherence or repetition")
         elif stage == "gold":
             print(f"  gold:   held-out accuracy {metrics.get('heldout_accuracy')}, AUC {metrics.get('heldout_auc')}")
         elif stage == "proxy":
@@ -194,6 +197,8 @@ def cmd_bon(args) -> int:
         sys.exit(f"tether: --n-max must be >= 1 (samples per prompt; best-of-n for every n up to it), got {args.n_max}")
     if args.prompts < 1:
         sys.exit(f"tether: --prompts must be >= 1 (held-out prompts), got {args.prompts}")
+    if args.n_best is not None and not 1 <= args.n_best <= args.n_max:
+        sys.exit(f"tether: --n-best must be between 1 and --n-max ({args.n_max}, the samples per prompt), got {args.n_best}")
     if args.uwo_lambda < 0:
         sys.exit(f"tether: --uwo-lambda must be >= 0 (UWO = mean - lambda * variance), got {args.uwo_lambda}")
     cfg = _load(args)
@@ -223,7 +228,7 @@ def cmd_bon(args) -> int:
     out = Path(args.out) if args.out else Path(cfg.runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-bon-{cfg.name}"
     print(f"best-of-n: {args.prompts} prompts x {args.n_max} samples -> {out}")
     try:
-        result = run_bon(cfg, out, n_max=args.n_max, n_prompts=args.prompts, clean_cfg=clean_cfg, uwo_lambda=args.uwo_lambda,
+        result = run_bon(cfg, out, n_max=args.n_max, n_prompts=args.prompts, n_best=args.n_best, clean_cfg=clean_cfg, uwo_lambda=args.uwo_lambda,
                          cfg_source=src(args.set), clean_cfg_source=clean_src)
     except (AssetError, RuntimeSetupError, ValueError) as e:
         sys.exit(f"tether: {e}")
@@ -327,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("bon", help="best-of-n gold and proxy curves vs KL from the initial policy, per ensemble aggregation, noisy vs clean labels")
     common(sp)
     sp.add_argument("--n-max", type=int, default=64, help="samples per prompt N; best-of-n is estimated for n up to N (default 64)")
+    sp.add_argument("--n-best", type=int, default=None, help="largest n estimated (default: --n-max); e.g. --n-max 512 --n-best 256")
     sp.add_argument("--prompts", type=int, default=64, help="held-out prompts (default 64)")
     sp.add_argument("--no-clean", action="store_true", help="skip the second ensemble trained on clean labels (proxy.label_noise=0)")
     sp.add_argument("--uwo-lambda", type=float, default=0.5, help="UWO lambda (Coste et al.: 0.5 for best-of-n; default 0.5)")

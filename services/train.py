@@ -44,6 +44,22 @@ def iteration_metrics(scored) -> dict[str, float]:
     return out
 
 
+def write_samples(run_dir: Path, step: int, scored) -> Path:
+    """The evaluation's samples, one JSON line each (prompt, response, every proxy member, the aggregate, gold):
+    run_dir/samples/step-NNNNNN.jsonl, rewritten whole if the step is evaluated again (a resumed run)."""
+    folder = Path(run_dir) / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    r = scored.rollouts
+    gold = scored.gold if scored.gold is not None else [None] * len(r)
+    rows = [{"prompt": p, "response": resp, "proxy": float(a), "proxy_members": [float(x) for x in m], "gold": None if g is None else float(g)}
+            for p, resp, a, m, g in zip(r.prompts, r.responses, scored.reward, scored.proxy_scores, gold)]
+    path = folder / f"step-{step:06d}.jsonl"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    os.replace(tmp, path)
+    return path
+
+
 def drop_stale(r: Rollouts, learner_version: int, max_staleness: int) -> tuple[Rollouts | None, int]:
     """All rollouts of a batch share one policy_version; a batch too old is dropped whole."""
     if learner_version - r.policy_version > max_staleness:
@@ -139,6 +155,7 @@ class Trainer:
         t = time.perf_counter()
         r = self.roles.generate(self.eval_prompts, EVAL_SEED, self.prefix_ids())
         scored, out = self.roles.score_and_drift(r, "eval")
+        write_samples(self.run_dir, self.iteration, scored)
         out["eval/proxy_mean"] = float(np.mean(scored.reward))
         out["eval/proxy_gold_gap"] = out["eval/proxy_mean"] - out["eval/gold_mean"]
         out["time_s/gold_eval"] = time.perf_counter() - t
@@ -148,10 +165,17 @@ class Trainer:
         cfg, it = self.cfg, self.iteration
         m: dict[str, float] = {}
         t_iter = time.perf_counter()
-        if it % cfg.train.eval_every == 0:
+        # Elastic Reset is judged on its whole trajectory: an evaluation also precedes every reset (the learner resets at
+        # the end of iteration it when (it + 1) % every == 0), so the point just before each reset is on record.
+        er = cfg.elastic_reset
+        before_reset = cfg.algorithm == "ppo" and er.enabled and (it + 1) % er.every == 0
+        if it % cfg.train.eval_every == 0 or before_reset:
             m.update(self.evaluate())
+            if before_reset:
+                m["eval/before_reset"] = 1.0
         seed = cfg.train.seed * 1_000_003 + it
-        prompts = make_prompts(self.train_text, cfg.rollout_batch_size, cfg.task, seed=seed)
+        m_per = cfg.samples_per_prompt  # consecutive rows share a prompt (f-DPG's per-prompt Z); sampled with distinct seeds
+        prompts = [p for p in make_prompts(self.train_text, cfg.rollout_batch_size // m_per, cfg.task, seed=seed) for _ in range(m_per)]
         t = time.perf_counter()
         rollouts = self.roles.generate(prompts, seed, self.prefix_ids())
         m["time_s/rollout"] = time.perf_counter() - t

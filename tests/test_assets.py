@@ -26,8 +26,9 @@ def test_manifests_record_quality(tiny_assets):
     cfg, m, paths = tiny_assets
     pol = m["policy"]["metrics"]
     assert pol["params"] > 10_000 and np.isfinite(pol["heldout_perplexity"]) and len(pol["samples"]) == 4
-    gold = m["gold"]["metrics"]
-    assert gold["heldout_accuracy"] > 0.75 and gold["heldout_auc"] > 0.85  # 1,600 training reviews
+    gold = m["gold"]["metrics"]  # the contextual judge, from a 2-layer backbone and 1,600 training reviews
+    assert gold["heldout_sentiment_auc_50_words"] > 0.6 and 0 <= gold["natural_fraction_penalised"] < 0.5
+    assert gold["n_train"] == 1600 and gold["repetition_check"] > 0.8
     members = m["proxy"]["metrics"]["members"]
     assert len(members) == cfg.proxy.n_members and len(paths.proxies) == cfg.proxy.n_members
     assert all(0 <= mm["heldout_pair_acc_vs_gold"] <= 1 for mm in members)
@@ -36,7 +37,7 @@ def test_manifests_record_quality(tiny_assets):
     assert {"policy", "gold", "proxy"} <= set(index) <= {"policy", "gold", "proxy", "sft"}
 
 
-def test_gold_scorer_matches_sklearn(tiny_assets):
+def test_gold_scorer_matches_sklearn(tiny_assets, tmp_path):
     """The pickle-free scorer reproduces sklearn's TF-IDF + logistic regression exactly."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -44,14 +45,19 @@ def test_gold_scorer_matches_sklearn(tiny_assets):
     from tasks.imdb.data import load_imdb
     from learner.models.gold import TFIDF_KW, GoldScorer
 
-    cfg, _, paths = tiny_assets
+    from tasks.imdb.gold import train_gold
+
+    cfg, _, _ = tiny_assets
+    gcfg = cfg.gold.model_copy(update={"kind": "tfidf_logreg", "max_features": 5000})
     split = load_imdb(cfg.task)
-    vec = TfidfVectorizer(max_features=cfg.gold.max_features, **TFIDF_KW)
-    clf = LogisticRegression(C=cfg.gold.C, max_iter=2000).fit(vec.fit_transform(split.train_text), split.train_label)
+    m = train_gold(gcfg, split, tmp_path)
+    vec = TfidfVectorizer(max_features=gcfg.max_features, **TFIDF_KW)
+    clf = LogisticRegression(C=gcfg.C, max_iter=2000).fit(vec.fit_transform(split.train_text), split.train_label)
     ref = clf.decision_function(vec.transform(split.heldout_text[:100]))
-    ours = GoldScorer(paths.gold).score(split.heldout_text[:100])
+    ours = GoldScorer(tmp_path).score(split.heldout_text[:100])
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
-    assert GoldScorer(paths.gold).score(["this movie was wonderful, brilliant and moving"])[0] > GoldScorer(paths.gold).score(["awful, boring, the worst waste of time"])[0]
+    assert GoldScorer(tmp_path).score(["this movie was wonderful, brilliant and moving"])[0] > GoldScorer(tmp_path).score(["awful, boring, the worst waste of time"])[0]
+    assert m["heldout_accuracy"] > 0.75 and m["heldout_auc"] > 0.85  # 1,600 training reviews
 
 
 def test_second_prepare_reuses_cache(tiny_assets):

@@ -15,7 +15,7 @@ import pytest
 from services.cli import main
 
 N_MAX, PROMPTS, LAM = 8, 4, 0.5
-CURVES = {f"{e}/{a}" for e in ("noisy", "clean") for a in ("mean", "wco", "uwo")}
+CURVES = {f"{e}/{a}" for e in ("noisy", "clean") for a in ("mean", "wco", "uwo", "single")}
 
 
 def _sets(cfg, data_dir=None) -> list[str]:
@@ -45,7 +45,9 @@ def clean_cfg(tiny_assets):
 
 
 def _agg(members: np.ndarray, method: str) -> np.ndarray:
-    """(P, N, k) -> (P, N), by hand (Coste et al.): mean; min; mean - lambda * population variance."""
+    """(P, N, k) -> (P, N), by hand (Coste et al.): mean; min; mean - lambda * population variance; the first member alone."""
+    if method == "single":
+        return members[..., 0]
     if method == "mean":
         return members.mean(-1)
     if method == "wco":
@@ -97,13 +99,14 @@ def test_bon_tiny_curves_files_and_invariants(tiny_assets, clean_cfg, tmp_path, 
         # n = 1: a uniformly random sample, i.e. the plain means over all samples
         assert c["gold"][0] == pytest.approx(gold.mean(), abs=1e-9)
         assert c["proxy"][0] == pytest.approx(agg.mean(), abs=1e-5)
-        assert c["proxy_member_mean"][0] == pytest.approx(members[ens_name].mean(), abs=1e-5)
+        used = members[ens_name][..., :1] if method == "single" else members[ens_name]
+        assert c["proxy_member_mean"][0] == pytest.approx(used.mean(), abs=1e-5)
         # n = N: the best of all N samples of each prompt
         assert c["proxy"][-1] == pytest.approx(agg.max(1).mean(), abs=1e-5)
         best = agg.argmax(1)
         if all(np.sum(np.isclose(a, a.max(), rtol=0, atol=1e-6)) == 1 for a in agg):  # no tie at the top
             assert c["gold"][-1] == pytest.approx(gold[np.arange(PROMPTS), best].mean(), abs=1e-9)
-        if method == "mean":
+        if method in ("mean", "single"):
             np.testing.assert_allclose(c["proxy_member_mean"], c["proxy"], atol=1e-6)
         assert len(c["gold_se"]) == N_MAX and c["gold_se"][0] >= 0
         f = c["fit"]
@@ -124,6 +127,7 @@ def test_bon_cli_rejects_bad_input(tiny_assets, tmp_path):
     assert "--n-max must be >= 1" in _exit_message([*base, "--n-max", "0"])
     assert "--prompts must be >= 1" in _exit_message([*base, "--prompts", "-3"])
     assert "--uwo-lambda must be >= 0" in _exit_message([*base, "--uwo-lambda", "-0.1"])
+    assert "--n-best must be between 1 and --n-max (8" in _exit_message([*base, "--n-max", "8", "--n-best", "9"])
     assert "task.objective=sentiment" in _exit_message([*base, "--set", "task.objective=toxicity"])
 
     # no assets at all: the noisy ensemble's prepare command, with the overrides that select it

@@ -1,4 +1,7 @@
 """End to end through real Ray actors and real vLLM (CPU) on the tiny task: PPO + KL, and Elastic Reset."""
+import json
+
+import numpy as np
 import pytest
 import ray
 import torch
@@ -44,12 +47,21 @@ def test_ppo_kl_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):
         _check_common(tr, rows, before)
         assert all(r["elastic_reset/event"] == 0 for r in rows if "loss/policy" in r)
         assert "eval/gold_mean" in summary and summary["eval/kl_from_init_k3"] > 0
+        # the contextual judge's terms are logged, and every evaluation's samples are readable in the run folder
+        assert all(k in summary for k in ("eval/gold_sentiment", "eval/gold_coherence", "eval/gold_repetition"))
+        files = sorted((tmp_path / "kl" / "samples").glob("step-*.jsonl"))
+        evals = [r for r in rows if "eval/gold_mean" in r]
+        assert len(files) == len(evals)
+        last = [json.loads(x) for x in files[-1].read_text().splitlines()]
+        assert len(last) == cfg.train.eval_prompts and set(last[0]) == {"prompt", "response", "proxy", "proxy_members", "gold"}
+        assert len(last[0]["proxy_members"]) == cfg.proxy.n_members
+        assert abs(np.mean([x["gold"] for x in last]) - evals[-1]["eval/gold_mean"]) < 1e-9
     finally:
         tr.close()
 
 
 def test_elastic_reset_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):
-    cfg = _cfg(tiny_assets, elastic_reset={"enabled": True, "every": 2, "eta": 0.9}, ppo={"lr": 3e-3}, train={"iterations": 3})
+    cfg = _cfg(tiny_assets, elastic_reset={"enabled": True, "every": 2, "eta": 0.9}, ppo={"lr": 3e-3}, train={"iterations": 3, "eval_every": 3})
     tr = Trainer(cfg, tmp_path / "er", progress=False)
     try:
         before = tr.roles.generate(["This movie was", "I did not"], seed=1)
@@ -57,6 +69,9 @@ def test_elastic_reset_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):
         rows = read_metrics(tmp_path / "er")
         _check_common(tr, rows, before)
         assert [r["elastic_reset/event"] for r in rows if "loss/policy" in r] == [0.0, 1.0, 0.0]
+        # evaluated on schedule (before iteration 0, and at the end) and also just before the reset (at the start of
+        # iteration 1, which ends with the reset), marked as such; a row's step counts the iterations done after it
+        assert [(r["step"], r.get("eval/before_reset")) for r in rows if "eval/gold_mean" in r] == [(1, None), (2, 1.0), (3, None)]
         # A reset now (as the control plane triggers it): the policy becomes exactly the EMA, the EMA the initial model.
         st = ray.get(tr.roles.learner.state_dict.remote())
         ema, init = st["elastic"]["ema"], st["elastic"]["initial"]

@@ -12,6 +12,7 @@ from learner.methods.fdpg import (
     f_prime,
     fdpg_loss,
     log_target,
+    per_prompt_log_z,
     pseudo_reward,
 )
 
@@ -189,3 +190,30 @@ def test_moving_baseline_by_hand():
     assert c.update(3.0) == pytest.approx(b.update(3.0))
     with pytest.raises(ValueError, match="momentum"):
         MovingBaseline(momentum=1.0)
+
+
+def test_per_prompt_log_z_by_hand_and_on_a_toy_conditional_target():
+    # prompt 0: weights (2, 4) -> Z 3; prompt 1: (0, 0, 5) -> 5/3; prompt 2: every sample fails (GDC) -> -inf
+    lp = torch.tensor([math.log(2), math.log(4), -math.inf, -math.inf, math.log(5), -math.inf])
+    groups = torch.tensor([0, 0, 1, 1, 1, 2])
+    z = per_prompt_log_z(lp, torch.zeros(6), groups)
+    assert z[:2].tolist() == pytest.approx([math.log(3)] * 2)
+    assert z[2:5].tolist() == pytest.approx([math.log(5 / 3)] * 3)
+    assert z[5].item() == -math.inf
+    # two contexts with very different true Z_c: per-prompt estimates find each, a pooled Z finds neither
+    g = torch.Generator().manual_seed(0)
+    K = 6
+    log_pt = {0: torch.randn(K, generator=g, dtype=torch.float64), 1: torch.randn(K, generator=g, dtype=torch.float64) + 4.0}
+    q = torch.softmax(torch.randn(K, generator=g, dtype=torch.float64), 0)
+    x = torch.multinomial(q, 4000, replacement=True, generator=g)
+    rows_lp = torch.cat([log_pt[0][x], log_pt[1][x]])
+    est = per_prompt_log_z(rows_lp, torch.cat([q.log()[x]] * 2), torch.cat([torch.zeros(4000), torch.ones(4000)]).long())
+    for c in (0, 1):
+        assert est[c * 4000].item() == pytest.approx(torch.logsumexp(log_pt[c], 0).item(), abs=0.05)
+    # a per-row Z goes through the pseudo-reward and the loss like a float one
+    logpi = torch.tensor([-3.0, -2.0], requires_grad=True)
+    pr_rows, _ = pseudo_reward(policy_logp_seq=logpi, log_ptilde=torch.tensor([-1.0, -1.0]), log_z=torch.tensor([0.5, 0.5]), divergence="js")
+    pr_one, _ = pseudo_reward(policy_logp_seq=logpi, log_ptilde=torch.tensor([-1.0, -1.0]), log_z=0.5, divergence="js")
+    assert torch.equal(pr_rows, pr_one)
+    with pytest.raises(ValueError, match="log_z must be finite"):
+        pseudo_reward(policy_logp_seq=logpi, log_ptilde=torch.tensor([-1.0, -1.0]), log_z=torch.tensor([0.5, -math.inf]), divergence="js")

@@ -79,7 +79,7 @@ def _seq_logp(model, r):
 @pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "js", "tv"])
 def test_fdpg_moves_probability_towards_the_rewarded_samples(tiny_assets, tiny_cfg, divergence):
     cfg = _cfg(tiny_cfg, "algorithm=fdpg", f"fdpg.divergence={divergence}", "fdpg.batch_size=8", "fdpg.minibatch_size=8", "fdpg.lr=3e-3",
-               "fdpg.beta=0.5")
+               "fdpg.beta=0.5", "fdpg.samples_per_prompt=1")  # one running Z: the reward differs between prompts here
     paths = tiny_assets[2]
     learner = make_learner(cfg, paths.policy)
     assert isinstance(learner, FDPGLearner)
@@ -96,6 +96,33 @@ def test_fdpg_moves_probability_towards_the_rewarded_samples(tiny_assets, tiny_c
     assert np.isfinite(stats["fdpg/log_z"]) and stats["policy/version"] == 4
     with pytest.raises(NotApplicable, match="applies only to algorithm 'ppo'"):
         learner.reset_now()
+
+
+def test_fdpg_per_prompt_z_matches_each_prompts_own_target(tiny_assets, tiny_cfg):
+    """samples_per_prompt 4: Z_c per prompt (naver/disco: one estimate per context). A reward shared by all of a
+    prompt's samples cancels in p(x|c) = pi_0 exp(r/beta) / Z_c, so only differences within a prompt move it."""
+    cfg = _cfg(tiny_cfg, "algorithm=fdpg", "fdpg.batch_size=8", "fdpg.minibatch_size=8", "fdpg.lr=3e-3", "fdpg.beta=0.5")
+    assert cfg.fdpg.samples_per_prompt == 4 and cfg.samples_per_prompt == 4
+    paths = tiny_assets[2]
+    tok = AutoTokenizer.from_pretrained(str(paths.policy))
+    eng = TransformersEngine(load_policy(paths.policy), tok, cfg.generation)
+    r = eng.generate(["This movie"] * 4 + ["I think"] * 4, seed=0)
+    # within each prompt, the first two samples are rewarded; prompt 2's samples get +20 more, shared by all four
+    within = [3.0, 3.0, -3.0, -3.0]
+    shifted = within + [x + 20.0 for x in within]
+    flat = within + within
+    a, b = make_learner(cfg, paths.policy), make_learner(cfg, paths.policy)
+    sa = a.step(ScoredRollouts(r, [[x] for x in shifted], shifted, [0.0] * 8))
+    sb = b.step(ScoredRollouts(r, [[x] for x in flat], flat, [0.0] * 8))
+    assert sa["fdpg/prompts"] == 2 and sa["fdpg/prompts_without_z"] == 0
+    assert sa["loss/policy"] == pytest.approx(sb["loss/policy"], rel=1e-4)  # the per-prompt shift cancels
+    for k, v in a.model.state_dict().items():
+        torch.testing.assert_close(v, b.model.state_dict()[k], rtol=1e-4, atol=1e-6)
+    before = _seq_logp(b.model, r)
+    for _ in range(3):
+        b.step(ScoredRollouts(r, [[x] for x in flat], flat, [0.0] * 8))
+    gain = (_seq_logp(b.model, r) - before).numpy()
+    assert gain[[0, 1, 4, 5]].mean() > gain[[2, 3, 6, 7]].mean() + 0.1, gain
 
 
 def test_fdpg_gdc_with_a_lagged_proposal(tiny_assets, tiny_cfg):
@@ -203,6 +230,10 @@ def test_methods_run_through_the_training_loop(tiny_assets, tiny_cfg, tmp_path, 
         assert summary["eval/proxy_gold_gap"] == pytest.approx(0.0, abs=1e-5)  # one scorer is both
     if name == "fdpg_gdc":
         assert all(0.0 <= r["fdpg/constraint_rate"] <= 1.0 for r in steps)
+    if cfg.algorithm == "fdpg":  # the driver drew batch / samples_per_prompt prompts, each sampled samples_per_prompt times
+        # (two draws of the same review prefix are one context, so at most that many distinct prompts)
+        n = [r["fdpg/prompts"] for r in steps]
+        assert all(1 <= x <= cfg.fdpg.batch_size // cfg.fdpg.samples_per_prompt for x in n) and max(n) == 2, n
 
 
 def test_salsa_prepares_sft_models_and_trains_against_their_soup(tiny_assets, tiny_cfg, tmp_path):

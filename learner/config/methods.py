@@ -108,6 +108,10 @@ class FDPGConfig(Strict):
     baseline_momentum: float = Field(0.9, ge=0, lt=1, description="Moving-average baseline b of the pseudo-reward -f'(t).")
     z_momentum: float | None = Field(None, ge=0, lt=1, description="None: Z = mean importance weight over every sample so far (DPG/GDC); a float: EMA of batch means.")
     clip_weight: float | None = Field(None, gt=0, description="Cap on the importance weight pi/q (None = no cap).")
+    samples_per_prompt: int = Field(
+        4, ge=1,
+        description="Samples drawn per prompt; Z is estimated per prompt from them, as naver/disco keeps one estimate per context "
+        "(a prompt none of whose samples meets the GDC constraint falls back to the running Z). 1 = one sample per prompt and a single running Z.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
 
     @model_validator(mode="after")
@@ -123,6 +127,8 @@ class FDPGConfig(Strict):
             raise ValueError(f"fdpg.lag_every applies only to proposal 'lagged', not '{self.proposal}'; remove it or set proposal: lagged")
         if self.batch_size % self.minibatch_size:
             raise ValueError(f"fdpg.batch_size ({self.batch_size}) must be a multiple of fdpg.minibatch_size ({self.minibatch_size})")
+        if self.batch_size % self.samples_per_prompt:
+            raise ValueError(f"fdpg.batch_size ({self.batch_size}) must be a multiple of fdpg.samples_per_prompt ({self.samples_per_prompt})")
         return self
 
     @property

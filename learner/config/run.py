@@ -150,8 +150,13 @@ class TetherConfig(Strict):
 
     @property
     def rollout_batch_size(self) -> int:
-        """Prompts sampled per iteration, from the chosen algorithm's section."""
+        """Rollouts sampled per iteration, from the chosen algorithm's section."""
         return {"ppo": self.ppo.batch_size, "fdpg": self.fdpg.batch_size, "quark": self.quark.batch_size}[self.algorithm]
+
+    @property
+    def samples_per_prompt(self) -> int:
+        """Rollouts per distinct prompt (f-DPG estimates Z per prompt from them; 1 for PPO and Quark)."""
+        return self.fdpg.samples_per_prompt if self.algorithm == "fdpg" else 1
 
     def dump(self) -> dict:
         """The fields that were set (what a YAML round-trips), so re-validation sees the same sections."""

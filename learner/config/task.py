@@ -64,16 +64,32 @@ class PolicyConfig(Strict):
 
 
 class GoldConfig(Strict):
-    """The gold reward R*: a sentiment scorer trained on the real IMDB labels; reward = its logit."""
+    """The gold reward R*, the stand-in for a human judge: stronger than the proxies and trained on the real IMDB labels."""
 
-    kind: Literal["tfidf_logreg", "hf_classifier"] = Field(
-        "tfidf_logreg",
-        description="tfidf_logreg: TF-IDF + logistic regression trained here on IMDB labels (about 0.90 accuracy). "
+    kind: Literal["contextual", "tfidf_logreg", "hf_classifier"] = Field(
+        "contextual",
+        description="contextual (default): a judge that wants a positive review a reader would accept: the pretrained policy's full "
+        "backbone fine-tuned on the real IMDB labels (saturating sentiment), minus penalties for incoherent word order (a word "
+        "trigram language model trained on the reviews, not the policy) and for repetition. "
+        "tfidf_logreg: TF-IDF + logistic regression on IMDB labels (a bag of words; the policy raises it by piling up positive words). "
         "hf_classifier: a Hugging Face sequence classifier named by name_or_path (e.g. 'lvwerra/distilbert-imdb'), reward = positive-minus-negative logit.",
     )
     name_or_path: str | None = Field(None, description="Model for kind=hf_classifier.")
-    max_features: int = Field(100_000, ge=100, description="TF-IDF vocabulary size (word 1-2 grams).")
-    C: float = Field(4.0, gt=0, description="Inverse L2 regularisation of the logistic regression.")
+    max_features: int = Field(100_000, ge=100, description="tfidf_logreg: TF-IDF vocabulary size (word 1-2 grams).")
+    C: float = Field(4.0, gt=0, description="tfidf_logreg: inverse L2 regularisation of the logistic regression.")
+    n_train: int | None = Field(None, ge=100, description="contextual: labelled training reviews for the sentiment model (None = all of the training split).")
+    window_words: int = Field(70, ge=8, description="contextual: the sentiment model learns from the first N words of each review (what it scores: a prompt and a response).")
+    epochs: int = Field(1, ge=1, description="contextual: sentiment fine-tuning epochs.")
+    lr: float = Field(2e-4, gt=0, description="contextual: AdamW learning rate of the sentiment fine-tune.")
+    batch_size: int = Field(32, ge=1, description="contextual: reviews per optimiser step.")
+    max_len: int = Field(96, ge=16, description="contextual: tokens the sentiment model reads.")
+    sentiment_cap: float = Field(
+        3.0, gt=0, description="contextual: sentiment = cap * tanh(logit / cap): a judge is satisfied by a clearly positive review and gives no extra credit for more superlatives.")
+    coherence_floor: float = Field(
+        1.0, description="contextual: coherence = mean over words of log P_trigram - log P_unigram (nats); natural reviews: median about 2, 5th percentile about 1.3; shuffled words and word piles: below 0.4.")
+    coherence_weight: float = Field(6.0, ge=0, description="contextual: gold loses this much per nat of coherence below the floor.")
+    repetition_floor: float = Field(0.2, ge=0, le=1, description="contextual: repetition = fraction of word 3-grams that repeat an earlier one; natural reviews stay below about 0.2.")
+    repetition_weight: float = Field(10.0, ge=0, description="contextual: gold loses this much per unit of repetition above the floor.")
 
     @model_validator(mode="after")
     def _hf(self) -> "GoldConfig":

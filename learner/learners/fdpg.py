@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from learner.config import TetherConfig
-from learner.methods.fdpg import MovingBaseline, RunningLogZ, fdpg_loss, log_target, pseudo_reward
+from learner.methods.fdpg import MovingBaseline, RunningLogZ, fdpg_loss, log_target, per_prompt_log_z, pseudo_reward
 from learner.learners.base import LearnerBase
 from learner.methods.logprobs import masked_sum
 from learner.models.policy import optimizer_step, response_logprobs
@@ -69,15 +69,28 @@ class FDPGLearner(LearnerBase):
             ok = agg >= self.gdc_threshold
             log_pt = log_target(init_logp_seq=ref_lp, constraint=ok)
             sat = float(ok.float().mean())
-        log_z = self.log_z.update(log_pt, q_lp)
+        log_z = self.log_z.update(log_pt, q_lp)  # the running Z over every sample (logged; the fallback of per-prompt Z)
         out: dict[str, float] = {"fdpg/log_z": log_z, "fdpg/constraint_rate": sat}
+        z_rows: float | torch.Tensor = log_z
+        if c.samples_per_prompt > 1 and math.isfinite(log_z):
+            # Z_c per prompt from its samples (naver/disco: one estimate per context); a prompt whose samples all fail the
+            # GDC constraint has no estimate (Z_c = 0, disco skips it): its rows keep the running Z, so they are still
+            # pushed down (p(x) = 0 for each of them).
+            ids: dict[str, int] = {}
+            groups = torch.as_tensor([ids.setdefault(p, len(ids)) for p in r.prompts], device=self.device)
+            zc = per_prompt_log_z(log_pt, q_lp, groups)
+            fin = torch.isfinite(zc)
+            out["fdpg/prompts"] = float(len(ids))
+            out["fdpg/prompts_without_z"] = float(len(ids) - len(torch.unique(groups[fin]))) if fin.any() else float(len(ids))
+            out["fdpg/log_z_prompt_mean"] = float(zc[fin].mean()) if fin.any() else float("nan")
+            z_rows = torch.where(fin, zc, torch.full_like(zc, log_z))
         if self.gdc_threshold is not None:
             out["fdpg/constraint_threshold"] = self.gdc_threshold
         stats: dict[str, list[float]] = {"loss/policy": [], "fdpg/pseudo_reward_mean": [], "fdpg/log_t_mean": [], "fdpg/weight_mean": [],
                                          "optim/grad_norm": []}
         if math.isfinite(log_z):
             pi_lp = self._seq_logp(self.model, batch, mask) if self.proposal is not None else q_lp
-            pr, _ = pseudo_reward(policy_logp_seq=pi_lp, log_ptilde=log_pt, log_z=log_z, divergence=c.divergence)
+            pr, _ = pseudo_reward(policy_logp_seq=pi_lp, log_ptilde=log_pt, log_z=z_rows, divergence=c.divergence)
             b = self.baseline.update(pr)  # moving average including this batch
             self.model.train()
             rng = self.minibatch_rng()
@@ -86,7 +99,8 @@ class FDPGLearner(LearnerBase):
                 it = torch.as_tensor(dp.shard(idx), device=self.device)  # this rank's rows of the minibatch
                 mb = {k: (v[it] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
                 lp = masked_sum(response_logprobs(self.model, mb), mb["response_mask"], dim=1)  # (b,) with grad
-                loss, st = fdpg_loss(policy_logp_seq=lp, proposal_logp_seq=q_lp[it], log_ptilde=log_pt[it], log_z=log_z, baseline=b,
+                loss, st = fdpg_loss(policy_logp_seq=lp, proposal_logp_seq=q_lp[it], log_ptilde=log_pt[it],
+                                     log_z=z_rows[it] if isinstance(z_rows, torch.Tensor) else z_rows, baseline=b,
                                      divergence=c.divergence, clip_weight=c.clip_weight)
                 share = dp.share(len(it))  # the loss is a mean over the minibatch's sequences
                 gn = optimizer_step(self.opt, loss * share if dp.active else loss, self.model.parameters(), c.max_grad_norm,
@@ -96,7 +110,7 @@ class FDPGLearner(LearnerBase):
                 stats["optim/grad_norm"].append(gn)
             out["fdpg/baseline"] = b
             # Importance-sampled divergences to the target (samples from q): KL(pi||p) = E_q[pi/q (log pi - log p)].
-            log_p = log_pt - log_z
+            log_p = log_pt - (z_rows.float() if isinstance(z_rows, torch.Tensor) else z_rows)
             w = torch.exp(pi_lp - q_lp)
             finite = torch.isfinite(log_p)
             out["fdpg/kl_pi_p"] = float((w * (pi_lp - log_p))[finite].mean()) if finite.all() else float("inf")

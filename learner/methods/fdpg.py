@@ -6,8 +6,10 @@ lagged copy) and t(x) = pi(x) / p(x), Go et al. 2023 minimise D_f(pi || p) with 
 
     grad = E_q[ (pi(x) / q(x)) * (-f'(t(x)) - b) * grad log pi(x) ]    (ascent direction)
 
-where b is a moving-average baseline of the pseudo-reward -f'(t). Z is a running importance-sampling
-estimate E_q[p~(x) / q(x)], kept in log-space.
+where b is a moving-average baseline of the pseudo-reward -f'(t). Z is an importance-sampling estimate
+E_q[p~(x) / q(x)], kept in log-space: per prompt c from the batch's m samples of c (`per_prompt_log_z`;
+naver/disco keeps one estimate per context, disco/tuners/tuner.py `_update_moving_z`, `self.z[context]`),
+or one running estimate over every sample so far (`RunningLogZ`, one sample per prompt).
 
 Sequences are scored by log pi(x) summed over response tokens: every tensor here is (B,).
 
@@ -138,13 +140,36 @@ class MovingBaseline:
         self.momentum, self.value, self.n_updates = float(d["momentum"]), float(d["value"]), int(d["n_updates"])
 
 
-def pseudo_reward(*, policy_logp_seq: Tensor, log_ptilde: Tensor, log_z: float, divergence: str) -> tuple[Tensor, Tensor]:
+def per_prompt_log_z(log_ptilde: Tensor, log_q: Tensor, groups: Tensor) -> Tensor:
+    """log Z_c for each row's prompt c: log of the mean importance weight p~(x)/q(x) over the rows of that prompt.
+
+    log_ptilde, log_q: (B,); groups: (B,) int prompt index of each row. Returns (B,) float64, -inf for a
+    prompt none of whose samples has p~(x) > 0 (a GDC prompt whose samples all fail the constraint).
+    """
+    log_w = log_ptilde.detach().double() - log_q.detach().double().to(log_ptilde.device)  # (B,)
+    g = groups.to(log_w.device).long()
+    out = torch.empty_like(log_w)
+    for c in torch.unique(g):
+        rows = g == c
+        out[rows] = torch.logsumexp(log_w[rows], dim=0) - math.log(int(rows.sum()))
+    return out
+
+
+def _check_log_z(log_z: float | Tensor) -> None:
+    bad = not math.isfinite(log_z) if isinstance(log_z, float | int) else not bool(torch.isfinite(log_z).all())
+    if bad:
+        raise ValueError(f"log_z must be finite, got {log_z} (no sample with p~(x) > 0 seen yet?)")
+
+
+def pseudo_reward(*, policy_logp_seq: Tensor, log_ptilde: Tensor, log_z: float | Tensor, divergence: str) -> tuple[Tensor, Tensor]:
     """-f'(t) with log t = log pi(x) - (log p~(x) - log Z), clamped to +-LOG_T_CLAMP. All (B,), detached.
+    log_z: one float, or (B,) per row (each row's prompt's Z_c).
 
     Returns (pseudo_reward, log_t), both (B,) float32. Feed the first to ``MovingBaseline.update``.
     """
-    if not math.isfinite(log_z):
-        raise ValueError(f"log_z must be finite, got {log_z} (no sample with p~(x) > 0 seen yet?)")
+    _check_log_z(log_z)
+    if isinstance(log_z, Tensor):
+        log_z = log_z.detach().float().to(log_ptilde.device)
     log_p = log_ptilde.detach().float() - log_z  # (B,) log p(x); -inf where the GDC constraint fails
     log_t = (policy_logp_seq.detach().float() - log_p).clamp(-LOG_T_CLAMP, LOG_T_CLAMP)  # (B,); +inf -> 50
     return -f_prime(log_t, divergence), log_t
@@ -155,7 +180,7 @@ def fdpg_loss(
     policy_logp_seq: Tensor,
     proposal_logp_seq: Tensor,
     log_ptilde: Tensor,
-    log_z: float,
+    log_z: float | Tensor,
     baseline: float,
     divergence: str,
     clip_weight: float | None = None,
@@ -163,7 +188,8 @@ def fdpg_loss(
     """f-DPG surrogate loss; its gradient is -E_q[(pi/q) (-f'(t) - b) grad log pi(x)] (Go et al. 2023).
 
     policy_logp_seq: (B,) log pi(x) summed over tokens, with grad; proposal_logp_seq: (B,) log q(x);
-    log_ptilde: (B,) from ``log_target``; log_z from ``RunningLogZ``; baseline b from ``MovingBaseline``.
+    log_ptilde: (B,) from ``log_target``; log_z from ``RunningLogZ`` or (B,) from ``per_prompt_log_z``; baseline b
+    from ``MovingBaseline``.
     clip_weight caps the importance weight pi/q (None: no cap).
 
     Naive form:

@@ -1,5 +1,6 @@
-"""Gold scorers (the stand-in for a human judge): the task's TF-IDF sentiment model, a Hugging Face
-classifier, or the profanity scorer of the toxicity objective. `load_gold(path)` picks by path.
+"""Gold scorers (the stand-in for a human judge): the task's contextual judge (sentiment, coherence,
+repetition; the default), its older TF-IDF sentiment model, a Hugging Face classifier, or the profanity
+scorer of the toxicity objective. `load_gold(path)` picks by what the folder holds.
 
 The TF-IDF scorer is stored as plain arrays (vocabulary JSON + idf/coef npz), never as a pickle, so
 loading a data folder cannot execute code. Scoring re-implements sklearn's TF-IDF transform exactly
@@ -40,14 +41,53 @@ class GoldScorer:
         return np.asarray(x @ self.coef).ravel() / norms + self.intercept
 
 
-def load_gold(path: str | Path):
-    """Local TF-IDF folder, or a Hugging Face classifier (hub name / folder) scored as a positive-minus-negative logit."""
+def load_gold(path: str | Path, device=None):
+    """Local contextual or TF-IDF folder, or a Hugging Face classifier (hub name / folder) scored as a positive-minus-negative logit."""
     if str(path) == PROFANITY_CHECK:
         return ToxicityScorer()
     p = Path(path)
+    if (p / "gold.json").exists():
+        return ContextualGold(p, device=device)
     if (p / "gold.npz").exists():
         return GoldScorer(p)
     return HFClassifierGold(str(path))
+
+
+class ContextualGold:
+    """The contextual gold judge (tasks/imdb/gold.py builds it): a positive review that a reader would accept.
+
+        gold = cap * tanh(s / cap) - w_c * max(0, c0 - coherence) - w_r * max(0, repetition - r0)
+
+    s: logit of a sentiment classifier (the pretrained policy's full backbone fine-tuned on the real IMDB
+    labels; contextual, unlike a bag of words); coherence: `TrigramLM.coherence`, a word trigram model of
+    the reviews (not the policy); repetition: `ngram.repetition`. The parameters are in gold.json.
+    `components(texts)` returns each term, for diagnosis (logged as gold/sentiment, gold/coherence, ...).
+    """
+
+    def __init__(self, folder: str | Path, device=None):
+        from learner.models.ngram import TrigramLM
+        from learner.models.reward import RewardModel
+
+        folder = Path(folder)
+        self.params = json.loads((folder / "gold.json").read_text())
+        self.sentiment = RewardModel.load(folder / "sentiment", max_len=int(self.params["max_len"]), device=device)
+        self.lm = TrigramLM.load(folder)
+
+    def components(self, texts: list[str]) -> dict[str, np.ndarray]:
+        from learner.models.ngram import repetition
+
+        p = self.params
+        logit = self.sentiment.score(list(texts)).double().numpy()
+        coh = self.lm.coherence(texts)
+        rep = np.asarray([repetition(t) for t in texts], dtype=np.float64)
+        sent = p["sentiment_cap"] * np.tanh(logit / p["sentiment_cap"])
+        pen_c = p["coherence_weight"] * np.maximum(0.0, p["coherence_floor"] - coh)
+        pen_r = p["repetition_weight"] * np.maximum(0.0, rep - p["repetition_floor"])
+        return {"gold": sent - pen_c - pen_r, "sentiment_logit": logit, "sentiment": sent, "coherence": coh, "repetition": rep,
+                "coherence_penalty": pen_c, "repetition_penalty": pen_r}
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        return self.components(texts)["gold"] if len(texts) else np.zeros(0)
 
 
 class HFClassifierGold:

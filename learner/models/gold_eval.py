@@ -20,6 +20,15 @@ from learner.types import Rollouts
 class GoldEvaluator:
     def __init__(self, gold, init_model, pad_id: int):
         self.gold, self.init_model, self.pad_id = gold, init_model.eval(), pad_id
+        self._memo: tuple[tuple[str, ...], dict[str, np.ndarray]] | None = None  # the last texts scored: evaluate + gold_scores score once
+
+    def components(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """{"gold": (N,)} plus the judge's terms when it has them (the contextual gold: sentiment, coherence, repetition)."""
+        key = tuple(texts)
+        if self._memo is None or self._memo[0] != key:
+            c = self.gold.components(texts) if hasattr(self.gold, "components") else {"gold": self.gold.score(texts)}
+            self._memo = (key, {k: np.asarray(v, dtype=np.float64) for k, v in c.items()})
+        return self._memo[1]
 
     @classmethod
     def from_paths(cls, gold_path, policy_path, *, device=None) -> "GoldEvaluator":
@@ -29,10 +38,10 @@ class GoldEvaluator:
         from learner.models.policy import load_policy
 
         tok = AutoTokenizer.from_pretrained(str(policy_path))
-        return cls(load_gold(gold_path), load_policy(policy_path).to(device or "cpu"), tok.pad_token_id)
+        return cls(load_gold(gold_path, device=device), load_policy(policy_path).to(device or "cpu"), tok.pad_token_id)
 
     def gold_scores(self, texts: list[str]) -> list[float]:
-        return [float(x) for x in self.gold.score(texts)]
+        return [float(x) for x in self.components(texts)["gold"]]
 
     @torch.no_grad()
     def init_logprobs(self, r: Rollouts, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,11 +62,12 @@ class GoldEvaluator:
         k1 = masked_sum(kl_estimate(beh, init_lp, "k1"), mask, dim=1)  # (B,)
         k3 = masked_sum(kl_estimate(beh, init_lp, "k3"), mask, dim=1)
         texts = r.texts
-        gold = np.asarray(self.gold.score(texts), dtype=np.float64)
-        extra = {}
+        comp = self.components(texts)
+        gold = comp["gold"]
+        extra = {f"{prefix}/gold_{k}": float(comp[k].mean()) for k in ("sentiment", "coherence", "repetition") if k in comp}
         if hasattr(self.gold, "prob"):  # the toxicity objective: report toxicity itself too
             p = np.asarray(self.gold.prob(texts), dtype=np.float64)
-            extra = {f"{prefix}/toxicity_mean": float(p.mean()), f"{prefix}/toxic_frac": float((p > 0.5).mean())}
+            extra |= {f"{prefix}/toxicity_mean": float(p.mean()), f"{prefix}/toxic_frac": float((p > 0.5).mean())}
         return {
             **extra,
             f"{prefix}/gold_mean": float(gold.mean()),

@@ -51,7 +51,17 @@ def _summarise(sweep_dir: Path) -> tuple[dict, dict]:
         for k in FINAL_KEYS:
             if final:
                 g[k].append(final[k])
-        kl, gold = eval_points(read_metrics(d))
+        rows = read_metrics(d)
+        cells[c["id"]]["overopt"] = _overopt(rows)
+        # the whole trajectory, not only the endpoint (Elastic Reset's just-reset end is its low point): the best
+        # evaluation and, for Elastic Reset, the evaluations just before each reset
+        ev = [r for r in rows if r.get("eval/gold_mean") is not None]
+        if ev:
+            best = max(ev, key=lambda r: r["eval/gold_mean"])
+            cells[c["id"]]["best_eval"] = {"step": best["step"], "gold": best["eval/gold_mean"], "kl": best.get("eval/kl_from_init_k3")}
+            cells[c["id"]]["before_reset"] = [{"step": r["step"], "gold": r["eval/gold_mean"], "proxy": r.get("eval/proxy_mean"),
+                                               "kl": r.get("eval/kl_from_init_k3")} for r in ev if r.get("eval/before_reset")]
+        kl, gold = eval_points(rows)
         if len(kl):
             points.setdefault(c["method"], []).append((kl, gold))
     fits: dict[str, RLFit] = {m: fit_rl_runs(points.get(m, [])) for m in dict.fromkeys(c["method"] for c in meta["cells"])}
@@ -61,6 +71,18 @@ def _summarise(sweep_dir: Path) -> tuple[dict, dict]:
         "fits": {m: f.as_dict() for m, f in fits.items()},
     }
     return summary, fits
+
+
+def _overopt(rows: list[dict]) -> dict | None:
+    """The gold peak and fall of one cell (learner.analysis.overopt), or None with fewer than 3 evaluations."""
+    from learner.analysis.overopt import peak_and_fall
+
+    ev = [r for r in rows if r.get("eval/gold_mean") is not None and r.get("eval/proxy_mean") is not None]
+    if len(ev) < 3:
+        return None
+    o = peak_and_fall([r["step"] for r in ev], [r["eval/gold_mean"] for r in ev], [r["eval/proxy_mean"] for r in ev],
+                      [r.get("eval/kl_from_init_k3") or 0.0 for r in ev])
+    return {**o.as_dict(), "overoptimised": o.overoptimised()}
 
 
 def _trajectory(rows: list[dict], key: str) -> list[tuple[float, float]]:
@@ -136,13 +158,22 @@ def write_sweep_report(sweep_dir: str | Path) -> Path:
     head = "<tr><th>method</th><th>setting</th><th>seeds</th>" + "".join(f"<th>final {k} (mean &plusmn; std)</th>" for k in FINAL_KEYS) + "</tr>"
     rows = "".join(f"<tr><td>{html.escape(g['method'])}</td><td>{html.escape(g['setting'])}</td><td>{g['gold']['n']}</td>"
                    + "".join(f"<td>{_cell(g[k])}</td>" for k in FINAL_KEYS) + "</tr>" for g in summary["groups"])
+    oo = [(cid, c) for cid, c in summary["cells"].items() if c.get("overopt")]
+    oo_rows = "".join(
+        f"<tr><td>{html.escape(cid)}</td><td>{o['initial']:+.3f}</td><td>{o['peak']:+.3f} (step {o['peak_step']:g}, KL {o['kl_at_peak']:.3g})</td>"
+        f"<td>{o['final']:+.3f}</td><td>{o['fall_fraction']:.0%}</td><td>{o['proxy_rise']:+.3f}</td><td>{'yes' if o['overoptimised'] else 'no'}</td></tr>"
+        for cid, c in oo for o in [c["overopt"]])
+    oo_table = ("<h2>over-optimisation per cell</h2><p>peak: of the gold's 3-point moving average; final: mean of the last 3 "
+                "evaluations; fall: (peak - final) / (peak - initial); proxy rise: final proxy - proxy at the gold peak; "
+                "over-optimised: fall &ge; 30% with the proxy still rising.</p><table><tr><th>cell</th><th>initial gold</th><th>peak</th>"
+                f"<th>final</th><th>fall</th><th>proxy rise</th><th>over-optimised</th></tr>{oo_rows}</table>") if oo else ""
     links = "".join(f'<li><a href="{html.escape(c["dir"])}/report.html">{html.escape(cid)}</a> ({html.escape(str(c["state"]))})</li>'
                     for cid, c in summary["cells"].items())
     spec = summary["spec"]
     body = (f"<p>base {html.escape(spec['base'])}; seeds {html.escape(str(spec['seeds']))}; final = the evaluation at the end of each "
             "finished cell; std over seeds (n = seeds finished). KL = eval/kl_from_init_k3.</p>"
             f"<h2>final results</h2><table>{head}{rows}</table>"
-            + fit_table(fits, caption="Fitted RL scaling law per method (pooled over its cells)", what="method")
+            + oo_table + fit_table(fits, caption="Fitted RL scaling law per method (pooled over its cells)", what="method")
             + "".join(img_tag(p) for p in plots) + f"<h2>cells</h2><ul>{links}</ul>")
     page = sweep_dir / "report.html"
     page.write_text(PAGE.format(title=f"tether sweep: {html.escape(summary['name'])}", body=body))
@@ -157,6 +188,12 @@ def format_table(summary: dict) -> str:
     lines = [f"{'method':<16} {'setting':<24} {'n':>2} {'gold':>14} {'proxy':>14} {'KL':>14} {'gap':>14}"]
     for g in summary["groups"]:
         lines.append(f"{g['method']:<16} {g['setting']:<24} {g['gold']['n']:>2} " + " ".join(f"{f(g[k]):>14}" for k in FINAL_KEYS))
+    oo = {cid: c["overopt"] for cid, c in summary["cells"].items() if c.get("overopt")}
+    if oo:
+        lines.append(f"{'over-optimisation':<40} {'gold0':>7} {'peak':>7} {'@step':>5} {'final':>7} {'fall':>5} {'proxy+':>7}")
+        for cid, o in oo.items():
+            lines.append(f"{cid:<40} {o['initial']:>+7.3f} {o['peak']:>+7.3f} {o['peak_step']:>5g} {o['final']:>+7.3f} {o['fall_fraction']:>5.0%} "
+                         f"{o['proxy_rise']:>+7.3f}" + ("  over-optimised" if o["overoptimised"] else ""))
     lines.append(f"{'fit (Gao RL)':<16} {'alpha':>8} {'beta':>8} {'R^2':>6} {'peak KL':>8} {'points':>6}")
     for m, fit in summary["fits"].items():
         if "error" in fit:

@@ -2,7 +2,7 @@
 
 Stages and what keys them:
   policy  <- task, tokenizer, policy           (tokenizer + pretrained initial policy, one HF folder)
-  gold    <- task, gold                        (TF-IDF + logistic-regression sentiment scorer)
+  gold    <- task, gold (+ tokenizer, policy for the contextual judge, fine-tuned from pi_0's backbone)
   proxy   <- task, tokenizer, policy, gold, proxy, generation  (k Bradley-Terry reward models)
   sft     <- task, tokenizer, policy, reference's SFT fields   (SALSA: n fine-tunes of pi_0; only for reference.kind sft/soup)
 The toxicity objective needs no gold or proxy stage: alt-profanity-check ships its model.
@@ -43,6 +43,8 @@ def _parts(cfg: TetherConfig, stage: str) -> dict:
     if stage == "policy":
         return {"task": task, "tokenizer": cfg.tokenizer.model_dump(), "policy": pol}
     if stage == "gold":
+        if cfg.gold.kind == "contextual":
+            return {"task": task, "gold": cfg.gold.model_dump(), "tokenizer": cfg.tokenizer.model_dump(), "policy": pol, "base": cfg.policy.name_or_path}
         return {"task": task, "gold": cfg.gold.model_dump()}
     if stage == "proxy":
         return {
@@ -75,6 +77,8 @@ def required(cfg: TetherConfig, stage: str) -> list[str]:
         return [f"member-{i}/model.safetensors" for i in range(cfg.proxy.n_members)]
     if stage == "sft":
         return [f"sft-{i}/model.safetensors" for i in range(cfg.reference.n_sft_)]
+    if stage == "gold" and cfg.gold.kind == "contextual":
+        return ["gold.json", "ngram.npz", "ngram_vocab.json", "sentiment/model.safetensors"]
     return {"policy": ["config.json", "model.safetensors", "tokenizer.json"], "gold": ["gold.npz", "vocab.json"]}[stage]
 
 
@@ -209,8 +213,11 @@ def _policy_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
 def _gold_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
     if cfg.gold.kind == "hf_classifier":
         return {"stage": "gold", "source": cfg.gold.name_or_path, "note": "loaded from_pretrained; not built here"}
-    from tasks.imdb.gold import train_gold
+    from tasks.imdb.gold import train_contextual_gold, train_gold
 
+    if cfg.gold.kind == "contextual":
+        policy = resolve_partial(cfg)["policy"]
+        return _built_stage(cfg, "gold", rebuild, lambda tmp: train_contextual_gold(cfg.gold, split, policy, tmp, seed=cfg.task.seed))
     return _built_stage(cfg, "gold", rebuild, lambda tmp: train_gold(cfg.gold, split, tmp))
 
 

@@ -1,0 +1,116 @@
+"""The contextual gold judge: its trigram language model, its terms, and the probe set it must rank."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from learner.models.ngram import BOS, TrigramLM, repetition, words
+
+CORPUS = [
+    "this movie was great and the acting was wonderful .",
+    "this movie was terrible and the plot was boring .",
+    "the acting was great but the plot was thin .",
+    "i loved this movie , the story was moving and the music was great .",
+    "i hated this film , the story was dull and the ending was awful .",
+] * 4
+
+
+def test_trigram_probabilities_sum_to_one_in_seen_and_unseen_contexts():
+    lm = TrigramLM.fit(CORPUS, min_count=2)
+    V = lm.V
+    w = np.arange(V)
+    for u, v in [(BOS, BOS), (lm.vocab["this"], lm.vocab["movie"]), (lm.vocab["was"], lm.vocab["great"]),
+                 (lm.vocab["great"], lm.vocab["this"]), (0, 0), (lm.vocab["plot"], lm.vocab["."])]:
+        lp3, lp1 = lm.logprob_ids(np.full(V, u), np.full(V, v), w)
+        assert abs(np.exp(lp3).sum() - 1) < 1e-9, (u, v)
+        assert abs(np.exp(lp1).sum() - 1) < 1e-9
+
+
+def test_trigram_counts_match_a_direct_count_and_the_model_round_trips(tmp_path):
+    lm = TrigramLM.fit(CORPUS, min_count=1)
+    toks = [lm.ids(t) for t in CORPUS]
+    direct = sum(1 for s in toks for i in range(len(s) - 2) if tuple(s[i : i + 3]) == (lm.vocab["this"], lm.vocab["movie"], lm.vocab["was"]))
+    key = (lm.vocab["this"] * lm.V + lm.vocab["movie"]) * lm.V + lm.vocab["was"]
+    assert direct == 8 and lm._lookup(lm.a["tri"], lm.a["tri_c"], np.array([key]))[0] == direct
+    lm.save(tmp_path)
+    back = TrigramLM.load(tmp_path)
+    np.testing.assert_array_equal(back.token_logprobs(CORPUS[3]), lm.token_logprobs(CORPUS[3]))
+
+
+def test_coherence_prefers_word_order_and_repetition_catches_loops():
+    lm = TrigramLM.fit(CORPUS, min_count=1)
+    natural = "i loved this movie , the story was moving and the acting was wonderful ."
+    shuffled = "moving wonderful the , was acting i story movie this the loved and was ."
+    c = lm.coherence([natural, shuffled, ""])
+    assert c[0] > c[1] + 1.0 and c[2] == 0.0
+    assert repetition(natural) == 0.0
+    assert repetition("the film is great " * 8) > 0.8
+    assert repetition("") == 0.0 and repetition("two words") == 0.0
+    assert words("It's GREAT, isn't it?") == ["it's", "great", ",", "isn't", "it", "?"]
+
+
+def test_contextual_gold_terms_combine_as_documented(tiny_assets):
+    from learner.models.gold import ContextualGold, load_gold
+
+    cfg, manifests, paths = tiny_assets
+    assert cfg.gold.kind == "contextual"
+    gold = load_gold(paths.gold)
+    assert isinstance(gold, ContextualGold)
+    texts = ["This movie was wonderful, the acting was great and I loved it.", "great " * 30, "The plot was dull. " * 6, "", "a"]
+    c = gold.components(texts)
+    p = gold.params
+    np.testing.assert_allclose(c["sentiment"], p["sentiment_cap"] * np.tanh(c["sentiment_logit"] / p["sentiment_cap"]))
+    np.testing.assert_allclose(c["gold"], c["sentiment"] - c["coherence_penalty"] - c["repetition_penalty"])
+    assert np.all(np.abs(c["sentiment"]) <= p["sentiment_cap"]) and np.all(np.isfinite(c["gold"]))
+    assert c["repetition_penalty"][1] > 5 and c["repetition_penalty"][2] > 5 and c["repetition_penalty"][0] == 0
+    np.testing.assert_allclose(gold.score(texts), c["gold"])
+    m = manifests["gold"]["metrics"]
+    assert 0 <= m["natural_fraction_penalised"] <= 1 and m["heldout_sentiment_auc_50_words"] > 0.5
+
+
+def test_gold_evaluator_scores_each_batch_once(tiny_assets):
+    """evaluate() and gold_scores() of the same rollouts share one scoring (the neural judge is not free)."""
+    from learner.models.gold_eval import GoldEvaluator
+
+    _, _, paths = tiny_assets
+    ev = GoldEvaluator.from_paths(paths.gold, paths.policy)
+    calls = []
+    real = ev.gold.components
+    ev.gold.components = lambda t: calls.append(len(t)) or real(t)
+    texts = ["a good film", "a bad film"]
+    a = ev.gold_scores(texts)
+    b = ev.gold_scores(list(texts))
+    assert a == b and calls == [2]
+    ev.gold_scores(["another text"])
+    assert calls == [2, 1]
+
+
+PROBES = Path(__file__).parent / "data" / "gold_probes.json"
+
+
+@pytest.mark.slow
+def test_default_gold_ranks_every_natural_positive_review_above_every_degenerate_text(tmp_path_factory):
+    """The probe set (tests/data/make_gold_probes.py; natural reviews chosen without the gold) against the default
+    config's gold, built here as `tether prepare` builds it (or reused from ./data when already built)."""
+    from learner.config import load_config
+    from learner.models.gold import load_gold
+    from tasks.imdb.build import _gold_stage, resolve_partial, stage_folder
+    from tasks.imdb.data import load_imdb
+
+    cfg = load_config("default")
+    folder, _ = stage_folder(cfg, "gold")
+    if not (folder / "gold.json").exists():
+        cfg = load_config("default", [f"data_dir={tmp_path_factory.mktemp('gold')}"])
+        _gold_stage(cfg, load_imdb(cfg.task), False)
+    gold = load_gold(resolve_partial(cfg)["gold"])
+    probes = json.loads(PROBES.read_text())
+    pos = gold.score(probes["natural_positive"])
+    neg = gold.score(probes["natural_negative"])
+    worst = {k: float(np.max(gold.score(v))) for k, v in probes["degenerate"].items() if v}
+    assert len(worst) >= 4 and len(pos) >= 15
+    assert pos.min() > max(worst.values()), (pos.min(), worst)
+    assert np.mean(pos[:, None] > neg[None, :]) > 0.9  # and it is still a sentiment judge
+
