@@ -56,7 +56,7 @@ def cmd_prepare(args) -> int:
             print(f"  policy: {metrics.get('params', 0) / 1e6:.1f}M params, held-out perplexity {metrics.get('heldout_perplexity')}")
         elif stage == "gold" and "heldout_sentiment_auc_50_words" in metrics:  # the contextual judge
             print(f"  gold:   sentiment AUC {metrics['heldout_sentiment_auc_50_words']} on 50-word held-out windows; "
-                  f"{metrics['natural_fraction_penalised']:.1%} of them penalised for coherence or repetition")
+                  f"{metrics['natural_fraction_penalised']:.1%} of them penalised (coherence, repetition, diversity)")
         elif stage == "gold":
             print(f"  gold:   held-out accuracy {metrics.get('heldout_accuracy')}, AUC {metrics.get('heldout_auc')}")
         elif stage == "proxy":

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from learner.models.ngram import BOS, TrigramLM, repetition, words
+from learner.models.ngram import BOS, TrigramLM, diversity, repetition, words
 
 CORPUS = [
     "this movie was great and the acting was wonderful .",
@@ -52,6 +52,22 @@ def test_coherence_prefers_word_order_and_repetition_catches_loops():
     assert words("It's GREAT, isn't it?") == ["it's", "great", ",", "isn't", "it", "?"]
 
 
+def test_diversity_is_a_moving_type_token_ratio():
+    def by_hand(text, w=25):
+        ws = [x for x in words(text) if x[0].isalnum()]
+        if len(ws) <= w:
+            return len(set(ws)) / len(ws)
+        return float(np.mean([len(set(ws[i : i + w])) / w for i in range(len(ws) - w + 1)]))
+
+    formulaic = "I saw a great story, I loved a great story, written a great performance. I saw a great comedy, I loved the story. " * 2
+    prose = ("The film is a quiet, patient study of grief that never hurries its characters toward easy answers; the two leads carry "
+             "it with small gestures, and the score knows when to stay silent. By the end I had stopped noticing the camera.")
+    for t in (formulaic, prose, "a b a", "one"):
+        assert diversity(t) == pytest.approx(by_hand(t))
+    assert diversity(prose) > 0.85 > 0.6 > diversity(formulaic)
+    assert diversity("") == 1.0 and diversity("!!! ...") == 1.0
+
+
 def test_contextual_gold_terms_combine_as_documented(tiny_assets):
     from learner.models.gold import ContextualGold, load_gold
 
@@ -63,7 +79,8 @@ def test_contextual_gold_terms_combine_as_documented(tiny_assets):
     c = gold.components(texts)
     p = gold.params
     np.testing.assert_allclose(c["sentiment"], p["sentiment_cap"] * np.tanh(c["sentiment_logit"] / p["sentiment_cap"]))
-    np.testing.assert_allclose(c["gold"], c["sentiment"] - c["coherence_penalty"] - c["repetition_penalty"])
+    np.testing.assert_allclose(c["gold"], c["sentiment"] - c["coherence_penalty"] - c["repetition_penalty"] - c["diversity_penalty"])
+    np.testing.assert_allclose(c["diversity_penalty"], p["diversity_weight"] * np.maximum(0, p["diversity_floor"] - c["diversity"]))
     assert np.all(np.abs(c["sentiment"]) <= p["sentiment_cap"]) and np.all(np.isfinite(c["gold"]))
     assert c["repetition_penalty"][1] > 5 and c["repetition_penalty"][2] > 5 and c["repetition_penalty"][0] == 0
     np.testing.assert_allclose(gold.score(texts), c["gold"])

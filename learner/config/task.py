@@ -70,7 +70,7 @@ class GoldConfig(Strict):
         "contextual",
         description="contextual (default): a judge that wants a positive review a reader would accept: the pretrained policy's full "
         "backbone fine-tuned on the real IMDB labels (saturating sentiment), minus penalties for incoherent word order (a word "
-        "trigram language model trained on the reviews, not the policy) and for repetition. "
+        "trigram language model trained on the reviews, not the policy), for repetition and for formulaic text of few distinct words. "
         "tfidf_logreg: TF-IDF + logistic regression on IMDB labels (a bag of words; the policy raises it by piling up positive words). "
         "hf_classifier: a Hugging Face sequence classifier named by name_or_path (e.g. 'lvwerra/distilbert-imdb'), reward = positive-minus-negative logit.",
     )
@@ -90,6 +90,10 @@ class GoldConfig(Strict):
     coherence_weight: float = Field(6.0, ge=0, description="contextual: gold loses this much per nat of coherence below the floor.")
     repetition_floor: float = Field(0.2, ge=0, le=1, description="contextual: repetition = fraction of word 3-grams that repeat an earlier one; natural reviews stay below about 0.2.")
     repetition_weight: float = Field(10.0, ge=0, description="contextual: gold loses this much per unit of repetition above the floor.")
+    diversity_floor: float = Field(
+        0.75, ge=0, le=1, description="contextual: lexical diversity = moving-average type-token ratio over 25-word windows; natural reviews: "
+        "median about 0.90, 1st percentile about 0.75; text cycling through a few phrases: 0.4-0.6.")
+    diversity_weight: float = Field(15.0, ge=0, description="contextual: gold loses this much per unit of diversity below the floor.")
 
     @model_validator(mode="after")
     def _hf(self) -> "GoldConfig":

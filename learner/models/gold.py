@@ -56,11 +56,12 @@ def load_gold(path: str | Path, device=None):
 class ContextualGold:
     """The contextual gold judge (tasks/imdb/gold.py builds it): a positive review that a reader would accept.
 
-        gold = cap * tanh(s / cap) - w_c * max(0, c0 - coherence) - w_r * max(0, repetition - r0)
+        gold = cap * tanh(s / cap) - w_c * max(0, c0 - coherence) - w_r * max(0, repetition - r0) - w_d * max(0, d0 - diversity)
 
     s: logit of a sentiment classifier (the pretrained policy's full backbone fine-tuned on the real IMDB
     labels; contextual, unlike a bag of words); coherence: `TrigramLM.coherence`, a word trigram model of
-    the reviews (not the policy); repetition: `ngram.repetition`. The parameters are in gold.json.
+    the reviews (not the policy); repetition: `ngram.repetition` (loops); diversity: `ngram.diversity` (formulaic text
+    cycling through a few phrases). The parameters are in gold.json.
     `components(texts)` returns each term, for diagnosis (logged as gold/sentiment, gold/coherence, ...).
     """
 
@@ -74,7 +75,7 @@ class ContextualGold:
         self.lm = TrigramLM.load(folder)
 
     def components(self, texts: list[str]) -> dict[str, np.ndarray]:
-        from learner.models.ngram import repetition
+        from learner.models.ngram import diversity, repetition
 
         p = self.params
         logit = self.sentiment.score(list(texts)).double().numpy()
@@ -83,8 +84,10 @@ class ContextualGold:
         sent = p["sentiment_cap"] * np.tanh(logit / p["sentiment_cap"])
         pen_c = p["coherence_weight"] * np.maximum(0.0, p["coherence_floor"] - coh)
         pen_r = p["repetition_weight"] * np.maximum(0.0, rep - p["repetition_floor"])
-        return {"gold": sent - pen_c - pen_r, "sentiment_logit": logit, "sentiment": sent, "coherence": coh, "repetition": rep,
-                "coherence_penalty": pen_c, "repetition_penalty": pen_r}
+        div = np.asarray([diversity(t) for t in texts], dtype=np.float64)
+        pen_d = p["diversity_weight"] * np.maximum(0.0, p["diversity_floor"] - div)
+        return {"gold": sent - pen_c - pen_r - pen_d, "sentiment_logit": logit, "sentiment": sent, "coherence": coh, "repetition": rep,
+                "diversity": div, "coherence_penalty": pen_c, "repetition_penalty": pen_r, "diversity_penalty": pen_d}
 
     def score(self, texts: list[str]) -> np.ndarray:
         return self.components(texts)["gold"] if len(texts) else np.zeros(0)

@@ -142,3 +142,27 @@ def repetition(text: str, n: int = 3) -> float:
     ws = words(text)
     grams = [tuple(ws[i : i + n]) for i in range(len(ws) - n + 1)]
     return 0.0 if not grams else 1.0 - len(set(grams)) / len(grams)
+
+
+def diversity(text: str, window: int = 25) -> float:
+    """Lexical diversity: the moving-average type-token ratio of the text's words over windows of `window` words
+    (MATTR, Covington & McFall 2010), so texts of different lengths compare; plain type-token ratio when shorter.
+    Natural IMDB reviews: median about 0.90, 1st percentile about 0.75; formulaic text that cycles through a few
+    phrases ("I saw a great story, I loved a great story, ...") falls to 0.4-0.6. 1.0 for a text with no words."""
+    ws = [w for w in words(text) if w[0].isalnum()]
+    if not ws:
+        return 1.0
+    if len(ws) <= window:
+        return len(set(ws)) / len(ws)
+    from collections import Counter
+
+    counts = Counter(ws[:window])
+    total = len(counts)
+    for i in range(window, len(ws)):  # slide: add ws[i], drop ws[i - window]
+        old = ws[i - window]
+        counts[old] -= 1
+        if counts[old] == 0:
+            del counts[old]
+        counts[ws[i]] += 1
+        total += len(counts)
+    return total / ((len(ws) - window + 1) * window)

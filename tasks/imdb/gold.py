@@ -102,7 +102,8 @@ def train_contextual_gold(cfg: GoldConfig, split: ImdbSplit, policy_path, out_di
     model.eval()
     model.save_pretrained(str(out_dir / "sentiment"))
     tok.save_pretrained(str(out_dir / "sentiment"))
-    params = {k: getattr(cfg, k) for k in ("max_len", "sentiment_cap", "coherence_floor", "coherence_weight", "repetition_floor", "repetition_weight")}
+    params = {k: getattr(cfg, k) for k in ("max_len", "sentiment_cap", "coherence_floor", "coherence_weight", "repetition_floor", "repetition_weight",
+                                           "diversity_floor", "diversity_weight")}
     (out_dir / "gold.json").write_text(json.dumps(params, indent=1))
 
     gold = ContextualGold(out_dir)
@@ -118,7 +119,8 @@ def train_contextual_gold(cfg: GoldConfig, split: ImdbSplit, policy_path, out_di
         "heldout_gold_auc_50_words": round(float(roc_auc_score(y, c["gold"])), 4),
         "natural_coherence_pct_1_5_50_95_99": pct(c["coherence"]),
         "natural_repetition_pct_1_5_50_95_99": pct(c["repetition"]),
-        "natural_fraction_penalised": round(float(np.mean((c["coherence_penalty"] + c["repetition_penalty"]) > 0)), 4),
+        "natural_diversity_pct_1_5_50_95_99": pct(c["diversity"]),
+        "natural_fraction_penalised": round(float(np.mean((c["coherence_penalty"] + c["repetition_penalty"] + c["diversity_penalty"]) > 0)), 4),
         "natural_gold_pct_1_5_50_95_99": pct(c["gold"]),
         "n_train": n, "n_heldout_windows": len(held), "ngram_vocab": lm.V, "ngram_trigrams": len(lm.a["tri"]),
         "ngram_seconds": round(ngram_s, 1), "train_seconds": round(train_s, 1), "final_loss": round(float(np.mean(losses[-20:])), 4),
