@@ -90,6 +90,10 @@ def run_plots(run_dir: Path, name: str, *, fit: RLFit | None = None) -> list[Pat
     for key, label, c in (("eval/gold_mean", "gold R*", COLORS[0]), ("eval/proxy_mean", "proxy (aggregate)", COLORS[1])):
         xs, ys = _series(rows, "eval/kl_from_init_k3", key)
         ax.plot(xs, ys, "o-", label=label, color=c, ms=4)
+    pre = [(r["eval/kl_from_init_k3"], r["eval/gold_mean"]) for r in rows
+           if r.get("eval/before_reset") and r.get("eval/kl_from_init_k3") is not None and r.get("eval/gold_mean") is not None]
+    if pre:  # Elastic Reset is read on its whole trajectory: the points just before each reset, not only its just-reset end
+        ax.plot([p[0] for p in pre], [p[1] for p in pre], "v", color="k", ms=8, mfc="none", label="gold just before a reset")
     draw_rl_fit(ax, fit, COLORS[0], "gold, fitted RL law (Gao et al.)")
     ax.set_xlabel("KL(pi || pi_0), nats (held-out prompts)")
     ax.set_ylabel("reward")

@@ -223,6 +223,17 @@ def test_sweep_report_numbers_and_per_method_fits(tmp_path):
     html = page.read_text()
     assert "ppo_kl/kl.coef=0.01/seed-0/report.html" in html and "<td>ppo_kl</td><td>0.6000</td><td>0.3000</td>" in html
     assert f"{np.mean(golds):+.3f} &plusmn; {np.std(golds, ddof=1):.3f}" in html
+    # the whole trajectory of each cell: its gold peak and fall, its best evaluation; and gold/proxy against iterations
+    from learner.analysis.overopt import peak_and_fall
+
+    c0 = s["cells"]["ppo_kl/kl.coef=0.01/seed-0"]
+    kls = [0.0, 1.0, 4.0, 9.0]
+    gold0 = [0.0] + [law(k) for k in kls[1:]]
+    want = peak_and_fall([1, 2, 3, 4], gold0, [g + 0.1 * k for g, k in zip(gold0, kls)], kls)
+    assert c0["overopt"] == pytest.approx({**want.as_dict(), "overoptimised": want.overoptimised()})
+    assert c0["best_eval"] == {"step": 4, "gold": pytest.approx(max(gold0)), "kl": 9.0} and c0["before_reset"] == []
+    assert s["cells"]["er/default/seed-0"]["overopt"] is None  # 2 evaluations: too few for a peak
+    assert "over-optimisation per cell" in html and (tmp_path / "sw" / "reward_vs_step.png").stat().st_size > 5000
 
 
 def _write_tiny_base(cfg, tmp_path) -> None:

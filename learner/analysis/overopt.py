@@ -67,3 +67,4 @@ def peak_and_fall(steps, gold, proxy, kl=None, *, tail: int = 3) -> OverOpt:
     kla = None if kl is None else np.asarray(kl, dtype=np.float64)
     return OverOpt(i, float(steps[i]), initial, peak, final, gain, float(fall), p_peak, p_final, p_final - p_peak,
                    None if kla is None else float(kla[i]), None if kla is None else float(kla[-tail:].mean()))
+

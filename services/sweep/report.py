@@ -64,6 +64,7 @@ def _summarise(sweep_dir: Path) -> tuple[dict, dict]:
         kl, gold = eval_points(rows)
         if len(kl):
             points.setdefault(c["method"], []).append((kl, gold))
+            cells[c["id"]]["rl_fit"] = fit_rl_runs([(kl, gold)]).as_dict()  # this cell alone (the method's pooled fit is below)
     fits: dict[str, RLFit] = {m: fit_rl_runs(points.get(m, [])) for m in dict.fromkeys(c["method"] for c in meta["cells"])}
     summary = {
         "name": meta["spec"]["name"], "spec": meta["spec"], "cells": cells,
@@ -136,6 +137,25 @@ def _plots(sweep_dir: Path, summary: dict, fits: dict) -> list[Path]:
         if labelled:
             ax.legend(fontsize=7)
         out.append(save_figure(fig, sweep_dir / fname))
+    # gold and proxy against training iterations: over-optimisation shows as a gold peak while the proxy still climbs
+    fig, ax = plt.subplots(figsize=(7.4, 4.8))
+    labelled = set()
+    for cid, c in summary["cells"].items():
+        ev = [r for r in rows[cid] if r.get("eval/gold_mean") is not None and r.get("eval/proxy_mean") is not None]
+        if not ev:
+            continue
+        m, col = c["method"], colour[c["method"]]
+        steps = [r["step"] for r in ev]
+        ax.plot(steps, [r["eval/gold_mean"] for r in ev], "-", color=col, lw=1.2, label=None if m in labelled else f"{m}: gold")
+        ax.plot(steps, [r["eval/proxy_mean"] for r in ev], "--", color=col, lw=0.9, alpha=0.7, label=None if m in labelled else f"{m}: proxy")
+        labelled.add(m)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("reward (held-out prompts)")
+    ax.set_title("gold (solid) and proxy (dashed) per cell", fontsize=10)
+    ax.grid(alpha=0.3)
+    if labelled:
+        ax.legend(fontsize=7)
+    out.append(save_figure(fig, sweep_dir / "reward_vs_step.png"))
     return out
 
 
