@@ -48,7 +48,7 @@ def test_ppo_kl_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):
         assert all(r["elastic_reset/event"] == 0 for r in rows if "loss/policy" in r)
         assert "eval/gold_mean" in summary and summary["eval/kl_from_init_k3"] > 0
         # the contextual judge's terms are logged, and every evaluation's samples are readable in the run folder
-        assert all(k in summary for k in ("eval/gold_sentiment", "eval/gold_coherence", "eval/gold_repetition"))
+        assert all(k in summary for k in ("eval/gold_sentiment", "eval/gold_coherence", "eval/gold_repetition", "eval/gold_diversity"))
         files = sorted((tmp_path / "kl" / "samples").glob("step-*.jsonl"))
         evals = [r for r in rows if "eval/gold_mean" in r]
         assert len(files) == len(evals)

@@ -64,7 +64,7 @@ class GoldEvaluator:
         texts = r.texts
         comp = self.components(texts)
         gold = comp["gold"]
-        extra = {f"{prefix}/gold_{k}": float(comp[k].mean()) for k in ("sentiment", "coherence", "repetition") if k in comp}
+        extra = {f"{prefix}/gold_{k}": float(comp[k].mean()) for k in ("sentiment", "coherence", "repetition", "diversity") if k in comp}
         if hasattr(self.gold, "prob"):  # the toxicity objective: report toxicity itself too
             p = np.asarray(self.gold.prob(texts), dtype=np.float64)
             extra |= {f"{prefix}/toxicity_mean": float(p.mean()), f"{prefix}/toxic_frac": float((p > 0.5).mean())}
