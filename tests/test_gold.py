@@ -114,14 +114,16 @@ def test_default_gold_ranks_every_natural_positive_review_above_every_degenerate
     config's gold, built here as `tether prepare` builds it (or reused from ./data when already built)."""
     from learner.config import load_config
     from learner.models.gold import load_gold
-    from tasks.imdb.build import _gold_stage, resolve_partial, stage_folder
+    from tasks.imdb.build import _gold_stage, _policy_stage, resolve_partial, stage_folder
     from tasks.imdb.data import load_imdb
 
     cfg = load_config("default")
     folder, _ = stage_folder(cfg, "gold")
     if not (folder / "gold.json").exists():
         cfg = load_config("default", [f"data_dir={tmp_path_factory.mktemp('gold')}"])
-        _gold_stage(cfg, load_imdb(cfg.task), False)
+        split = load_imdb(cfg.task)
+        _policy_stage(cfg, split, False)  # pi_0, from the committed checkpoint: the judge's backbone
+        _gold_stage(cfg, split, False)
     gold = load_gold(resolve_partial(cfg)["gold"])
     probes = json.loads(PROBES.read_text())
     pos = gold.score(probes["natural_positive"])
