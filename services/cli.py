@@ -285,6 +285,43 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    """Every paper's claim on the default task: the reproduction's stages (resumable), then claims.md with CIs."""
+    from actors.placement import RuntimeSetupError
+    from learner.config import ConfigError
+    from services.reproduce import STAGE_NAMES, claims_table, plan, plan_table, run_reproduction, write_claims
+    from tasks.imdb.store import AssetError
+    from tqdm.auto import tqdm
+
+    only = None
+    if args.only:
+        only = [x.strip() for x in args.only.split(",") if x.strip()]
+        bad = [x for x in only if x not in STAGE_NAMES]
+        if bad or not only:
+            sys.exit(f"tether: --only takes stage names separated by commas; unknown: {', '.join(bad) or '(none given)'}; "
+                     f"stages: {', '.join(STAGE_NAMES)}")
+    if args.n_boot < 100:
+        sys.exit(f"tether: --n-boot must be >= 100 (bootstrap resamples for the 95% intervals), got {args.n_boot}")
+    from learner.config import load_config
+
+    runs_dir = Path(load_config("default").runs_dir)
+    out = Path(args.out) if args.out else runs_dir / "reproduce"
+    try:
+        if args.plan:
+            print(plan_table(plan(runs_dir)))
+            return 0
+        if args.report_only:
+            result = write_claims(out, runs_dir=runs_dir, n_boot=args.n_boot)
+        else:
+            print(plan_table(plan(runs_dir)))
+            result = run_reproduction(out, only=only, n_boot=args.n_boot, say=tqdm.write)
+    except (ConfigError, AssetError, RuntimeSetupError) as e:
+        sys.exit(f"tether: {e}")
+    print(claims_table(result["rows"]))
+    print(f"claims: {out / 'claims.md'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tether", description="RL alignment with drift control: PPO+KL, Elastic Reset, reward ensembles, gold evaluation.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -351,6 +388,16 @@ def main(argv: list[str] | None = None) -> int:
                          "default env TETHER_REDIS_URL")
     sp.add_argument("--report-only", action="store_true", help="only (re)write the report of the sweep folder")
     sp.set_defaults(fn=cmd_sweep)
+
+    sp = sub.add_parser("reproduce", help="measure every paper's headline claim on the default task (3 seeds, bootstrap CIs): "
+                                          "the reproduction's sweeps and best-of-n (resumable), then claims.md")
+    sp.add_argument("--only", help="run only these stages, comma-separated (overopt, elastic_reset, ensembles, bon, quark, salsa, fdpg); "
+                                   "the report still covers every claim with the runs there are")
+    sp.add_argument("--plan", action="store_true", help="print the stages, their cells and the minutes left, and exit")
+    sp.add_argument("--report-only", action="store_true", help="only (re)measure the claims from the runs there are")
+    sp.add_argument("--out", help="folder for claims.md, claims.json and plots (default <runs_dir>/reproduce; the committed ones: docs/results)")
+    sp.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples per claim (default 2000)")
+    sp.set_defaults(fn=cmd_reproduce)
 
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -118,8 +118,7 @@ def ensemble_bon_curves(members: np.ndarray, gold: np.ndarray, ns: list[int], *,
     the pick), gold, gold_se (standard error over prompts).
     """
     P, N, k = members.shape
-    agg, _ = aggregate(torch.from_numpy(members.reshape(P * N, k)), aggregation, uwo_lambda=uwo_lambda)
-    agg = agg.double().numpy().reshape(P, N)  # (P, N)
+    agg = _aggregate_np(members, aggregation, uwo_lambda)  # (P, N)
     mmean = members.mean(axis=2)  # (P, N)
     per_prompt = [bon_curve(agg[i], gold[i], ns) for i in range(P)]
     gold_pp = np.stack([c["gold"] for c in per_prompt])  # (P, len(ns))
@@ -132,3 +131,16 @@ def ensemble_bon_curves(members: np.ndarray, gold: np.ndarray, ns: list[int], *,
         "proxy": proxy_pp.mean(axis=0).tolist(), "proxy_member_mean": mmean_pp.mean(axis=0).tolist(),
         "gold": gold_pp.mean(axis=0).tolist(), "gold_se": se.tolist(),
     }
+
+
+def _aggregate_np(members: np.ndarray, aggregation: str, uwo_lambda: float) -> np.ndarray:
+    P, N, k = members.shape
+    agg, _ = aggregate(torch.from_numpy(members.reshape(P * N, k)), aggregation, uwo_lambda=uwo_lambda)
+    return agg.double().numpy().reshape(P, N)
+
+
+def bon_gold_per_prompt(members: np.ndarray, gold: np.ndarray, ns: list[int], *, aggregation: str, uwo_lambda: float) -> np.ndarray:
+    """(P, len(ns)): each prompt's unbiased E[gold] of best-of-n by the aggregate of ``members`` (P, N, k), for
+    each n; the mean over prompts is ``ensemble_bon_curves``' gold (per prompt, so prompts can be resampled)."""
+    agg = _aggregate_np(members, aggregation, uwo_lambda)
+    return np.stack([bon_curve(agg[i], gold[i], ns)["gold"] for i in range(members.shape[0])])

@@ -1,0 +1,242 @@
+"""learner.analysis.claims (effects, the two-level bootstrap, verdicts) and services.reproduce's reading of run folders."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from learner.analysis import claims as C
+
+
+def _run(name, gold_curve, kl, *, n_prompts=32, per_prompt=1, noise=0.5, seed=0, proxy_curve=None):
+    """A run whose per-sample gold at evaluation m is gold_curve[m] + a prompt effect + noise."""
+    rng = np.random.default_rng(seed)
+    M, L = len(gold_curve), n_prompts * per_prompt
+    prompt_effect = rng.normal(0, noise, n_prompts).repeat(per_prompt)  # (L,)
+    gold = np.asarray(gold_curve)[:, None] + prompt_effect[None, :] + rng.normal(0, noise, (M, L))
+    proxy = (np.asarray(proxy_curve if proxy_curve is not None else gold_curve))[:, None] + rng.normal(0, noise, (M, L))
+    return C.RunCurve(name, seed, np.arange(M) * 2, np.asarray(kl, float), gold, proxy, np.arange(n_prompts).repeat(per_prompt))
+
+
+def test_frontier_is_the_best_value_reached_within_each_kl_budget():
+    kl = np.array([0.0, 2.0, 1.0, 5.0])
+    y = np.array([0.0, 3.0, 1.0, 2.0])
+    f = C.frontier(kl, y, np.array([0.0, 0.5, 1.0, 1.5, 2.0, 4.0, 5.0, 9.0]))
+    assert f.tolist() == [0.0, 0.0, 1.0, 1.0, 3.0, 3.0, 3.0, 3.0]
+    # an Elastic Reset-like trajectory: KL drops at a reset, the frontier keeps the best point at each budget
+    assert C.frontier([0, 4, 1, 6], [0, 2, 2.5, 1], [3.0, 4.0])[0] == 2.5
+
+
+def test_frontier_gap_of_a_uniformly_better_arm_is_its_margin():
+    kl = np.linspace(0, 10, 6)
+    a = [_run("a", 1.0 + 0.1 * kl, kl, noise=0.0, seed=s).view() for s in range(3)]
+    b = [_run("b", 0.1 * kl, kl * 1.5, noise=0.0, seed=s).view() for s in range(3)]  # b reaches further: the grid stops at a's 10
+    assert C.kl_grid(a + b, 11)[-1] == pytest.approx(10.0)
+    gap = C.frontier_gap(a, b)
+    # b at KL k (its points at 1.5x) has the value of its point at or below k: never above a's
+    assert gap > 1.0 - 1e-9
+
+
+def test_loss_after_peak_final_and_distinct_n_by_hand():
+    g = np.array([0.0, 1.0, 2.0, 3.0, 2.0, 0.0, -1.0, -2.0])
+    # smoothed peak: (2 + 3 + 2) / 3 = 7/3; last 3: (0 - 1 - 2) / 3 = -1
+    assert C.loss_after_peak(g) == pytest.approx(7 / 3 + 1)
+    assert C.final([1.0, 2.0, 3.0, 4.0]) == pytest.approx(3.0)
+    assert C.distinct_n(["a b a b", "a b c"], 2) == pytest.approx(3 / 5)  # (a b), (b a), (b c) of 5 bigrams
+    assert C.distinct_n([], 2) == 0.0
+    with pytest.raises(ValueError):
+        C.distinct_n(["x"], 0)
+
+
+def test_loss_after_peak_of_a_rising_curve_is_small():
+    assert C.loss_after_peak(np.arange(6.0)) == pytest.approx(0.5)
+
+
+def test_verdicts_follow_the_interval():
+    e = lambda lo, hi: C.Estimate((lo + hi) / 2, lo, hi, 100, {})  # noqa: E731
+    assert C.verdict(e(0.1, 0.5)) == C.HOLDS
+    assert C.verdict(e(-0.5, -0.1)) == C.FAILS
+    assert C.verdict(e(-0.1, 0.5)) == C.INCONCLUSIVE
+    assert C.verdict(e(0.91, 0.99), threshold=0.9) == C.HOLDS
+    assert C.verdict(e(0.5, 0.7), threshold=0.9) == C.FAILS
+    assert C.verdict(e(-0.5, -0.1), direction="below") == C.HOLDS
+    assert C.verdict(e(math.nan, math.nan)) == C.INCONCLUSIVE
+    assert C.equivalence_verdict(e(-0.05, 0.05), margin=0.1) == C.HOLDS
+    assert C.equivalence_verdict(e(0.2, 0.3), margin=0.1) == C.FAILS
+    assert C.equivalence_verdict(e(0.05, 0.3), margin=0.1) == C.INCONCLUSIVE
+    with pytest.raises(ValueError):
+        C.verdict(e(0, 1), direction="sideways")
+    with pytest.raises(ValueError):
+        C.equivalence_verdict(e(0, 1), margin=0)
+
+
+def test_bootstrap_separates_a_real_effect_from_none():
+    kl = np.linspace(0, 10, 11)
+    better = [_run("a", 0.8 + 0.1 * kl, kl, seed=s) for s in range(3)]
+    worse = [_run("b", 0.1 * kl, kl, seed=10 + s) for s in range(3)]
+    same = [_run("c", 0.1 * kl, kl, seed=20 + s) for s in range(3)]
+    stat = lambda s: C.frontier_gap(s["a"], s["b"])  # noqa: E731
+    est = C.bootstrap(stat, {"a": better, "b": worse}, n_boot=300)
+    assert est.lo < est.point < est.hi
+    assert C.verdict(est) == C.HOLDS
+    null = C.bootstrap(stat, {"a": same, "b": worse}, n_boot=300)
+    assert null.lo < 0 < null.hi and C.verdict(null) == C.INCONCLUSIVE
+    rev = C.bootstrap(lambda s: C.frontier_gap(s["b"], s["a"]), {"a": better, "b": worse}, n_boot=300)
+    assert C.verdict(rev) == C.FAILS
+
+
+def test_bootstrap_interval_reflects_prompt_noise_and_seed_noise():
+    kl = np.linspace(0, 4, 5)
+    quiet = [_run("q", np.full(5, 1.0), kl, noise=0.01, seed=s) for s in range(3)]
+    loud = [_run("l", np.full(5, 1.0), kl, noise=1.0, seed=s) for s in range(3)]
+    mean_gold = lambda s: C.arm_mean(s["x"], lambda v: C.final(v.gold))  # noqa: E731
+    q = C.bootstrap(mean_gold, {"x": quiet}, n_boot=300)
+    lo = C.bootstrap(mean_gold, {"x": loud}, n_boot=300)
+    assert (lo.hi - lo.lo) > 10 * (q.hi - q.lo)
+    # with prompt resampling off, identical seeds give a zero-width interval: the prompt level is what widens it
+    same = [quiet[0]] * 3
+    assert C.bootstrap(mean_gold, {"x": same}, n_boot=100, prompts=False).hi == pytest.approx(
+        C.bootstrap(mean_gold, {"x": same}, n_boot=100, prompts=False).lo)
+    assert C.bootstrap(mean_gold, {"x": same}, n_boot=200).hi > C.bootstrap(mean_gold, {"x": same}, n_boot=200).lo
+
+
+def test_bootstrap_resamples_prompts_as_groups():
+    # 8 prompts x 4 samples; the samples of a prompt are identical, so a group draw keeps each prompt's 4 together:
+    # the mean is always a mean of whole prompts (a multiple of 1/8 of the prompt values' sum structure)
+    gold = np.repeat(np.arange(8.0), 4)[None, :]  # (1, 32)
+    r = C.RunCurve("g", 0, [0], [0.0], gold, gold, np.repeat(np.arange(8), 4))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        counts = rng.multinomial(8, np.full(8, 1 / 8))
+        v = r.view(counts)
+        assert v.gold[0] == pytest.approx((counts * np.arange(8.0)).sum() / 8)
+
+
+def test_bootstrap_leaves_out_failed_resamples_and_names_empty_arms():
+    kl = np.linspace(0, 4, 5)
+    runs = [_run("x", np.ones(5), kl, seed=s) for s in range(3)]
+    calls = {"n": 0}
+
+    def flaky(s):
+        calls["n"] += 1
+        if calls["n"] % 4 == 0:
+            raise ValueError("fit failed")
+        return 1.0
+
+    est = C.bootstrap(flaky, {"x": runs}, n_boot=100)
+    assert est.lo == est.hi == 1.0
+    always = C.bootstrap(lambda s: (_ for _ in ()).throw(ValueError("no")), {"x": runs}, n_boot=20)
+    assert math.isnan(est.point) is False and math.isnan(always.lo) and C.verdict(always) == C.INCONCLUSIVE
+    with pytest.raises(ValueError, match="at least one run"):
+        C.bootstrap(flaky, {"x": []})
+
+
+def test_paired_bootstrap_keeps_pairs():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, (40, 3))
+    b = a + 0.25  # the very same prompts, shifted
+    est = C.bootstrap_paired(lambda s: float(s["b"].mean() - s["a"].mean()), {"a": a, "b": b}, n_boot=200)
+    assert est.lo == pytest.approx(0.25) and est.hi == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="same prompts"):
+        C.bootstrap_paired(lambda s: 0.0, {"a": a, "b": b[:5]})
+
+
+def test_run_curve_rejects_bad_input():
+    with pytest.raises(ValueError, match="finite"):
+        C.RunCurve("x", 0, [0, 1], [0.0, 1.0], [[0.0, np.nan], [0.0, 0.0]], np.zeros((2, 2)), [0, 1])
+    with pytest.raises(ValueError, match="disagree"):
+        C.RunCurve("x", 0, [0, 1], [0.0], np.zeros((2, 2)), np.zeros((2, 2)), [0, 1])
+
+
+# -- services.reproduce: run folders -> RunCurves -> claims --------------------------------------------------
+def _write_cell(d: Path, gold_curve, kl, *, seed=0, n=8, finished=True, before_reset=()):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "samples").mkdir()
+    rng = np.random.default_rng(seed)
+    rows = []
+    for m, (g, k) in enumerate(zip(gold_curve, kl)):
+        step = 2 * m
+        lines = [{"prompt": f"p{i}", "response": f"w{i} w{m} x y", "proxy": float(g + 1 + rng.normal(0, 0.1)),
+                  "proxy_members": [0.0], "gold": float(g + rng.normal(0, 0.1))} for i in range(n)]
+        (d / "samples" / f"step-{step:06d}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        row = {"step": step + 1, "eval/gold_mean": float(np.mean([x["gold"] for x in lines])), "eval/kl_from_init_k3": float(k),
+               "eval/ppl_under_init": 20.0}
+        if m in before_reset:
+            row["eval/before_reset"] = 1.0
+        rows.append(row)
+        rows.append({"step": step + 2, "reward/proxy_mean": 0.0})  # a training row between evaluations
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "config.json").write_text("{}")
+    (d / "status.json").write_text(json.dumps({"state": "finished" if finished else "running", "iteration": 2 * len(kl)}))
+
+
+def _write_sweep(root: Path, cells: dict[str, list]):
+    meta = {"spec": {"name": root.name}, "cells": []}
+    for method, runs in cells.items():
+        for seed, (gold, kl) in enumerate(runs):
+            rel = f"{method}/default/seed-{seed}"
+            _write_cell(root / rel, gold, kl, seed=seed)
+            meta["cells"].append({"id": f"{method}/default/seed-{seed}", "method": method, "setting": "default", "seed": seed, "dir": rel})
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "cells.json").write_text(json.dumps(meta))
+
+
+def test_read_run_pairs_samples_with_evaluations_and_checks_prompts(tmp_path):
+    from services.reproduce import read_run
+
+    _write_cell(tmp_path / "r", [0.0, 1.0, 2.0, 1.5], [0.0, 1.0, 2.0, 3.0], before_reset=(2,))
+    r = read_run(tmp_path / "r", name="r", seed=0)
+    assert r.steps.tolist() == [0, 2, 4, 6] and r.kl.tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert r.gold.shape == (4, 8) and r.n_prompts == 8 and r.before_reset.tolist() == [False, False, True, False]
+    assert r.gold.mean(axis=1) == pytest.approx([0.0, 1.0, 2.0, 1.5], abs=0.15)
+    assert r.texts[0].startswith("w0 w3")
+    assert read_run(tmp_path / "r", name="r", seed=0, max_step=4).steps.tolist() == [0, 2, 4]
+    (tmp_path / "r" / "samples" / "step-000006.jsonl").unlink()
+    with pytest.raises(ValueError, match="3 samples files but 4 evaluations"):
+        read_run(tmp_path / "r", name="r", seed=0)
+    _write_cell(tmp_path / "s", [0.0, 1.0], [0.0, 1.0])
+    f = tmp_path / "s" / "samples" / "step-000002.jsonl"
+    f.write_text(f.read_text().replace('"p0"', '"other"'))
+    with pytest.raises(ValueError, match="prompts differ"):
+        read_run(tmp_path / "s", name="s", seed=0)
+
+
+def test_write_claims_measures_what_has_run_and_names_the_stage_for_the_rest(tmp_path, monkeypatch):
+    import services.reproduce as R
+
+    runs = tmp_path / "runs"
+    kl = [0.0, 2, 4, 6, 8, 10, 12, 14]
+    rise_fall = [0.0, 1.0, 2.0, 3.0, 2.0, 0.0, -1.0, -2.0]
+    _write_sweep(runs / "sweep-overopt", {"ppo_kl0": [(rise_fall, kl)] * 3, "ppo_kl001": [(rise_fall, kl)] * 3})
+    _write_sweep(runs / "sweep-repro-er", {"elastic_reset": [([g + 1.0 for g in rise_fall], kl)] * 3, "ppo_kl005": [(rise_fall, kl)] * 3})
+    dirs = {s.name: runs / f"missing-{s.name}" for s in R.STAGES}
+    dirs.update({"overopt": runs / "sweep-overopt", "elastic_reset": runs / "sweep-repro-er", "bon": runs / "reproduce-bon"})
+    monkeypatch.setattr(R, "stage_dirs", lambda runs_dir: dirs)
+    res = R.write_claims(tmp_path / "out", runs_dir=runs, n_boot=200)
+    by = {r["claim"]: r for r in res["rows"]}
+    fall = by["PPO with no KL penalty over-optimises the proxy"]
+    assert fall["verdict"] == C.HOLDS and fall["effect"]["point"] == pytest.approx((7 / 3 + 1) / (7 / 3), rel=0.1)
+    er = by["Elastic Reset: higher gold than PPO + KL 0.05 at equal KL from pi_0"]
+    assert er["verdict"] == C.HOLDS and er["effect"]["point"] == pytest.approx(1.0, abs=0.1)
+    assert by["Quark: less toxic than PPO + KL"]["verdict"] == "not measured"
+    assert "tether reproduce --only quark" in by["Quark: less toxic than PPO + KL"]["why"]
+    md = (tmp_path / "out" / "claims.md").read_text()
+    assert "| Noukhovitch et al. 2023 | Elastic Reset: higher gold than PPO + KL 0.05" in md and "**holds**" in md
+    assert (tmp_path / "out" / "claims_frontiers.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "out" / "claims.json").read_text())["rows"][0]["verdict"] == C.HOLDS
+    assert res["timing"]["overopt"]["cells"] == 6
+
+
+def test_cli_reproduce_rejects_unknown_stages_and_plans(capsys):
+    from services.cli import main
+
+    with pytest.raises(SystemExit, match="unknown: nope; stages: overopt, elastic_reset"):
+        main(["reproduce", "--only", "nope"])
+    with pytest.raises(SystemExit, match="--n-boot must be >= 100"):
+        main(["reproduce", "--n-boot", "5"])
+    assert main(["reproduce", "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "elastic_reset" in out and "min left" in out
