@@ -251,6 +251,7 @@ class Claim:
     details: dict[str, float] = field(default_factory=dict)
     missing: str | None = None
     unit: str = ""
+    parts: Callable | None = None  # the measured data -> {what: value} shown beside the effect (each arm's own value)
 
     def evaluate(self, n_boot: int, seed: int) -> dict:
         row = {"paper": self.paper, "claim": self.claim, "measure": self.measure, "threshold": self.threshold,
@@ -263,6 +264,13 @@ class Claim:
             est = C.bootstrap(self.stat, self.arms, n_boot=n_boot, seed=seed, prompts=self.prompts)
         v = C.equivalence_verdict(est, margin=self.margin) if self.margin is not None else C.verdict(est, threshold=self.threshold,
                                                                                                     direction=self.direction)
+        parts = self.parts or getattr(self.stat, "parts", None)
+        if parts is not None:
+            data = self.arms if self.paired else {a: [r.view() for r in runs] for a, runs in self.arms.items()}
+            try:
+                row["details"] = {**self.details, **{k: C._num(float(x)) for k, x in parts(data).items()}}
+            except (ValueError, ZeroDivisionError):
+                pass
         return {**row, "effect": est.as_dict(), "verdict": v}
 
 
@@ -271,18 +279,70 @@ def _need(arms: dict[str, list], stage: str) -> str | None:
     return f"no finished runs for {', '.join(empty)}: run `tether reproduce --only {stage}`" if empty else None
 
 
-def _gap(a: str, b: str, what: str):
-    return lambda s: C.frontier_gap(s[a], s[b], what=what)
+class _Gap:
+    """Frontier of arm a minus arm b (``what``: gold | proxy); ``parts``: each arm's mean frontier and the KL range."""
+
+    def __init__(self, a: str, b: str, what: str):
+        self.a, self.b, self.what = a, b, what
+
+    def __call__(self, s) -> float:
+        return C.frontier_gap(s[self.a], s[self.b], what=self.what)
+
+    def parts(self, s) -> dict:
+        grid = C.kl_grid([*s[self.a], *s[self.b]])
+        return {f"{self.a} {self.what} frontier": C.frontier_mean(s[self.a], grid, what=self.what),
+                f"{self.b} {self.what} frontier": C.frontier_mean(s[self.b], grid, what=self.what), "KL range up to": float(grid[-1])}
 
 
-def _diff(a: str, b: str, f):
-    return lambda s: C.arm_mean(s[a], f) - C.arm_mean(s[b], f)
+class _Diff:
+    """mean over arm a's runs of f minus arm b's; ``parts``: each arm's value and its final KL from pi_0."""
+
+    def __init__(self, a: str, b: str, f):
+        self.a, self.b, self.f = a, b, f
+
+    def __call__(self, s) -> float:
+        return C.arm_mean(s[self.a], self.f) - C.arm_mean(s[self.b], self.f)
+
+    def parts(self, s) -> dict:
+        out = {self.a: C.arm_mean(s[self.a], self.f), self.b: C.arm_mean(s[self.b], self.f)}
+        for arm in (self.a, self.b):
+            out[f"{arm} final KL"] = C.arm_mean(s[arm], lambda v: C.final(v.kl))
+        return out
+
+
+_gap, _diff = _Gap, _Diff
 
 
 def _fall(v: C.RunView) -> float:
     from learner.analysis.overopt import peak_and_fall
 
     return peak_and_fall(v.run.steps, v.gold, v.proxy, v.kl).fall_fraction
+
+
+def _overopt_parts(arm: str):
+    from learner.analysis.overopt import peak_and_fall
+
+    def parts(s):
+        o = [peak_and_fall(v.run.steps, v.gold, v.proxy, v.kl) for v in s[arm]]
+        return {"gold at pi_0": np.mean([x.initial for x in o]), "gold peak": np.mean([x.peak for x in o]),
+                "final gold": np.mean([x.final for x in o]), "peak iteration": np.mean([x.peak_step for x in o]),
+                "KL at peak": np.mean([x.kl_at_peak for x in o]), "proxy at peak": np.mean([x.proxy_at_peak for x in o]),
+                "final proxy": np.mean([x.proxy_final for x in o])}
+    return parts
+
+
+def _rl_parts(arm: str):
+    from learner.analysis.overopt import smooth3
+    from learner.analysis.rl_fits import fit_rl_runs
+
+    def parts(s):
+        fit = fit_rl_runs([(v.kl, v.gold) for v in s[arm]]).fit
+        out = {"observed peak KL": float(np.mean([v.kl[int(np.argmax(smooth3(v.gold)))] for v in s[arm]]))}
+        if fit is not None:
+            out.update({"alpha": fit.alpha, "beta": fit.beta, "R^2": fit.r2,
+                        "predicted peak KL": fit.peak_d**2 if fit.peak_d is not None else math.nan})
+        return out
+    return parts
 
 
 def _rl_r2(arm: str):
@@ -316,13 +376,14 @@ def sweep_claims(dirs: dict[str, Path]) -> list[Claim]:
     gao = "Gao et al. 2022"
     out += [
         Claim(gao, "PPO with no KL penalty over-optimises the proxy", "fall of held-out gold after its peak, as a fraction of its gain "
-              "(mean over seeds)", {"kl0": ov["kl0"]}, lambda s: C.arm_mean(s["kl0"], _fall), 0.3, missing=_need({"kl0": ov["kl0"]}, "overopt")),
+              "(peak of the 3-point moving average; final = mean of the last 3 evaluations; mean over seeds)", {"kl0": ov["kl0"]}, lambda s: C.arm_mean(s["kl0"], _fall), 0.3, missing=_need({"kl0": ov["kl0"]}, "overopt"),
+              parts=_overopt_parts("kl0")),
         Claim(gao, "PPO with KL 0.01 over-optimises the proxy", "as above, KL coefficient 0.01", {"kl001": ov["kl001"]},
-              lambda s: C.arm_mean(s["kl001"], _fall), 0.3, missing=_need({"kl001": ov["kl001"]}, "overopt")),
+              lambda s: C.arm_mean(s["kl001"], _fall), 0.3, missing=_need({"kl001": ov["kl001"]}, "overopt"), parts=_overopt_parts("kl001")),
         Claim(gao, "the RL form R(d) = d(alpha - beta log d) fits PPO's gold vs KL", "R^2 of the fit pooled over seeds (KL 0)",
-              {"kl0": ov["kl0"]}, _rl_r2("kl0"), 0.9, missing=miss),
+              {"kl0": ov["kl0"]}, _rl_r2("kl0"), 0.9, missing=miss, parts=_rl_parts("kl0")),
         Claim(gao, "the RL form predicts where gold peaks", "log(predicted peak KL / observed peak KL), KL 0; within a factor 1.5",
-              {"kl0": ov["kl0"]}, _rl_peak_log_ratio("kl0"), margin=math.log(1.5), missing=miss),
+              {"kl0": ov["kl0"]}, _rl_peak_log_ratio("kl0"), margin=math.log(1.5), missing=miss, parts=_rl_parts("kl0")),
     ]
     er = {"er": load_runs(dirs["elastic_reset"], "elastic_reset"), "kl005": load_runs(dirs["elastic_reset"], "ppo_kl005"),
           "kl001": ov["kl001"]}
@@ -433,7 +494,9 @@ def bon_claims(bon_dir: Path) -> list[Claim]:
                 out.append(Claim(coste, f"best-of-n ({lab}): {cons.upper()} picks higher gold than {bl}",
                                  f"gold of best-of-{n_best}, {cons.upper()} minus {base} (the same samples; prompts resampled)",
                                  {base: arrays[base], cons: arrays[cons]},
-                                 (lambda s, a=cons, b=base: float(s[a][:, -1].mean() - s[b][:, -1].mean())), paired=True))
+                                 (lambda s, a=cons, b=base: float(s[a][:, -1].mean() - s[b][:, -1].mean())), paired=True,
+                                 parts=(lambda s, a=cons, b=base: {f"{a} gold": s[a][:, -1].mean(), f"{b} gold": s[b][:, -1].mean(),
+                                                                    "gold at n = 1": s[b][:, 0].mean()})))
     return out
 
 
@@ -487,7 +550,9 @@ def claims_markdown(result: dict, figs: list[str]) -> str:
     for r in rows:
         why = f" ({r['why']})" if r.get("why") else ""
         runs = ", ".join(f"{k} {v}" for k, v in r.get("effect", {}).get("n_runs", {}).items())
-        out.append(f"- **{r['paper']}: {r['claim']}**: {r['measure'] or '-'}{why}" + (f" [{runs}]" if runs else ""))
+        det = "; ".join(f"{k} {fmt(v, '.3f')}" for k, v in (r.get("details") or {}).items())
+        out.append(f"- **{r['paper']}: {r['claim']}**: {r['measure'] or '-'}{why}" + (f" [runs: {runs}]" if runs else "")
+                   + (f". Measured: {det}" if det else ""))
     if result.get("timing"):
         out += ["", "## Time per stage (2 cores; measured from the run folders, without about half a minute of start-up per cell)",
                 "", "| stage | cells finished | minutes |", "|---|---|---|"]
