@@ -12,7 +12,7 @@ TORCH_SPEC_cuda := torch>=2.6,<2.15
 CONFIG ?= configs/default.yaml
 STAMP := $(VENV)/.installed-$(TETHER_ACCEL)
 
-.PHONY: install run test prepare bench clean-venv
+.PHONY: install run test prepare bench reproduce clean-venv
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -38,6 +38,9 @@ test: install
 
 bench: install
 	$(BIN)/python bench/run_all.py
+
+reproduce: install
+	$(BIN)/tether reproduce --out docs/results
 
 clean-venv:
 	rm -rf $(VENV)
