@@ -514,6 +514,10 @@ def write_claims(out_dir: Path, *, runs_dir: Path | None = None, n_boot: int = 2
     result = {"n_boot": n_boot, "seed": seed, "rows": rows, "timing": timing, "stage_dirs": {k: str(v) for k, v in dirs.items()}}
     (out_dir / "claims.json").write_text(json.dumps(result, indent=2))
     figs = draw_plots(out_dir, dirs) if plots else []
+    from services.guard_grade import write_guard_report
+
+    guard = write_guard_report(out_dir, dirs)  # the gold-free guard replayed on these runs and graded against their gold
+    result["guard_best_signal"] = guard.get("best_signal")
     (out_dir / "claims.md").write_text(claims_markdown(result, figs))
     return result
 
