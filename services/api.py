@@ -22,7 +22,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import redis
 import yaml
@@ -37,11 +37,12 @@ from starlette.routing import Match
 from actors.placement import job_env_vars
 from learner.config import TetherConfig, config_from_dump
 from services.api_models import (DEFAULT_LIMITS, Checkpoint, CommandAccepted, CommandInfo, Error, Health, MetricRow, ParamChange,
-                                 ParamUpdate, Run, RunCreate, errors, over_limits)
+                                 ParamUpdate, Run, RunCreate, Sample, SamplesPage, errors, over_limits)
 from services.api_schema import truthful_openapi
 from services.api_security import Gate
 from services.jobs import RayJobs
 from services.redis_store import TERMINAL, RunStore
+from services.runlog import read_samples, sample_steps
 from services.scheduler import NeverFits, Scheduler, run_resources
 from services.streams import metric_events, parse_stream_id
 
@@ -325,6 +326,46 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             raise HTTPException(409, f"no report yet: run {run_id} is {rec.get('state')}; the report is written when the run ends")
         return FileResponse(p, media_type="text/html")
 
+    @app.get("/runs/{run_id}/samples", response_model=SamplesPage, tags=["results"], dependencies=auth, responses=errors(404, 409))
+    def samples(run_id: str = RUN_ID,
+                step: int | None = Query(None, ge=0, le=MAX_STEP, description="The evaluated iteration (default: the latest)."),
+                order: Literal["logged", "proxy", "proxy_low", "disagreement"] = Query(
+                    "logged", description="logged; proxy = best first; proxy_low = worst first; disagreement = the samples the proxy "
+                    "rates far above the gold first."),
+                count: int | None = Query(None, ge=1, le=10_000, description="At most this many samples.")) -> SamplesPage:
+        """The samples of one held-out evaluation (prompt, response, each proxy member, the aggregate, gold), as the run wrote them."""
+        rec = get_record(run_id)
+        if not rec.get("run_dir"):
+            raise HTTPException(409, f"no samples yet: run {run_id} is {rec.get('state')} and has not evaluated")
+        d = run_dir(rec)
+        steps = sample_steps(d)
+        if not steps:
+            raise HTTPException(409, f"no samples yet: run {run_id} has not finished an evaluation")
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            shown = ", ".join(map(str, steps[:10])) + (f", ... {steps[-1]}" if len(steps) > 10 else "")
+            raise HTTPException(404, f"no evaluation at step {step} of run {run_id}; evaluated steps: {shown}")
+        rows = [r for r in read_samples(d, step) if _finite(r.get("proxy"))]
+        gold = [r.get("gold") for r in rows]
+        dis: list[float | None] = [None] * len(rows)
+        if rows and all(_finite(g) for g in gold):
+            import numpy as np
+
+            p, g = np.array([r["proxy"] for r in rows], float), np.array(gold, float)
+            z = lambda a: (a - a.mean()) / (a.std() if a.std() > 0 else 1.0)  # noqa: E731
+            dis = (z(p) - z(g)).tolist()
+        items = [Sample(prompt=str(r.get("prompt", "")), response=str(r.get("response", "")), proxy=float(r["proxy"]),
+                        proxy_members=[float(x) for x in r.get("proxy_members") or [] if _finite(x)],
+                        gold=float(r["gold"]) if _finite(r.get("gold")) else None, disagreement=dv) for r, dv in zip(rows, dis)]
+        if order == "proxy":
+            items.sort(key=lambda x: -x.proxy)
+        elif order == "proxy_low":
+            items.sort(key=lambda x: x.proxy)
+        elif order == "disagreement":
+            items.sort(key=lambda x: -(x.disagreement if x.disagreement is not None else -1e300))
+        return SamplesPage(run_id=run_id, step=step, steps=steps, order=order, total=len(items), samples=items[:count] if count else items)
+
     @app.get("/runs/{run_id}/checkpoints", response_model=list[Checkpoint], tags=["results"], dependencies=auth, responses=errors(404))
     def checkpoints(run_id: str = RUN_ID) -> list[Checkpoint]:
         rec = get_record(run_id)
@@ -341,6 +382,10 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return out
 
     return app
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x and abs(x) != float("inf")
 
 
 def _command_endpoint(kind: str, get_record, command, scheduler: Scheduler):

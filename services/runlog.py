@@ -64,3 +64,28 @@ def run_state(run_dir: Path) -> str | None:
         return json.loads((Path(run_dir) / "status.json").read_text()).get("state")
     except (OSError, json.JSONDecodeError, AttributeError):
         return None
+
+
+def sample_steps(run_dir: Path) -> list[int]:
+    """The iterations whose evaluation wrote samples (``samples/step-NNNNNN.jsonl``), ascending."""
+    out = []
+    for p in (Path(run_dir) / "samples").glob("step-*.jsonl"):
+        try:
+            out.append(int(p.stem.split("-", 1)[1]))
+        except ValueError:
+            continue
+    return sorted(out)
+
+
+def read_samples(run_dir: Path, step: int) -> list[dict]:
+    """One evaluation's samples (prompt, response, proxy, proxy_members, gold); a line cut by a crash is skipped."""
+    p = Path(run_dir) / "samples" / f"step-{step:06d}.jsonl"
+    out = []
+    for line in p.read_text().splitlines():
+        try:
+            x = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(x, dict) and "response" in x:
+            out.append(x)
+    return out

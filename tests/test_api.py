@@ -36,7 +36,7 @@ def test_auth_401_403_and_health(api):
     r = client.get("/runs", headers={"Authorization": "Bearer wrong"})
     assert r.status_code == 403 and "invalid bearer token" in r.json()["detail"]
     for method, path in (("post", "/runs"), ("post", "/runs/x/pause"), ("patch", "/runs/x/params"), ("get", "/runs/x/metrics"),
-                         ("get", "/runs/x/metrics/stream"), ("get", "/runs/x/report"), ("get", "/runs/x/checkpoints")):
+                         ("get", "/runs/x/metrics/stream"), ("get", "/runs/x/report"), ("get", "/runs/x/checkpoints"), ("get", "/runs/x/samples")):
         assert getattr(client, method)(path).status_code == 401, path
     assert client.get("/runs", headers=AUTH).json() == []
     assert client.get("/runs/nope", headers=AUTH).status_code == 404
@@ -133,6 +133,14 @@ def test_commands_reach_a_running_trainer_and_sse_streams(api, tiny_assets, tmp_
         assert [h["step"] for h in hist] == [2, 3]
         ckpts = client.get("/runs/r-local/checkpoints", headers=AUTH).json()
         assert ckpts and ckpts[-1]["step"] == run["iteration"]
+        # the samples of the evaluation at iteration 0 (logged in the metrics row of step 1), best by proxy first
+        page = client.get("/runs/r-local/samples", params={"step": 0, "order": "proxy"}, headers=AUTH).json()
+        row0 = client.get("/runs/r-local/metrics", params={"from_step": 1, "to_step": 1}, headers=AUTH).json()[0]
+        assert page["step"] == 0 and page["steps"][0] == 0 and page["total"] == len(page["samples"]) > 0
+        proxies = [x["proxy"] for x in page["samples"]]
+        assert proxies == sorted(proxies, reverse=True)
+        assert sum(x["gold"] for x in page["samples"]) / page["total"] == pytest.approx(row0["eval/gold_mean"], abs=1e-5)
+        assert client.get("/runs/r-local/samples", headers=AUTH).json()["step"] == page["steps"][-1]  # default: the latest
         assert client.get("/runs/r-local/report", headers=AUTH).status_code == 409  # written by `tether train` at the end
         from services.report import write_run_report
 
@@ -147,3 +155,35 @@ def test_commands_reach_a_running_trainer_and_sse_streams(api, tiny_assets, tmp_
         if thread.is_alive():
             store.send_command("r-local", "stop")
             thread.join(60)
+
+
+def _samples_run(store, tmp_path, rows_by_step: dict[int, list]):
+    d = tmp_path / "svc" / "runs" / "r-s" / "main"
+    (d / "samples").mkdir(parents=True)
+    for step, rows in rows_by_step.items():
+        (d / "samples" / f"step-{step:06d}.jsonl").write_text("".join(r if isinstance(r, str) else json.dumps(r) + "\n" for r in rows))
+    store.create_run("r-s", {"name": "s", "config": {}, "state": "running", "run_dir": str(d)})
+    return d
+
+
+def test_samples_endpoint_orders_and_rejects_bad_steps(api, tmp_path):
+    client, store = api
+    store.create_run("r-new", {"name": "n", "config": {}, "state": "queued"})
+    r = client.get("/runs/r-new/samples", headers=AUTH)
+    assert r.status_code == 409 and "no samples yet" in r.json()["detail"]
+    s = lambda p, g, m: {"prompt": "p", "response": f"r{p}", "proxy": p, "proxy_members": m, "gold": g}  # noqa: E731
+    _samples_run(store, tmp_path, {0: [s(0.0, 0.0, [0.0])], 4: [s(1.0, 1.0, [1.0, 1.1]), s(3.0, -2.0, [3.0, 2.9]), s(2.0, 2.0, [2.0, 2.2]),
+                                                              '{"prompt": "cut by a cra', s(float("nan"), 0.0, [0.0])]})
+    page = client.get("/runs/r-s/samples", headers=AUTH).json()
+    assert page["step"] == 4 and page["steps"] == [0, 4] and page["total"] == 3  # the cut line and the NaN proxy are left out
+    assert [x["response"] for x in page["samples"]] == ["r1.0", "r3.0", "r2.0"]
+    by = lambda order: [x["response"] for x in client.get("/runs/r-s/samples", params={"order": order}, headers=AUTH).json()["samples"]]  # noqa: E731
+    assert by("proxy") == ["r3.0", "r2.0", "r1.0"] and by("proxy_low") == ["r1.0", "r2.0", "r3.0"]
+    assert by("disagreement")[0] == "r3.0"  # proxy's best, gold's worst
+    assert len(client.get("/runs/r-s/samples", params={"count": 1}, headers=AUTH).json()["samples"]) == 1
+    r = client.get("/runs/r-s/samples", params={"step": 2}, headers=AUTH)
+    assert r.status_code == 404 and "evaluated steps: 0, 4" in r.json()["detail"]
+    for bad in ({"step": -1}, {"order": "best"}, {"count": 0}):
+        assert client.get("/runs/r-s/samples", params=bad, headers=AUTH).status_code == 422, bad
+    store.create_run("r-out", {"name": "o", "config": {}, "state": "running", "run_dir": "/etc"})
+    assert client.get("/runs/r-out/samples", headers=AUTH).status_code == 404  # a folder outside the data directory is never read

@@ -30,4 +30,4 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(server, tmp_
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-12000:]
-    assert "Tested: 15" in text and "Stateful" in text and "generated" in text, text[-3000:]
+    assert "Tested: 16" in text and "Stateful" in text and "generated" in text, text[-3000:]

@@ -114,6 +114,14 @@ def test_page_shows_live_chart_and_buttons_steer_the_run(server, browser, tiny_a
             for (let i = 0; i < d.length; i += 4) if (d[i] > 150 && d[i+1] > 90 && d[i+1] < 160 && d[i+2] < 60 && d[i+3] > 200) n++;
             return n; })()""")
         assert gold_pixels > 20  # gold-reward points drawn on the canvas
+        # the latest evaluation's samples: best / worst by proxy and the largest disagreements, as text
+        _wait(lambda: browser.js("document.querySelectorAll('#samples-best tbody tr').length") == 3, what="samples shown")
+        best = browser.js("[...document.querySelectorAll('#samples-best tbody tr')].map(tr => +tr.children[1].textContent.split(' ')[1])")
+        worst = browser.js("[...document.querySelectorAll('#samples-worst tbody tr')].map(tr => +tr.children[1].textContent.split(' ')[1])")
+        assert best == sorted(best, reverse=True) and min(best) >= max(worst), (best, worst)
+        assert browser.js("document.querySelectorAll('#samples-disagree tbody tr').length") == 3
+        step = browser.js("window.tether.samples.step")
+        assert browser.js("document.getElementById('samples-step').textContent").startswith(f"(iteration {step},")
         if os.environ.get("TETHER_SCREENSHOT"):  # for a person to look at: TETHER_SCREENSHOT=page.png pytest ...
             browser.call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1, mobile=False)
             time.sleep(2.5)  # one refresh of the runs list (every 2 s)
@@ -157,3 +165,23 @@ def test_page_shows_the_queue_and_why_a_run_failed(server, browser):
     _wait(lambda: not browser.js("document.getElementById('error').hidden"), what="the error shown")
     shown = browser.js("document.getElementById('error').textContent")
     assert "exit code 1" in shown and "OSError: no hub" in shown and browser.js("document.getElementById('status').textContent") == "failed"
+
+
+def test_page_shows_samples_as_text_never_as_html(server, browser, tmp_path):
+    """Samples are model output: a response that looks like HTML is shown as text and runs nothing."""
+    store = server["store"]
+    d = tmp_path / "svc" / "runs" / "r-xss" / "main"
+    (d / "samples").mkdir(parents=True)
+    evil = '<img src=x onerror="window.pwned=1">'
+    rows = [{"prompt": "p", "response": evil if i == 0 else f" fine {i}", "proxy": 5.0 - i, "proxy_members": [5.0 - i], "gold": float(i)}
+            for i in range(4)]
+    (d / "samples" / "step-000002.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    store.create_run("r-xss", {"name": "x", "config": {}, "state": "finished", "run_dir": str(d)})
+    browser.call("Page.enable")
+    browser.call("Page.navigate", url=f"{server['url']}/#token={server['token']}&run=r-xss")
+    _wait(lambda: browser.js("document.querySelectorAll('#samples-best tbody tr').length") == 3, what="samples shown")
+    first = browser.js("document.querySelector('#samples-best tbody tr td').textContent")
+    assert evil in first and browser.js("document.querySelector('#samples img') === null")
+    time.sleep(0.5)
+    assert browser.js("window.pwned === undefined")
+    assert browser.js("document.getElementById('samples-step').textContent") == "(iteration 2, 4 samples)"
