@@ -190,13 +190,66 @@ img{{max-width:520px;border:1px solid #ddd}} table{{border-collapse:collapse}} t
 </head><body><h1>{title}</h1>{body}</body></html>"""
 
 
+def _fin(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def samples_section(run_dir: Path, *, per_eval: int = 4) -> str:
+    """Samples a person can read, at the start (pi_0), at the gold peak and at the end: per evaluation the samples the
+    proxy rates best and those it rates far above the gold (z(proxy) - z(gold)). Empty without samples files."""
+    from services.runlog import read_samples, sample_steps
+
+    steps = sample_steps(run_dir)
+    if not steps:
+        return ""
+    evals = {}
+    for st in steps:
+        rows = [r for r in read_samples(run_dir, st) if _fin(r.get("proxy"))]
+        if rows:
+            evals[st] = rows
+    if not evals:
+        return ""
+    golds = {st: [r["gold"] for r in rows if _fin(r.get("gold"))] for st, rows in evals.items()}
+    have_gold = all(len(g) == len(evals[st]) for st, g in golds.items())
+    picks = {"start": min(evals), "end": max(evals)}
+    if have_gold:
+        picks["gold peak"] = max(evals, key=lambda st: float(np.mean(golds[st])))
+    out = ["<h2>samples</h2><p>Held-out samples at the start, at the gold peak and at the end: the proxy's favourites and "
+           "the samples it rates far above the gold (standardised within the evaluation).</p>"]
+    for label in ("start", "gold peak", "end"):
+        if label not in picks:
+            continue
+        st = picks[label]
+        rows = evals[st]
+        p = np.array([r["proxy"] for r in rows], dtype=np.float64)
+        order = list(np.argsort(-p)[: per_eval // 2])
+        if have_gold:
+            g = np.array(golds[st], dtype=np.float64)
+            z = lambda a: (a - a.mean()) / (a.std() if a.std() > 0 else 1.0)  # noqa: E731
+            for i in np.argsort(-(z(p) - z(g))):
+                if len(order) >= per_eval:
+                    break
+                if i not in order:
+                    order.append(i)
+        mean_gold = f", mean gold {np.mean(golds[st]):+.2f}" if have_gold else ""
+        body = ""
+        for i in order:
+            r = rows[i]
+            gold = f"{r['gold']:+.2f}" if _fin(r.get("gold")) else "-"
+            body += (f"<tr><td>{html.escape(str(r.get('prompt', '')))}<b>{html.escape(str(r.get('response', '')))}</b></td>"
+                     f"<td>{r['proxy']:+.2f}</td><td>{gold}</td></tr>")
+        out.append(f"<h3>{html.escape(label)}: iteration {st} (mean proxy {p.mean():+.2f}{mean_gold})</h3>"
+                   f"<table><tr><th>prompt + <b>response</b></th><th>proxy</th><th>gold</th></tr>{body}</table>")
+    return "".join(out)
+
+
 def write_run_report(run_dir: Path, name: str) -> Path:
     run_dir = Path(run_dir)
     fit = fit_rl_runs([eval_points(read_metrics(run_dir))])
     plots = run_plots(run_dir, name, fit=fit)
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
     cfg = (run_dir / "config.json").read_text() if (run_dir / "config.json").exists() else "{}"
-    body = (_table({name: summary}) + "".join(img_tag(p) for p in plots) + fit_table({name: fit})
+    body = (_table({name: summary}) + "".join(img_tag(p) for p in plots) + fit_table({name: fit}) + samples_section(run_dir)
             + f"<h2>config</h2><pre>{html.escape(cfg)}</pre>")
     page = run_dir / "report.html"
     page.write_text(PAGE.format(title=f"tether run: {html.escape(name)}", body=body))

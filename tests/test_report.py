@@ -39,3 +39,24 @@ def test_metrics_log_survives_a_torn_line(tmp_path):
         f.write('{"step": 2, "a": ')  # a crash mid-write
     rows = read_metrics(tmp_path)
     assert rows == [{"step": 1, "time": rows[0]["time"], "a": 1.0, "b": None}]
+
+
+def test_run_report_shows_samples_at_start_gold_peak_and_end_escaped(tmp_path):
+    import json
+
+    from services.report import samples_section, write_run_report
+
+    d = tmp_path / "run"
+    (d / "samples").mkdir(parents=True)
+    gold_by_step = {0: 0.0, 2: 2.0, 4: -1.0}
+    for st, g in gold_by_step.items():
+        rows = [{"prompt": "P ", "response": f"<b>resp {st}-{i}</b>", "proxy": float(st + i), "proxy_members": [0.0], "gold": g + (i == 0) * 0.1}
+                for i in range(5)]
+        (d / "samples" / f"step-{st:06d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"cut')
+    html_ = samples_section(d)
+    assert "start: iteration 0" in html_ and "gold peak: iteration 2" in html_ and "end: iteration 4" in html_
+    assert "&lt;b&gt;resp 2-4&lt;/b&gt;" in html_ and "<b>resp 2" not in html_  # model output is escaped, never markup
+    assert html_.count("<tr><td>") == 12  # 4 samples per evaluation: the 2 best by proxy and 2 the gold rates far lower
+    assert samples_section(tmp_path / "none") == ""
+    (d / "metrics.jsonl").write_text("")
+    assert "<h2>samples</h2>" in write_run_report(d, "r").read_text()
