@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-SIGNALS = ("disagreement", "rank_agreement", "gain_per_kl", "gain_per_kl_ratio", "distinct2_ratio", "ppl_ratio", "repetition", "proxy_fit_beta")
+from learner.config.run import GUARD_SIGNALS as SIGNALS  # noqa: E402 - the config's list of signals is this module's
 # the direction in which a signal warns: "below" = an alarm when it falls under the threshold
 DIRECTION = {"disagreement": "above", "rank_agreement": "below", "gain_per_kl": "below", "gain_per_kl_ratio": "below",
              "distinct2_ratio": "below", "ppl_ratio": "below", "repetition": "above", "proxy_fit_beta": "above"}
@@ -183,7 +183,30 @@ class Guard:
         return out
 
     def as_dict(self) -> dict:
-        return {"rule": asdict(self.rule), "alarm_step": self.alarm_step, "history": self.history}
+        """What a run folder keeps (guard.json): the rule, the reference, every evaluation's signals, the alarm."""
+        ref = None if self.ref is None else {"member_mean": self.ref.member_mean.tolist(), "member_std": self.ref.member_std.tolist(),
+                                              "distinct2": self.ref.distinct2, "ppl": self.ref.ppl, "proxy": self.ref.proxy}
+        return {"rule": asdict(self.rule), "alarm_step": self.alarm_step, "ref": ref,
+                "history": [{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in h.items()} for h in self.history]}
+
+    def restore(self, state: dict, *, before_step: int) -> None:
+        """Continue from a saved ``as_dict`` (a resumed run): keep the evaluations before ``before_step`` (those from
+        ``before_step`` on are about to be redone) and the reference; the alarm only if it came before."""
+        self.history = [{k: (math.nan if v is None else v) for k, v in h.items()} for h in state.get("history", []) if h["step"] < before_step]
+        r = state.get("ref")
+        self.ref = None if r is None or not self.history else GuardRef(np.asarray(r["member_mean"]), np.asarray(r["member_std"]),
+                                                                       r["distinct2"], math.nan if r["ppl"] is None else r["ppl"], r["proxy"])
+        a = state.get("alarm_step")
+        self.alarm_step = a if a is not None and a < before_step else None
+        for h in self.history:
+            h["alarm"] = self.alarm_step is not None and h["step"] >= self.alarm_step
+
+    def rearm(self) -> None:
+        """After a reset: the next alarm needs fresh warnings."""
+        self.alarm_step = None
+        for h in self.history:
+            h["rearmed"] = True
+
 
 
 def first_alarm(rows: Sequence[dict], rule: GuardRule) -> int | None:
@@ -191,6 +214,9 @@ def first_alarm(rows: Sequence[dict], rule: GuardRule) -> int | None:
     output), or None: the first index ending ``rule.patience`` consecutive warnings, each at KL > rule.min_kl."""
     streak = 0
     for i, r in enumerate(rows):
+        if r.get("rearmed"):  # warnings before a reset do not count after it
+            streak = 0
+            continue
         if r["kl"] > rule.min_kl and rule.warns(float(r.get(rule.signal, math.nan))):
             streak += 1
             if streak >= rule.patience:

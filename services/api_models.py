@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from learner.config import TetherConfig
+from learner.config import GuardConfig, TetherConfig
 from services.control import ParamUpdate  # noqa: F401 - re-exported: the PATCH /runs/{id}/params body
 
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
@@ -27,7 +27,10 @@ def _inside(value: str, field: str) -> str:
 
 class ServiceRunConfig(TetherConfig):
     """A run's config as the service accepts it: TetherConfig, with paths kept inside the data directory,
-    model names restricted to hub names (no local folders), and no variants (submit each as its own run)."""
+    model names restricted to hub names (no local folders), and no variants (submit each as its own run).
+    The gold-free guard is on by default here (``guard.enabled: true``, action alert): a deployment has no gold."""
+
+    guard: GuardConfig = Field(default_factory=lambda: GuardConfig(enabled=True))
 
     @field_validator("data_dir", "runs_dir")
     @classmethod
@@ -151,6 +154,8 @@ class Run(BaseModel):
     config: dict[str, Any] | None = None
     summary: dict[str, Any] | None = None
     error: str | None = None
+    guard: dict[str, Any] | None = Field(None, description="The gold-free guard's alarm, once raised: iteration, the rule, the action, "
+                                         "the evaluation it judges best (pick_iteration, pick_checkpoint).")
 
 
 class CommandAccepted(BaseModel):

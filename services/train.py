@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -100,6 +101,12 @@ class Trainer:
         self.roles = roles
         self.iteration = 0
         self.commands = None  # a services.control.RunControl: metrics to Redis, commands polled between iterations
+        from learner.guard import Guard, GuardRule
+
+        g = cfg.guard
+        self.guard = Guard(GuardRule(g.signal, g.threshold, g.patience, g.min_kl))
+        self.guard_alarm: dict | None = None  # the alarm's record (iteration, the evaluation the guard picks, action)
+        self._guard_stop = False
 
     # -- checkpoints -------------------------------------------------------------------------------
     @property
@@ -143,6 +150,12 @@ class Trainer:
         rows = read_metrics(self.run_dir)
         kept = [r for r in rows if r["step"] <= self.iteration]
         (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+        gstate = self.run_dir / "guard.json"
+        if gstate.exists():  # the guard's reference and signals so far; evaluations from this iteration on are redone
+            saved = json.loads(gstate.read_text())
+            self.guard.restore(saved, before_step=self.iteration)
+            alarm = saved.get("alarm")
+            self.guard_alarm = alarm if alarm and alarm.get("iteration", self.iteration) < self.iteration else None
         log.info("resumed %s at iteration %d from %s", self.run_dir, self.iteration, ck or "the start")
         return self.iteration
 
@@ -151,15 +164,86 @@ class Trainer:
         """Control tokens before every prompt at this iteration (the algorithm's sampling_prefix hook)."""
         return self.algorithm.sampling_prefix(self.control_ids, self.iteration)
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, *, final: bool = False) -> dict[str, float]:
+        """The held-out evaluation (samples to samples/step-N.jsonl, the guard's signals); ``final``: the one after the last
+        iteration, where the guard records an alarm but takes no action."""
         t = time.perf_counter()
         r = self.roles.generate(self.eval_prompts, EVAL_SEED, self.prefix_ids())
         scored, out = self.roles.score_and_drift(r, "eval")
         write_samples(self.run_dir, self.iteration, scored)
         out["eval/proxy_mean"] = float(np.mean(scored.reward))
         out["eval/proxy_gold_gap"] = out["eval/proxy_mean"] - out["eval/gold_mean"]
+        out.update(self.guard_step(scored, out, act=not final))
         out["time_s/gold_eval"] = time.perf_counter() - t
         return out
+
+    # -- the guard (learner/guard.py): gold-free signals at every evaluation; with guard.enabled an alarm and its action --
+    def guard_step(self, scored, ev: dict, *, act: bool = True) -> dict[str, float]:
+        g = self.cfg.guard
+        try:
+            self.guard.update(self.iteration, np.asarray(scored.proxy_scores, dtype=np.float64), list(scored.rollouts.responses),
+                              float(ev.get("eval/kl_from_init_k3", math.nan)), ev.get("eval/ppl_under_init"))
+        except ValueError as e:  # e.g. a non-finite member score: the run goes on, without signals this time
+            log.warning("guard: no signals at iteration %d: %s", self.iteration, e)
+            return {"guard/skipped": 1.0}
+        m = self.guard.metrics()
+        alarm_now = g.enabled and self.guard.alarm_step == self.iteration and self.guard_alarm is None
+        if act and g.enabled and g.action != "alert" and not self.guard.history[-1]["alarm"]:
+            self.save_checkpoint()  # every trusted evaluation's policy, so the guard's pick can be returned to
+        if not g.enabled:
+            m.pop("guard/alarm", None)
+        elif alarm_now and act:
+            m.update(self._guard_act())
+        elif alarm_now:  # at the final evaluation: recorded, no action
+            self.guard_alarm = {"iteration": self.iteration, "rule": self.guard.rule.describe(), "action": "none (final evaluation)"}
+            self._publish_alarm(self.guard_alarm)
+        self._write_guard()
+        return m
+
+    def _guard_act(self) -> dict[str, float]:
+        g, h = self.cfg.guard, self.guard.history
+        # the last evaluation the guard still trusted (no alarm raised there; its policy was checkpointed when the action is not alert)
+        pick = next((x["step"] for x in reversed(h[:-1]) if not x.get("alarm")), h[-1]["step"])
+        value = h[-1].get(g.signal)
+        self.guard_alarm = {"iteration": self.iteration, "pick_iteration": pick, "signal": g.signal,
+                            "value": value if isinstance(value, float) and math.isfinite(value) else None,
+                            "rule": self.guard.rule.describe(), "action": g.action, "time": time.time()}
+        ck = self.ckpt_root / f"step-{pick:06d}"
+        if ck.exists():
+            self.guard_alarm["pick_checkpoint"] = str(ck)
+        log.warning("guard alarm at iteration %d: %s (value %s); action %s; the guard's pick: iteration %d", self.iteration,
+                    self.guard.rule.describe(), value, g.action, pick)
+        m = {"guard/alarm_event": 1.0, "guard/pick_iteration": float(pick)}
+        if g.action == "stop":
+            self._guard_stop = True
+        elif g.action == "reset":
+            if self.cfg.elastic_reset.enabled and self.cfg.algorithm == "ppo":
+                self.roles.reset_now()
+                self.guard_alarm["reset"] = "elastic_reset"
+            elif ck.exists():
+                self.roles.load(str(ck / "learner.pt"))
+                self.guard_alarm["reset"] = f"checkpoint {ck.name}"
+            else:
+                self.guard_alarm["reset"] = "none (no checkpoint of the picked evaluation)"
+            m.update(self.roles.sync())
+            m["guard/reset"] = 1.0
+            self.guard.rearm()
+            resets = self.guard_alarm
+            self.guard_alarm = None  # re-armed: the next alarm acts again
+            self._publish_alarm(resets)
+            return m
+        self._publish_alarm(self.guard_alarm)
+        return m
+
+    def _publish_alarm(self, info: dict) -> None:
+        if self.commands is not None:
+            self.commands.set_record(guard=info)  # the service's run record: the page shows a banner
+
+    def _write_guard(self) -> None:
+        state = {**self.guard.as_dict(), "enabled": self.cfg.guard.enabled, "action": self.cfg.guard.action, "alarm": self.guard_alarm}
+        tmp = self.run_dir / "guard.json.tmp"
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.run_dir / "guard.json")
 
     def one_iteration(self) -> dict[str, float]:
         cfg, it = self.cfg, self.iteration
@@ -252,6 +336,8 @@ class Trainer:
             bar.close()
             runlog.close()
         summary = {**{k: v for k, v in last.items() if k.startswith(("reward/", "kl/", "drift/", "fdpg/", "quark/"))}, **final}
+        if self.guard_alarm is not None:
+            summary["guard"] = self.guard_alarm
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         status.write_text(json.dumps({"state": state, "iteration": self.iteration}))
         if ctl is not None:
@@ -276,12 +362,16 @@ class Trainer:
                     f"KL(init) {m['kl/from_init']:6.2f}  " + (f"beta {m['kl/coef']:.4f}  " if "kl/coef" in m else "") + f"{m['time_s/iteration']:.1f}s"
                     + ("  RESET" if m.get("elastic_reset/event") else "")
                 )
+            if self._guard_stop:
+                from services.control import StopRequested
+
+                raise StopRequested(f"the guard's alarm at iteration {self.guard_alarm['iteration']} ({self.guard_alarm['rule']})")
             every = cfg.runtime.checkpoint_every
             if every and self.iteration % every == 0 and self.iteration < cfg.train.iterations:
                 self.save_checkpoint()
             if ctl is not None and self.iteration < cfg.train.iterations:
                 ctl.poll(self)
-        final = self.evaluate()
+        final = self.evaluate(final=True)
         runlog.log(self.iteration, final)
         if ctl is not None:
             ctl.publish(self.iteration, final)

@@ -56,6 +56,9 @@ def test_ppo_kl_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):
         assert len(last) == cfg.train.eval_prompts and set(last[0]) == {"prompt", "response", "proxy", "proxy_members", "gold"}
         assert len(last[0]["proxy_members"]) == cfg.proxy.n_members
         assert abs(np.mean([x["gold"] for x in last]) - evals[-1]["eval/gold_mean"]) < 1e-9
+        # the gold-free guard's signals at every evaluation of the default (Ray + vLLM) path; off by default: no alarm field
+        assert all("guard/distinct2_ratio" in r and "guard/disagreement" in r and "guard/rank_agreement" in r for r in evals)
+        assert not any("guard/alarm" in r for r in evals) and (tmp_path / "kl" / "guard.json").exists()
     finally:
         tr.close()
 

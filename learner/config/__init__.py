@@ -18,12 +18,12 @@ from learner.config.methods import (
     QuarkConfig,
     ReferenceConfig,
 )
-from learner.config.run import LearnerResources, RoleResources, RuntimeConfig, TetherConfig, TrainConfig, config_from_dump, validate_dict
+from learner.config.run import GuardConfig, LearnerResources, RoleResources, RuntimeConfig, TetherConfig, TrainConfig, config_from_dump, validate_dict
 from learner.config.task import GoldConfig, PolicyConfig, ProxyConfig, TaskConfig, TokenizerConfig
 
 __all__ = [
     "ALGORITHMS", "ALGORITHM_SECTIONS", "ConfigError", "ElasticResetConfig", "EnsembleConfig", "FDPGConfig",
-    "GenerationConfig", "GoldConfig", "KLConfig", "LearnerResources", "PPOConfig", "PRESETS_DIR", "PolicyConfig", "ProxyConfig",
+    "GenerationConfig", "GoldConfig", "GuardConfig", "KLConfig", "LearnerResources", "PPOConfig", "PRESETS_DIR", "PolicyConfig", "ProxyConfig",
     "QuarkConfig", "ReferenceConfig", "RoleResources", "RuntimeConfig", "Strict", "TaskConfig", "TetherConfig",
     "TokenizerConfig", "TrainConfig", "compose_dict", "config_from_dump", "deep_merge", "load_config", "nest",
     "parse_overrides", "preset_or_file", "read_config_file", "validate_dict", "without_other_algorithms",

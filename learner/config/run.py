@@ -22,6 +22,26 @@ from learner.config.methods import (
 from learner.config.task import GoldConfig, PolicyConfig, ProxyConfig, TaskConfig, TokenizerConfig
 
 
+GUARD_SIGNALS = ("disagreement", "rank_agreement", "gain_per_kl", "gain_per_kl_ratio", "distinct2_ratio", "ppl_ratio", "repetition", "proxy_fit_beta")
+
+
+class GuardConfig(Strict):
+    """The gold-free over-optimisation guard (learner/guard.py). Its signals are computed and logged (guard/...) at every
+    evaluation whatever ``enabled`` says; ``enabled`` arms the alarm and its action. Off by default here and in the papers'
+    reproductions, on by default for runs submitted to the service."""
+
+    enabled: bool = Field(False, description="Raise the alarm by the rule below and take `action` (signals are logged regardless).")
+    action: Literal["alert", "stop", "reset"] = Field(
+        "alert", description="alert: a guard/alarm metric, a warning in the log and a `guard` field on the service's run record (the page's banner). "
+        "stop: also end the run and record the checkpoint the guard judges best (the last evaluation before the alarm). "
+        "reset: also move the policy back: an Elastic Reset when elastic_reset is enabled, else the checkpoint the guard judges best; then re-arm.")
+    signal: Literal[GUARD_SIGNALS] = Field("distinct2_ratio", description="The signal the rule watches (learner/guard.py lists them).")  # type: ignore[valid-type]
+    threshold: float = Field(0.66, allow_inf_nan=False, description="Alarm when the signal crosses this (below it for ratios and rank agreement, above "
+                             "for disagreement, repetition and proxy_fit_beta). Default: calibrated on seeds 0-1 of the reproduction's runs.")
+    patience: int = Field(1, ge=1, le=100, description="Consecutive evaluations past the threshold before the alarm.")
+    min_kl: float = Field(1.0, ge=0, allow_inf_nan=False, description="No alarm while KL from pi_0 is at most this (nats).")
+
+
 class TrainConfig(Strict):
     iterations: int = Field(20, ge=1, description="PPO iterations.")
     eval_every: int = Field(2, ge=1, description="Gold evaluation on held-out prompts every N iterations.")
@@ -115,6 +135,7 @@ class TetherConfig(Strict):
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Named partial overrides run one after another as a comparison (e.g. ppo_kl vs elastic_reset). Empty = a single run.",
