@@ -19,7 +19,19 @@ DESCRIPTIONS = {
     "kl/to_ref": "KL to the reference per sequence in the last PPO step.",
     "loss/policy": "PPO policy loss of the last step.",
     "perf/rollout_tokens_per_s": "Rollout generation throughput of one rollout actor (tokens/s).",
+    # the gold-free guard's signals, recorded by the run's driver at every evaluation (learner/guard.py)
+    "guard/disagreement": "Guard: mean std across proxy members of member-normalised scores (held-out evaluation).",
+    "guard/rank_agreement": "Guard: mean pairwise Spearman correlation between proxy members.",
+    "guard/gain_per_kl": "Guard: proxy gain per nat of KL since the previous evaluation.",
+    "guard/gain_per_kl_ratio": "Guard: that gain over the run's early rate.",
+    "guard/distinct2": "Guard: distinct-2 of the evaluation's samples.",
+    "guard/distinct2_ratio": "Guard: distinct-2 over pi_0's.",
+    "guard/ppl_ratio": "Guard: perplexity of the samples under pi_0, over pi_0's own.",
+    "guard/repetition": "Guard: fraction of repeated word 3-grams within a sample.",
+    "guard/proxy_fit_beta": "Guard: beta of the RL form fitted online to the proxy curve.",
+    "guard/alarm": "Guard: 1 once the alarm is raised (guard.enabled).",
 }
+GUARD_METRICS = [k for k in DESCRIPTIONS if k.startswith("guard/")]
 
 
 def prom_name(metric: str) -> str:

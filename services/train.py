@@ -107,6 +107,7 @@ class Trainer:
         self.guard = Guard(GuardRule(g.signal, g.threshold, g.patience, g.min_kl))
         self.guard_alarm: dict | None = None  # the alarm's record (iteration, the evaluation the guard picks, action)
         self._guard_stop = False
+        self._guard_gauges = None  # Ray metrics (Prometheus) of the guard's signals, from this driver, in Ray mode
 
     # -- checkpoints -------------------------------------------------------------------------------
     @property
@@ -192,9 +193,18 @@ class Trainer:
             self.save_checkpoint()  # every trusted evaluation's policy, so the guard's pick can be returned to
         if not g.enabled:
             m.pop("guard/alarm", None)
-        elif alarm_now and act:
+        if self.cfg.runtime.mode == "ray":
+            if self._guard_gauges is None:
+                import ray
+
+                from actors.metrics import GUARD_METRICS, role_metrics
+
+                self._guard_gauges = (ray.is_initialized() and role_metrics(self.cfg.name, GUARD_METRICS)) or False
+            if self._guard_gauges:
+                self._guard_gauges.record(m)
+        if g.enabled and alarm_now and act:
             m.update(self._guard_act())
-        elif alarm_now:  # at the final evaluation: recorded, no action
+        elif g.enabled and alarm_now:  # at the final evaluation: recorded, no action
             self.guard_alarm = {"iteration": self.iteration, "rule": self.guard.rule.describe(), "action": "none (final evaluation)"}
             self._publish_alarm(self.guard_alarm)
         self._write_guard()

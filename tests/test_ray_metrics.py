@@ -25,12 +25,14 @@ SCRIPT = textwrap.dedent('''
             return True
 
     a = A.remote(); ray.get(a.go.remote())
+    driver = role_metrics("run-a", ["guard/distinct2_ratio"])  # the trainer records the guard's signals from the driver
+    driver.record({"guard/distinct2_ratio": 0.5})
     t0 = time.time()
     while time.time() - t0 < 60:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-        if "tether_reward_gold_mean" in text and "tether_perf_rollout_tokens_per_s" in text:
+        if "tether_reward_gold_mean" in text and "tether_perf_rollout_tokens_per_s" in text and "tether_guard_distinct2_ratio" in text:
             break
-        ray.get(a.go.remote()); time.sleep(1)
+        ray.get(a.go.remote()); driver.record({"guard/distinct2_ratio": 0.5}); time.sleep(1)
     print("\\n".join(l for l in text.splitlines() if "tether_" in l and not l.startswith("#")))
     ray.shutdown()
 ''')
@@ -44,3 +46,4 @@ def test_actor_metrics_exported_to_prometheus():
     assert gold and 'run="run-a"' in gold[0] and gold[0].endswith("0.625"), out.stdout + out.stderr[-3000:]
     assert any("tether_perf_rollout_tokens_per_s" in l and l.endswith("321.0") for l in lines)
     assert not any("not_exported" in l for l in lines)
+    assert any("tether_guard_distinct2_ratio" in l and 'run="run-a"' in l and l.endswith("0.5") for l in lines)
