@@ -274,9 +274,16 @@ class Claim:
         return {**row, "effect": est.as_dict(), "verdict": v}
 
 
+MIN_SEEDS = 3
+
+
 def _need(arms: dict[str, list], stage: str) -> str | None:
-    empty = [a for a, r in arms.items() if not r]
-    return f"no finished runs for {', '.join(empty)}: run `tether reproduce --only {stage}`" if empty else None
+    """Why a claim cannot be measured yet (an arm with fewer than MIN_SEEDS finished runs), or None."""
+    short = [f"{a} ({len(r)})" for a, r in arms.items() if len(r) < MIN_SEEDS]
+    if not short:
+        return None
+    return (f"fewer than {MIN_SEEDS} finished seeds for {', '.join(short)}: run `tether reproduce --only {stage}` "
+            "(it continues where the stage stopped)")
 
 
 class _Gap:

@@ -222,7 +222,7 @@ def test_write_claims_measures_what_has_run_and_names_the_stage_for_the_rest(tmp
     er = by["Elastic Reset: higher gold than PPO + KL 0.05 at equal KL from pi_0"]
     assert er["verdict"] == C.HOLDS and er["effect"]["point"] == pytest.approx(1.0, abs=0.1)
     assert by["Quark: less toxic than PPO + KL"]["verdict"] == "not measured"
-    assert "tether reproduce --only quark" in by["Quark: less toxic than PPO + KL"]["why"]
+    assert "tether reproduce --only quark" in by["Quark: less toxic than PPO + KL"]["why"] and "fewer than 3 finished seeds" in by["Quark: less toxic than PPO + KL"]["why"]
     md = (tmp_path / "out" / "claims.md").read_text()
     assert "| Noukhovitch et al. 2023 | Elastic Reset: higher gold than PPO + KL 0.05" in md and "**holds**" in md
     assert (tmp_path / "out" / "claims_frontiers.png").stat().st_size > 1000
