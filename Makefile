@@ -40,7 +40,7 @@ bench: install
 	$(BIN)/python bench/run_all.py
 
 reproduce: install
-	$(BIN)/tether reproduce --out docs/results
+	$(BIN)/tether reproduce --out docs/results --readme README.md
 
 clean-venv:
 	rm -rf $(VENV)

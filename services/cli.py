@@ -319,6 +319,12 @@ def cmd_reproduce(args) -> int:
         sys.exit(f"tether: {e}")
     print(claims_table(result["rows"]))
     print(f"claims: {out / 'claims.md'}")
+    if args.readme:
+        from services.reproduce import update_readme
+
+        if not update_readme(Path(args.readme), result["rows"]):
+            sys.exit(f"tether: {args.readme} has no '<!-- claims:start -->' ... '<!-- claims:end -->' markers; the table was not written there")
+        print(f"table written into {args.readme}")
     return 0
 
 
@@ -397,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--report-only", action="store_true", help="only (re)measure the claims from the runs there are")
     sp.add_argument("--out", help="folder for claims.md, claims.json and plots (default <runs_dir>/reproduce; the committed ones: docs/results)")
     sp.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples per claim (default 2000)")
+    sp.add_argument("--readme", help="also write the table of measured claims between the claims markers of this file (make reproduce: README.md)")
     sp.set_defaults(fn=cmd_reproduce)
 
     args = p.parse_args(argv)

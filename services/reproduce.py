@@ -665,6 +665,27 @@ def draw_plots(out_dir: Path, dirs: dict[str, Path]) -> list[str]:
     return figs
 
 
+README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
+
+
+def update_readme(path: Path, rows: list[dict]) -> bool:
+    """Replace what lies between the claims markers of ``path`` with the measured claims' table (and a line naming
+    those not measured yet). False (the file untouched) when the markers are missing."""
+    path = Path(path)
+    text = path.read_text()
+    i, j = text.find(README_START), text.find(README_END)
+    if i < 0 or j < i:
+        return False
+    measured = [r for r in rows if r["verdict"] != "not measured"]
+    missing = [r for r in rows if r["verdict"] == "not measured"]
+    body = claims_table(measured) if measured else "(no claim measured yet)"
+    if missing:
+        papers = sorted({r["paper"] for r in missing})
+        body += f"\n\nNot measured yet ({len(missing)} claims, their stages unfinished): {', '.join(papers)}; see docs/results/claims.md."
+    path.write_text(text[: i + len(README_START)] + "\n" + body + "\n" + text[j:])
+    return True
+
+
 def plan_table(rows: list[dict]) -> str:
     lines = [f"{'stage':<14} {'cells':>5} {'done':>5} {'iters':>6} {'min left':>9}  what"]
     for r in rows:
@@ -674,4 +695,4 @@ def plan_table(rows: list[dict]) -> str:
 
 
 __all__ = ["STAGES", "STAGE_NAMES", "Claim", "bon_claims", "claims_table", "load_runs", "plan", "plan_table", "read_run",
-           "run_reproduction", "sweep_claims", "write_claims"]
+           "run_reproduction", "sweep_claims", "update_readme", "write_claims"]

@@ -240,3 +240,20 @@ def test_cli_reproduce_rejects_unknown_stages_and_plans(capsys):
     assert main(["reproduce", "--plan"]) == 0
     out = capsys.readouterr().out
     assert "elastic_reset" in out and "min left" in out
+
+
+def test_update_readme_rewrites_only_between_the_markers(tmp_path):
+    from services.reproduce import update_readme
+
+    rows = [{"paper": "P", "claim": "c1", "verdict": C.HOLDS, "effect": {"point": 0.5, "lo": 0.1, "hi": 0.9}, "direction": "above", "threshold": 0.0},
+            {"paper": "Q", "claim": "c2", "verdict": "not measured", "direction": "above", "threshold": 0.0}]
+    f = tmp_path / "README.md"
+    f.write_text("top\n<!-- claims:start -->\nold table\n<!-- claims:end -->\nbottom\n")
+    assert update_readme(f, rows)
+    text = f.read_text()
+    assert text.startswith("top\n<!-- claims:start -->\n| paper |") and text.endswith("<!-- claims:end -->\nbottom\n")
+    assert "old table" not in text and "| P | c1 | +0.500 [+0.100, +0.900] | > 0 | **holds** |" in text and "Not measured yet (1 claims" in text
+    assert update_readme(f, rows) and f.read_text() == text  # idempotent
+    g = tmp_path / "other.md"
+    g.write_text("no markers")
+    assert not update_readme(g, rows) and g.read_text() == "no markers"
