@@ -27,22 +27,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from learner.analysis.claims import distinct_n  # noqa: E402,F401 - one definition of distinct-n (also used here by name)
 from learner.config.run import GUARD_SIGNALS as SIGNALS  # noqa: E402 - the config's list of signals is this module's
 # the direction in which a signal warns: "below" = an alarm when it falls under the threshold
 DIRECTION = {"disagreement": "above", "rank_agreement": "below", "gain_per_kl": "below", "gain_per_kl_ratio": "below",
              "distinct2_ratio": "below", "ppl_ratio": "below", "repetition": "above", "proxy_fit_beta": "above"}
-
-
-def distinct_n(texts: Sequence[str], n: int = 2) -> float:
-    """Unique word n-grams / word n-grams over all texts (0 with none)."""
-    seen: set[tuple[str, ...]] = set()
-    total = 0
-    for t in texts:
-        w = t.split()
-        g = [tuple(w[i : i + n]) for i in range(len(w) - n + 1)]
-        total += len(g)
-        seen.update(g)
-    return len(seen) / total if total else 0.0
 
 
 def repetition(texts: Sequence[str]) -> float:

@@ -42,7 +42,7 @@ from services.api_schema import truthful_openapi
 from services.api_security import Gate
 from services.jobs import RayJobs
 from services.redis_store import TERMINAL, RunStore
-from services.runlog import read_samples, sample_steps
+from services.runlog import finite_number, read_samples, sample_steps
 from services.scheduler import NeverFits, Scheduler, run_resources
 from services.streams import metric_events, parse_stream_id
 
@@ -346,18 +346,18 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         elif step not in steps:
             shown = ", ".join(map(str, steps[:10])) + (f", ... {steps[-1]}" if len(steps) > 10 else "")
             raise HTTPException(404, f"no evaluation at step {step} of run {run_id}; evaluated steps: {shown}")
-        rows = [r for r in read_samples(d, step) if _finite(r.get("proxy"))]
+        rows = [r for r in read_samples(d, step) if finite_number(r.get("proxy"))]
         gold = [r.get("gold") for r in rows]
         dis: list[float | None] = [None] * len(rows)
-        if rows and all(_finite(g) for g in gold):
+        if rows and all(finite_number(g) for g in gold):
             import numpy as np
 
             p, g = np.array([r["proxy"] for r in rows], float), np.array(gold, float)
             z = lambda a: (a - a.mean()) / (a.std() if a.std() > 0 else 1.0)  # noqa: E731
             dis = (z(p) - z(g)).tolist()
         items = [Sample(prompt=str(r.get("prompt", "")), response=str(r.get("response", "")), proxy=float(r["proxy"]),
-                        proxy_members=[float(x) for x in r.get("proxy_members") or [] if _finite(x)],
-                        gold=float(r["gold"]) if _finite(r.get("gold")) else None, disagreement=dv) for r, dv in zip(rows, dis)]
+                        proxy_members=[float(x) for x in r.get("proxy_members") or [] if finite_number(x)],
+                        gold=float(r["gold"]) if finite_number(r.get("gold")) else None, disagreement=dv) for r, dv in zip(rows, dis)]
         if order == "proxy":
             items.sort(key=lambda x: -x.proxy)
         elif order == "proxy_low":
@@ -382,10 +382,6 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return out
 
     return app
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x and abs(x) != float("inf")
 
 
 def _command_endpoint(kind: str, get_record, command, scheduler: Scheduler):

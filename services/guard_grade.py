@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from learner.guard import SIGNALS, Guard, GuardRule, first_alarm
+from services.sweep.spec import read_json
 
 CALIB_SEEDS = (0, 1)
 GRADED_STAGES = ("overopt", "elastic_reset", "ensembles", "salsa", "fdpg")
@@ -28,20 +29,17 @@ GRADED_STAGES = ("overopt", "elastic_reset", "ensembles", "salsa", "fdpg")
 
 def replay(run_dir: Path) -> dict:
     """Signals at every evaluation of a run folder, plus its gold per evaluation (for grading only)."""
-    from services.runlog import read_metrics
+    from services.runlog import evaluations
 
-    rows = [r for r in read_metrics(run_dir) if r.get("eval/gold_mean") is not None]
-    files = sorted((Path(run_dir) / "samples").glob("step-*.jsonl"))
-    if len(files) != len(rows) or not rows:
-        raise ValueError(f"{run_dir}: {len(files)} samples files but {len(rows)} evaluations")
     g = Guard(GuardRule())
     gold, steps = [], []
-    for f, r in zip(files, rows):
-        lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-        g.update(int(f.stem.split("-")[1]), np.array([x["proxy_members"] for x in lines]), [x["response"] for x in lines],
+    for step, r, lines in evaluations(run_dir):
+        g.update(step, np.array([x["proxy_members"] for x in lines]), [x["response"] for x in lines],
                  float(r.get("eval/kl_from_init_k3", math.nan)), r.get("eval/ppl_under_init"))
         gold.append(float(np.mean([x["gold"] for x in lines])))
-        steps.append(int(f.stem.split("-")[1]))
+        steps.append(step)
+    if not steps:
+        raise ValueError(f"{run_dir}: no evaluations")
     return {"signals": g.history, "gold": gold, "steps": steps}
 
 
@@ -52,7 +50,7 @@ def collect(dirs: dict[str, Path]) -> list[dict]:
     out = []
     for stage in GRADED_STAGES:
         d = dirs.get(stage)
-        meta = _read(d / "cells.json") if d else {}
+        meta = read_json(d / "cells.json") if d else {}
         for c in meta.get("cells", []):
             cd = d / c["dir"]
             if run_state(cd) != "finished":
@@ -62,13 +60,6 @@ def collect(dirs: dict[str, Path]) -> list[dict]:
             except (ValueError, OSError, KeyError):
                 continue
     return out
-
-
-def _read(p: Path) -> dict:
-    try:
-        return json.loads(Path(p).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def pick(run: dict, rule: GuardRule) -> dict:

@@ -190,26 +190,22 @@ img{{max-width:520px;border:1px solid #ddd}} table{{border-collapse:collapse}} t
 </head><body><h1>{title}</h1>{body}</body></html>"""
 
 
-def _fin(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def samples_section(run_dir: Path, *, per_eval: int = 4) -> str:
     """Samples a person can read, at the start (pi_0), at the gold peak and at the end: per evaluation the samples the
     proxy rates best and those it rates far above the gold (z(proxy) - z(gold)). Empty without samples files."""
-    from services.runlog import read_samples, sample_steps
+    from services.runlog import finite_number, read_samples, sample_steps
 
     steps = sample_steps(run_dir)
     if not steps:
         return ""
     evals = {}
     for st in steps:
-        rows = [r for r in read_samples(run_dir, st) if _fin(r.get("proxy"))]
+        rows = [r for r in read_samples(run_dir, st) if finite_number(r.get("proxy"))]
         if rows:
             evals[st] = rows
     if not evals:
         return ""
-    golds = {st: [r["gold"] for r in rows if _fin(r.get("gold"))] for st, rows in evals.items()}
+    golds = {st: [r["gold"] for r in rows if finite_number(r.get("gold"))] for st, rows in evals.items()}
     have_gold = all(len(g) == len(evals[st]) for st, g in golds.items())
     picks = {"start": min(evals), "end": max(evals)}
     if have_gold:
@@ -235,7 +231,7 @@ def samples_section(run_dir: Path, *, per_eval: int = 4) -> str:
         body = ""
         for i in order:
             r = rows[i]
-            gold = f"{r['gold']:+.2f}" if _fin(r.get("gold")) else "-"
+            gold = f"{r['gold']:+.2f}" if finite_number(r.get("gold")) else "-"
             body += (f"<tr><td>{html.escape(str(r.get('prompt', '')))}<b>{html.escape(str(r.get('response', '')))}</b></td>"
                      f"<td>{r['proxy']:+.2f}</td><td>{gold}</td></tr>")
         out.append(f"<h3>{html.escape(label)}: iteration {st} (mean proxy {p.mean():+.2f}{mean_gold})</h3>"

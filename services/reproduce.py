@@ -21,6 +21,7 @@ import numpy as np
 
 from learner.analysis import claims as C
 from learner.config.load import PRESETS_DIR
+from services.sweep.spec import read_json
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +90,11 @@ def plan(runs_dir: Path) -> list[dict]:
 
 def _prepare_assets(cells) -> None:
     """Build every asset the cells need that is missing (cached stages are reused)."""
+    from services.sweep.run import asset_cells
     from tasks.imdb.build import prepare, resolve
     from tasks.imdb.store import AssetError
 
-    seen = set()
-    for c in cells:
-        key = json.dumps(c.config.model_dump(mode="json", include={"data_dir", "task", "tokenizer", "policy", "gold", "proxy", "reference"}),
-                         sort_keys=True)
-        if key in seen:
-            continue
-        seen.add(key)
+    for c in asset_cells(cells):
         try:
             resolve(c.config)
         except AssetError:
@@ -150,13 +146,6 @@ def run_reproduction(out_dir: Path, *, only: list[str] | None = None, progress: 
     return write_claims(out_dir, runs_dir=runs_dir, n_boot=n_boot)
 
 
-def C_read(p: Path) -> dict:
-    try:
-        return json.loads(Path(p).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def stage_minutes(dirs: dict[str, Path]) -> dict[str, dict]:
     """Minutes each stage's finished work took, measured from its run folders: per sweep cell from its config.json
     (written once the cell's actors are up) to its status.json (written when it finished); the best-of-n stage's
@@ -167,11 +156,11 @@ def stage_minutes(dirs: dict[str, Path]) -> dict[str, dict]:
     for s in STAGES:
         d = dirs[s.name]
         if s.spec is None:
-            t = C_read(d / "bon.json").get("timing", {})
+            t = read_json(d / "bon.json").get("timing", {})
             if t.get("time_s/total") is not None:
                 out[s.name] = {"minutes": float(t["time_s/total"]) / 60.0, "cells": 1}
             continue
-        meta = C_read(d / "cells.json")
+        meta = read_json(d / "cells.json")
         mins, n = 0.0, 0
         for c in meta.get("cells", []):
             cd = d / c["dir"]
@@ -189,7 +178,7 @@ def load_runs(sweep_dir: Path, method: str, *, max_step: int | None = None) -> l
     iteration ``max_step``. Each evaluation's samples file pairs with its metrics row in log order."""
     from services.runlog import read_metrics, run_state
 
-    meta = C_read(Path(sweep_dir) / "cells.json")
+    meta = read_json(Path(sweep_dir) / "cells.json")
     out = []
     for c in sorted((c for c in meta.get("cells", []) if c["method"] == method), key=lambda c: c["seed"]):
         d = Path(sweep_dir) / c["dir"]
@@ -200,25 +189,18 @@ def load_runs(sweep_dir: Path, method: str, *, max_step: int | None = None) -> l
 
 
 def read_run(run_dir: Path, *, name: str, seed: int, max_step: int | None = None) -> C.RunCurve:
-    from services.runlog import read_metrics
+    from services.runlog import evaluations
 
-    rows = [r for r in read_metrics(run_dir) if r.get("eval/gold_mean") is not None]
-    files = sorted((Path(run_dir) / "samples").glob("step-*.jsonl"))
-    if len(files) != len(rows):
-        raise ValueError(f"{run_dir}: {len(files)} samples files but {len(rows)} evaluations in metrics.jsonl")
     steps, kl, gold, proxy, before, extra = [], [], [], [], [], {"ppl_under_init": [], "toxic_frac": []}
     prompts0: list[str] | None = None
     texts: list[str] = []
-    for f, r in zip(files, rows):
-        step = int(f.stem.split("-")[1])
-        if max_step is not None and step > max_step:
-            break
-        lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+    for step, r, lines in evaluations(run_dir, max_step=max_step):
         prompts = [x["prompt"] for x in lines]
         if prompts0 is None:
             prompts0 = prompts
         elif prompts != prompts0:
-            raise ValueError(f"{f}: its prompts differ from the run's first evaluation; evaluations must share prompts")
+            raise ValueError(f"{run_dir}: the prompts of the evaluation at iteration {step} differ from the run's first evaluation; "
+                             "evaluations must share prompts")
         steps.append(step)
         kl.append(float(r.get("eval/kl_from_init_k3", math.nan)))
         gold.append([float(x["gold"]) for x in lines])
@@ -464,7 +446,7 @@ def bon_claims(bon_dir: Path) -> list[Claim]:
                 + [Claim(coste, f"best-of-n ({lab}): {c.upper()} picks higher gold than {b}", "", {}, None, missing=why)
                    for _, lab in names for c in ("wco", "uwo") for b in ("a single proxy", "the ensemble mean")])
     z = np.load(path)
-    meta = C_read(Path(bon_dir) / "bon.json").get("settings", {})
+    meta = read_json(Path(bon_dir) / "bon.json").get("settings", {})
     n_best = int(meta.get("n_best") or meta.get("n_max") or BON_ARGS["n_best"])
     lam = float(meta.get("uwo_lambda", BON_ARGS["uwo_lambda"]))
     ns = bon_ns(n_best)
@@ -585,6 +567,8 @@ def draw_plots(out_dir: Path, dirs: dict[str, Path]) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from services.report import save_figure
+
     figs = []
     panels = [("Elastic Reset vs PPO + KL", dirs["elastic_reset"], [("elastic_reset", dirs["elastic_reset"]), ("ppo_kl005", dirs["elastic_reset"]),
                                                                   ("ppo_kl001", dirs["overopt"])]),
@@ -610,10 +594,7 @@ def draw_plots(out_dir: Path, dirs: dict[str, Path]) -> list[str]:
         ax.set(title=title, xlabel="KL from pi_0 (nats)", ylabel="held-out gold (frontier; dots: evaluations)")
         ax.legend(fontsize=8)
     if drew:
-        fig.tight_layout()
-        p = Path(out_dir) / "claims_frontiers.png"
-        fig.savefig(p, dpi=110)
-        figs.append(str(p))
+        figs.append(str(save_figure(fig, Path(out_dir) / "claims_frontiers.png")))
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -640,7 +621,7 @@ def draw_plots(out_dir: Path, dirs: dict[str, Path]) -> list[str]:
         from learner.analysis.best_of_n import bon_gold_per_prompt, bon_ns, kl_bon
 
         z = np.load(path)
-        meta = C_read(Path(dirs["bon"]) / "bon.json").get("settings", {})
+        meta = read_json(Path(dirs["bon"]) / "bon.json").get("settings", {})
         ns = bon_ns(int(meta.get("n_best") or BON_ARGS["n_best"]))
         lam = float(meta.get("uwo_lambda", BON_ARGS["uwo_lambda"]))
         ax = axes[1]
@@ -657,10 +638,7 @@ def draw_plots(out_dir: Path, dirs: dict[str, Path]) -> list[str]:
     else:
         axes[1].set_visible(False)
     if drew:
-        fig.tight_layout()
-        p = Path(out_dir) / "claims_ensembles.png"
-        fig.savefig(p, dpi=110)
-        figs.append(str(p))
+        figs.append(str(save_figure(fig, Path(out_dir) / "claims_ensembles.png")))
     plt.close(fig)
     return figs
 

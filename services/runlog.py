@@ -66,6 +66,11 @@ def run_state(run_dir: Path) -> str | None:
         return None
 
 
+def finite_number(x) -> bool:
+    """A real, finite number (not a bool, None, NaN or inf): what a sample's score must be to be shown or used."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def sample_steps(run_dir: Path) -> list[int]:
     """The iterations whose evaluation wrote samples (``samples/step-NNNNNN.jsonl``), ascending."""
     out = []
@@ -89,3 +94,13 @@ def read_samples(run_dir: Path, step: int) -> list[dict]:
         if isinstance(x, dict) and "response" in x:
             out.append(x)
     return out
+
+
+def evaluations(run_dir: Path, *, max_step: int | None = None) -> list[tuple[int, dict, list[dict]]]:
+    """Every held-out evaluation of a run, in order: (iteration, its metrics row, its samples). Each samples file
+    pairs with the metrics row of the same evaluation in log order; a run whose counts differ is refused."""
+    rows = [r for r in read_metrics(run_dir) if r.get("eval/gold_mean") is not None]
+    steps = sample_steps(run_dir)
+    if len(steps) != len(rows):
+        raise ValueError(f"{run_dir}: {len(steps)} samples files but {len(rows)} evaluations in metrics.jsonl")
+    return [(st, r, read_samples(run_dir, st)) for st, r in zip(steps, rows) if max_step is None or st <= max_step]

@@ -200,7 +200,7 @@ def test_read_run_pairs_samples_with_evaluations_and_checks_prompts(tmp_path):
     _write_cell(tmp_path / "s", [0.0, 1.0], [0.0, 1.0])
     f = tmp_path / "s" / "samples" / "step-000002.jsonl"
     f.write_text(f.read_text().replace('"p0"', '"other"'))
-    with pytest.raises(ValueError, match="prompts differ"):
+    with pytest.raises(ValueError, match="differ from the run.s first evaluation"):
         read_run(tmp_path / "s", name="s", seed=0)
 
 

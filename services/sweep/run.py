@@ -69,16 +69,23 @@ def cell_entrypoint(cell_dir: str | Path, *, python: str | None = None, run_id: 
     return cmd
 
 
-def _check_assets(cells: list[Cell]) -> None:
-    from tasks.imdb.build import resolve
-
-    seen = set()
+def asset_cells(cells: list[Cell]) -> list[Cell]:
+    """One cell per distinct set of task assets (the config sections the assets are built from)."""
+    seen, out = set(), []
     for c in cells:
         key = json.dumps(c.config.model_dump(mode="json", include={"data_dir", "task", "tokenizer", "policy", "gold", "proxy", "reference"}),
                          sort_keys=True)
         if key not in seen:
             seen.add(key)
-            resolve(c.config, cfg_source=str(c.dir / "cell.yaml"))  # AssetError with the `tether prepare` command
+            out.append(c)
+    return out
+
+
+def _check_assets(cells: list[Cell]) -> None:
+    from tasks.imdb.build import resolve
+
+    for c in asset_cells(cells):
+        resolve(c.config, cfg_source=str(c.dir / "cell.yaml"))  # AssetError with the `tether prepare` command
 
 
 def run_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None, *, submit: str | None = None, progress: bool = True,
