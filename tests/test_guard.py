@@ -119,3 +119,22 @@ def test_replay_reads_a_run_folder(tmp_path):
     (d / "samples" / "step-000006.jsonl").unlink()
     with pytest.raises(ValueError, match="3 samples files but 4"):
         replay(d)
+
+
+def test_restore_keeps_the_reference_and_the_evaluations_before_the_resume_point():
+    """A resumed run (killed after a checkpoint) continues its guard from guard.json: same reference, the evaluations
+    that will be redone dropped, an alarm kept only if it came before."""
+    import json
+
+    g = Guard(GuardRule("distinct2_ratio", 0.6, patience=1, min_kl=1.0))
+    _feed(g, 10, collapse_at=6)  # alarm at evaluation 6 (iteration 12)
+    assert g.alarm_step == 12
+    saved = json.loads(json.dumps(g.as_dict()))  # through JSON, as guard.json (NaN stored as null)
+    early = Guard(GuardRule("distinct2_ratio", 0.6, patience=1, min_kl=1.0))
+    early.restore(saved, before_step=8)
+    assert [h["step"] for h in early.history] == [0, 2, 4, 6] and early.alarm_step is None
+    assert np.allclose(early.ref.member_mean, g.ref.member_mean) and early.ref.distinct2 == g.ref.distinct2
+    assert math.isnan(early.history[0]["gain_per_kl"])  # null back to NaN
+    late = Guard(GuardRule("distinct2_ratio", 0.6, patience=1, min_kl=1.0))
+    late.restore(saved, before_step=16)
+    assert late.alarm_step == 12 and late.history[-1]["alarm"] and not late.history[5]["alarm"]
