@@ -36,8 +36,12 @@ run: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: install
+bench: install $(VENV)/.installed-bench
 	$(BIN)/python bench/run_all.py
+
+$(VENV)/.installed-bench: pyproject.toml
+	$(BIN)/pip install -q -e '.[bench]'
+	@touch $@
 
 reproduce: install
 	$(BIN)/tether reproduce --out docs/results --readme README.md

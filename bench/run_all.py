@@ -5,8 +5,11 @@
      same state dict (load_state_dict into a transformers model)
   3. seconds per PPO iteration split into rollout / reward+gold / learn / sync (the Ray runtime)
   4. peak memory (PSS, all processes) of the default `make run` job
+  5. the learn phase's speed-ups, each one's share (bench/learn_phase.py)
+  6. tether vs TRL's PPOTrainer: matched work interleaved in this process, the default job of section 3 against the same
+     TRL median, and the roofline (bench/trl_side_by_side.py; TRL from the `bench` extra)
 
-Usage: python bench/run_all.py [--config default] [--iterations 6] [--skip-job]
+Usage: python bench/run_all.py [--config default] [--iterations 6] [--skip-job] [--skip-trl] [--rounds 5]
 """
 from __future__ import annotations
 
@@ -164,7 +167,7 @@ class PeakPSS(threading.Thread):
             time.sleep(0.5)
 
 
-def bench_job(config: str, iterations: int, runs_dir: Path) -> tuple[list[tuple], float]:
+def bench_job(config: str, iterations: int, runs_dir: Path) -> tuple[list[tuple], float, list]:
     """The default job (Ray + vLLM), shortened; returns per-phase seconds and the peak PSS in GiB."""
     cmd = [sys.executable, "-m", "services.cli", "train", config, "--set", f"train.iterations={iterations}", "--set", f"runs_dir={runs_dir}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -174,6 +177,7 @@ def bench_job(config: str, iterations: int, runs_dir: Path) -> tuple[list[tuple]
     mon.stop.set()
     if proc.returncode != 0:
         raise SystemExit(f"the job failed:\n{out[-3000:]}")
+    from bench.trl_side_by_side import job_medians
     from services.runlog import read_metrics
 
     phases = ("time_s/rollout", "time_s/reward_and_gold", "time_s/learn", "time_s/sync", "time_s/gold_eval", "time_s/iteration")
@@ -186,7 +190,7 @@ def bench_job(config: str, iterations: int, runs_dir: Path) -> tuple[list[tuple]
         med = {k: statistics.median([m[k] for m in ms if k in m] or [0.0]) for k in phases}
         sync_share = 100 * med["time_s/sync"] / med["time_s/iteration"]
         rows.append((run.name, *(f"{med[k]:.2f}" for k in phases), f"{sync_share:.1f}%"))
-    return rows, mon.peak / 2**30
+    return rows, mon.peak / 2**30, job_medians(runs_dir)
 
 
 def main() -> int:
@@ -194,6 +198,8 @@ def main() -> int:
     ap.add_argument("--config", default="default")
     ap.add_argument("--iterations", type=int, default=6)
     ap.add_argument("--skip-job", action="store_true", help="skip the per-iteration split and the peak-memory run")
+    ap.add_argument("--skip-trl", action="store_true", help="skip sections 5-6 (the learn phase's shares, the TRL side-by-side)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of sections 5-6 (the first is discarded)")
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from tasks.imdb.build import resolve
@@ -212,9 +218,10 @@ def main() -> int:
     import ray
 
     ray.shutdown()
+    job_runs = []
     if not args.skip_job:
         with tempfile.TemporaryDirectory() as d:
-            rows, peak = bench_job(args.config, args.iterations, Path(d))
+            rows, peak, job_runs = bench_job(args.config, args.iterations, Path(d))
         report.append(table(f"3. seconds per PPO iteration (median over iterations 2..{args.iterations}, Ray + vLLM)", rows,
                             ("run", "rollout", "reward+gold", "learn", "sync", "eval (when run)", "iteration", "sync share")))
         print(report[-1], flush=True)
@@ -223,7 +230,20 @@ def main() -> int:
     out = ROOT / "bench" / "results.md"
     if args.skip_job and out.exists() and "## 3." in out.read_text():  # keep the last measured job tables
         old = out.read_text()
-        report.append("\n(sections 3-4 from an earlier run)\n" + old[old.index("## 3."):].rstrip())
+        report.append("\n(sections 3-4 from an earlier run)\n" + old[old.index("## 3."):old.index("## 5.") if "## 5." in old else None].rstrip())
+    if not args.skip_trl:
+        from bench import learn_phase, trl_side_by_side as trl
+
+        text, _ = learn_phase.main(["--rounds", str(max(args.rounds - 1, 2))])
+        report.append(text.replace("\n## ", "\n## 5. ", 1))
+        print(report[-1], flush=True)
+        text, med, head = trl.matched(args.rounds, 2)
+        report.append(f"\n## 6. {head}" + text.replace("\n## ", "\n### "))
+        if job_runs:
+            report.append(trl.table(f"6b. default work: section 3's job (Ray + vLLM, 5 reward models, gold + drift of every batch), without "
+                                    "its held-out evaluation, against the TRL median above", trl.default_rows(job_runs, med["TRL PPOTrainer"]["iteration"]),
+                                    trl.DEFAULT_HEADER))
+        print("\n".join(report[-2:]), flush=True)
     out.write_text("\n".join(report) + "\n")
     print(f"\nwritten to {out}")
     return 0

@@ -18,7 +18,7 @@ from learner.config import TetherConfig
 from learner.methods.fdpg import MovingBaseline, RunningLogZ, fdpg_loss, log_target, per_prompt_log_z, pseudo_reward
 from learner.learners.base import LearnerBase
 from learner.methods.logprobs import masked_sum
-from learner.models.policy import optimizer_step, response_logprobs
+from learner.models.policy import make_adam, optimizer_step, response_logprobs
 from learner.types import ScoredRollouts
 
 
@@ -30,7 +30,7 @@ class FDPGLearner(LearnerBase):
         c = cfg.fdpg
         self.model = init_lm.train()
         self.proposal = copy.deepcopy(init_lm).eval().requires_grad_(False) if c.proposal == "lagged" else None
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=c.lr)
+        self.opt = make_adam(self.model.parameters(), c.lr, self.device)
         self.log_z = RunningLogZ(c.z_momentum)
         self.baseline = MovingBaseline(c.baseline_momentum)
         self.gdc_threshold: float | None = None  # the GDC constraint's threshold on the proxy aggregate, once fixed

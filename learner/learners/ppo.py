@@ -16,7 +16,7 @@ from learner.learners.base import LearnerBase, NotApplicable
 from learner.methods.elastic_reset import ElasticReset
 from learner.methods.kl import exact_kl_from_logits, kl_estimate, make_kl_controller
 from learner.methods.logprobs import entropy_from_logits, masked_mean, masked_sum, masked_whiten
-from learner.models.policy import PolicyWithValue, optimizer_step, response_logprobs
+from learner.models.policy import SPEEDUPS, PolicyWithValue, make_adam, optimizer_step, response_logprobs, trim_padding
 from learner.methods.ppo import gae, per_token_rewards, policy_loss, value_loss
 from learner.types import ScoredRollouts
 
@@ -31,7 +31,7 @@ class PPOLearner(LearnerBase):
         # the value head (and a separate critic) are made on the CPU: move them to the policy's device
         self.model = PolicyWithValue(init_lm, separate_critic=cfg.ppo.value_model == "separate").to(self.device)
         self.model.train()
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.ppo.lr)
+        self.opt = make_adam(self.model.parameters(), cfg.ppo.lr, self.device)
         k = cfg.kl
         self.kl_ctl = make_kl_controller(mode=k.mode, coef=k.coef, target=k.target, horizon=k.horizon)
         er = cfg.elastic_reset
@@ -91,13 +91,18 @@ class PPOLearner(LearnerBase):
         for _ in range(c.epochs):
             for idx in np.split(rng.permutation(B), B // c.minibatch_size):
                 idx_t = torch.as_tensor(dp.shard(idx), device=self.device)  # this rank's rows of the minibatch
-                mb = {k: (v[idx_t] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+                mb = trim_padding({k: (v[idx_t] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()})
                 m = mb["response_mask"]
                 logp, values, mb_logits = response_logprobs(self.model, mb, with_values=True, return_logits=True)
                 pl, pst = policy_loss(logp=logp, old_logp=old_logp[idx_t], advantages=adv[idx_t], mask=m, clip=c.clip)
                 vl, vst = value_loss(values=values, old_values=old_values[idx_t], returns=returns[idx_t], mask=m, clip=c.value_clip)
-                ent = masked_mean(entropy_from_logits(mb_logits), m)
-                loss = pl + c.value_coef * vl - c.entropy_coef * ent
+                loss = pl + c.value_coef * vl
+                if c.entropy_coef > 0 or not SPEEDUPS.entropy_without_grad:
+                    ent = masked_mean(entropy_from_logits(mb_logits), m)
+                    loss = loss - c.entropy_coef * ent
+                else:  # logged only: no graph through a (b, R, V) softmax that the loss does not use
+                    with torch.no_grad():
+                        ent = masked_mean(entropy_from_logits(mb_logits.detach()), m)
                 share = dp.share(m.sum())  # every term is a mean over the minibatch's response tokens
                 gn = optimizer_step(self.opt, loss * share if dp.active else loss, self.model.parameters(), c.max_grad_norm,
                                     reduce_grads=dp.reduce_grads)

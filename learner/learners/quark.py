@@ -17,7 +17,7 @@ import torch
 
 from learner.config import TetherConfig
 from learner.learners.base import QUARK_META, LearnerBase
-from learner.models.policy import optimizer_step, response_logprobs
+from learner.models.policy import make_adam, optimizer_step, response_logprobs
 from learner.methods.quark import DataPool, condition, quark_loss, quantile_tokens, reward_token_strings
 from learner.types import ScoredRollouts
 
@@ -79,7 +79,7 @@ class QuarkLearner(LearnerBase):
         super().__init__(cfg, init_lm, pad_id=pad_id, ref_lm=ref_lm)
         self.token_ids = list(reward_token_ids)
         self.model = init_lm.train()
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=q.lr)
+        self.opt = make_adam(self.model.parameters(), q.lr, self.device)
         self.pool = DataPool(q.pool_size)
 
     @classmethod

@@ -3,6 +3,8 @@ loaders of a policy and of a weight-soup reference (SALSA)."""
 from __future__ import annotations
 
 import copy
+import inspect
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,14 +32,47 @@ class PolicyWithValue(nn.Module):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, L', V) and values (B, L). ``keep`` > 0: the logits of the last ``keep`` positions only, where
+        the LM supports it (``lm_keep_kwargs``), else of all L positions."""
         pos = position_ids(attention_mask)
+        kw = lm_keep_kwargs(self.lm, keep)
         if self.critic is None:
-            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, output_hidden_states=True)
-            return out.logits, self.value_head(out.hidden_states[-1]).squeeze(-1)  # (B, L, V), (B, L)
-        logits = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos).logits
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, output_hidden_states=True, **kw)
+            return out.logits, self.value_head(out.hidden_states[-1]).squeeze(-1)  # (B, L', V), (B, L)
+        logits = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, **kw).logits
         h = self.critic(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos).last_hidden_state  # (B, L, H)
         return logits, self.value_head(h).squeeze(-1)
+
+
+def lm_keep_kwargs(lm: nn.Module, keep: int) -> dict:
+    """``{"logits_to_keep": keep}`` when ``lm.forward`` takes it (Hugging Face causal LMs since 4.50: the LM head then
+    runs on the last ``keep`` positions only), else ``{}``. The prompt's logits are never used: skipping them saves
+    the LM head's matmul (and its backward) on every prompt position."""
+    if keep <= 0 or not SPEEDUPS.response_logits_only:
+        return {}
+    fwd = type(lm).forward
+    ok = _KEEP_ARG.get(fwd)
+    if ok is None:
+        ok = _KEEP_ARG[fwd] = "logits_to_keep" in inspect.signature(fwd).parameters
+    return {"logits_to_keep": keep} if ok else {}
+
+
+_KEEP_ARG: dict = {}
+
+
+@dataclass
+class LearnSpeedups:
+    """The learn phase's speed-ups, each exact up to float rounding and all on in every run. They are switches only
+    so that bench/learn_phase.py can measure each one's share side by side in one process."""
+
+    response_logits_only: bool = True  # the LM head on the response positions only (lm_keep_kwargs)
+    entropy_without_grad: bool = True  # PPO: with entropy_coef 0 the entropy is a statistic, computed without a graph
+    fused_adam: bool = True  # make_adam: PyTorch's fused Adam kernel
+    trim_padding: bool = True  # PPO: a minibatch drops the columns that are padding in all its rows
+
+
+SPEEDUPS = LearnSpeedups()
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -70,12 +105,14 @@ def response_logprobs(lm_or_policy: nn.Module, batch: dict[str, torch.Tensor], *
     """log pi(response token) (B, R) [and values (B, R), logits (B, R, V)] for a `pad_batch` batch."""
     ids, att, P = batch["input_ids"], batch["attention_mask"], batch["prompt_width"]
     R = batch["response_mask"].shape[1]
+    keep = R + 1  # positions P-1 .. P+R-1 are the last R + 1 of the P + R: the logits predicting the response (and one more)
     if isinstance(lm_or_policy, PolicyWithValue):
-        logits, values = lm_or_policy(ids, att)
+        logits, values = lm_or_policy(ids, att, keep=keep)
     else:
-        logits = lm_or_policy(input_ids=ids, attention_mask=att, position_ids=position_ids(att)).logits
+        logits = lm_or_policy(input_ids=ids, attention_mask=att, position_ids=position_ids(att), **lm_keep_kwargs(lm_or_policy, keep)).logits
         values = None
-    logits = response_slice(logits, P, R).float()
+    # (B, L, V) when the LM kept every position, else (B, R + 1, V) starting at position P - 1
+    logits = (response_slice(logits, P, R) if logits.shape[1] == ids.shape[1] else logits[:, :R]).float()
     logp = logprobs_from_logits(logits, ids[:, P : P + R])
     out = [logp]
     if with_values:
@@ -97,6 +134,31 @@ def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, max_g
     gn = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     opt.step()
     return float(gn)
+
+
+def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam with PyTorch's fused kernel where this torch has it for ``device`` (CPU and CUDA since 2.4): one kernel
+    for every parameter instead of a loop of small ones (a third of the optimiser's time on the CPU, measured in
+    bench/learn_phase.py); the per-parameter loop elsewhere. Same update rule, equal to float rounding."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=SPEEDUPS.fused_adam and device.type in ("cpu", "cuda"))
+    except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without the fused kernel
+        return torch.optim.Adam(params, lr=lr)
+
+
+def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the leading columns that are padding in every row of a left-padded ``pad_batch`` batch (a minibatch whose
+    prompts are all shorter than the batch's longest): the same positions, logits and values, fewer columns."""
+    att = batch["attention_mask"]
+    if not SPEEDUPS.trim_padding:
+        return batch
+    real = att.any(0)  # (L,)
+    first = int(real.to(torch.int8).argmax()) if bool(real.any()) else 0
+    first = min(first, batch["prompt_width"] - 1)  # keep position P - 1, whose logits predict the first response token
+    if first <= 0:
+        return batch
+    return {**batch, "input_ids": batch["input_ids"][:, first:], "attention_mask": att[:, first:], "prompt_width": batch["prompt_width"] - first}
 
 
 def load_policy(path, dtype=torch.float32):
