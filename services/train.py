@@ -108,6 +108,9 @@ class Trainer:
         self.guard_alarm: dict | None = None  # the alarm's record (iteration, the evaluation the guard picks, action)
         self._guard_stop = False
         self._guard_gauges = None  # Ray metrics (Prometheus) of the guard's signals, from this driver, in Ray mode
+        # runtime.pipeline: (iteration, rollouts, generation seconds) generated during the previous iteration's learn phase
+        self._prefetched: tuple[int, Rollouts, float] | None = None
+        self._pool = None  # the one thread that generates the next batch while the learner trains
 
     # -- checkpoints -------------------------------------------------------------------------------
     @property
@@ -146,6 +149,7 @@ class Trainer:
             self.iteration = driver["iteration"]
         else:
             self.iteration = 0
+        self._prefetched = None  # a batch generated before the restore is not this checkpoint's
         self.roles.sync()  # rollout engines get the checkpoint's weights and version
         # Metrics logged after the checkpoint belong to iterations about to be redone.
         rows = read_metrics(self.run_dir)
@@ -267,12 +271,14 @@ class Trainer:
             m.update(self.evaluate())
             if before_reset:
                 m["eval/before_reset"] = 1.0
-        seed = cfg.train.seed * 1_000_003 + it
-        m_per = cfg.samples_per_prompt  # consecutive rows share a prompt (f-DPG's per-prompt Z); sampled with distinct seeds
-        prompts = [p for p in make_prompts(self.train_text, cfg.rollout_batch_size // m_per, cfg.task, seed=seed) for _ in range(m_per)]
-        t = time.perf_counter()
-        rollouts = self.roles.generate(prompts, seed, self.prefix_ids())
-        m["time_s/rollout"] = time.perf_counter() - t
+        prompts, seed = self.batch_prompts(it)
+        pre, self._prefetched = self._prefetched, None
+        if pre is not None and pre[0] == it:  # runtime.pipeline: generated while the learner trained on the previous batch
+            rollouts, m["time_s/rollout"] = pre[1], pre[2]
+        else:
+            t = time.perf_counter()
+            rollouts = self.roles.generate(prompts, seed, self.prefix_ids())
+            m["time_s/rollout"] = time.perf_counter() - t
         n_tokens = sum(len(x) for x in rollouts.response_ids)
         m["perf/rollout_tokens_per_s"] = n_tokens / max(m["time_s/rollout"], 1e-9)
         m["rollout/response_len"] = n_tokens / len(rollouts)
@@ -292,12 +298,48 @@ class Trainer:
         for k in ("toxicity_mean", "toxic_frac"):
             if f"train/{k}" in drift:
                 m[f"toxicity/{k.split('_')[-1]}"] = drift[f"train/{k}"]
-        m.update(self.roles.learn(scored))
+        nxt = self._generate_next(it) if cfg.runtime.pipeline and it + 1 < cfg.train.iterations else None
+        try:
+            m.update(self.roles.learn(scored))
+        except BaseException:
+            if nxt is not None:  # never leave a generation running into a recovery or a shutdown
+                import concurrent.futures
+
+                concurrent.futures.wait([nxt])
+            raise
+        if nxt is not None:
+            t = time.perf_counter()
+            self._prefetched = nxt.result()  # the engines finish batch it + 1 (with the weights before this update), then sync
+            m["time_s/rollout_wait"] = time.perf_counter() - t
         m.update(self.roles.sync())
         m["time_s/iteration"] = time.perf_counter() - t_iter
         m["perf/tokens_per_s"] = n_tokens / m["time_s/iteration"]
         self.iteration += 1
         return m
+
+    def batch_prompts(self, it: int) -> tuple[list[str], int]:
+        """Iteration ``it``'s training prompts and sampling seed: (train.seed, it) alone fix them."""
+        cfg = self.cfg
+        seed = cfg.train.seed * 1_000_003 + it
+        m_per = cfg.samples_per_prompt  # consecutive rows share a prompt (f-DPG's per-prompt Z); sampled with distinct seeds
+        return [p for p in make_prompts(self.train_text, cfg.rollout_batch_size // m_per, cfg.task, seed=seed) for _ in range(m_per)], seed
+
+    def _generate_next(self, it: int):
+        """runtime.pipeline: start generating iteration it + 1's batch now, with the engines' current weights (version v,
+        from before this iteration's update): a future of (it + 1, rollouts, generation seconds)."""
+        import concurrent.futures
+
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-next-batch")
+        prompts, seed = self.batch_prompts(it + 1)
+        prefix = self.prefix_ids()
+
+        def gen():
+            t = time.perf_counter()
+            r = self.roles.generate(prompts, seed, prefix)
+            return it + 1, r, time.perf_counter() - t
+
+        return self._pool.submit(gen)
 
     def run(self, *, resume: bool = False) -> dict:
         """Train to cfg.train.iterations. With ``self.commands`` (a services.control.RunControl) every
@@ -389,6 +431,8 @@ class Trainer:
         return last, final
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self.roles.close()
 
 

@@ -161,3 +161,34 @@ def test_losses_ignore_masked_positions():
         per_token_rewards(scores=s, kl=k, mask=mask, beta=0.1),
         per_token_rewards(scores=s, kl=junk(k), mask=mask, beta=0.1),
     )
+
+
+def test_truncated_is_weights_by_hand():
+    from learner.methods.ppo import truncated_is_weights
+
+    old = torch.tensor([[-1.0, -2.0, -3.0, 0.0]])
+    beh = torch.tensor([[-1.0, -1.0, -5.0, 900.0]])  # pi_old/mu: 1, e^-1, e^2 (capped at 2), masked (would overflow)
+    mask = torch.tensor([[1, 1, 1, 0]])
+    w, st = truncated_is_weights(old_logp=old, behaviour_logp=beh, mask=mask, cap=2.0)
+    torch.testing.assert_close(w, torch.tensor([[1.0, math.exp(-1.0), 2.0, 0.0]]))
+    assert st["is_clipfrac"] == pytest.approx(1 / 3) and st["is_weight_mean"] == pytest.approx((1 + math.exp(-1) + 2) / 3)
+    w_huge, _ = truncated_is_weights(old_logp=torch.tensor([[1e4]]), behaviour_logp=torch.tensor([[-1e4]]), mask=torch.ones(1, 1), cap=2.0)
+    assert torch.isfinite(w_huge).all() and float(w_huge) == 2.0
+    with pytest.raises(ValueError, match="cap must be > 0"):
+        truncated_is_weights(old_logp=old, behaviour_logp=beh, mask=mask, cap=0.0)
+
+
+def test_policy_loss_weights_scale_each_token_and_ones_change_nothing():
+    g = torch.Generator().manual_seed(3)
+    B, T = 4, 6
+    logp, old, adv = (torch.randn(B, T, generator=g) * 0.3 for _ in range(3))
+    mask = _random_mask(g, B, T)
+    plain, _ = policy_loss(logp=logp, old_logp=old, advantages=adv, mask=mask, clip=0.2)
+    ones, _ = policy_loss(logp=logp, old_logp=old, advantages=adv, mask=mask, clip=0.2, weights=torch.ones(B, T))
+    assert float(plain) == float(ones)
+    w = torch.rand(B, T, generator=g) * 2
+    weighted, _ = policy_loss(logp=logp, old_logp=old, advantages=adv, mask=mask, clip=0.2, weights=w)
+    ratio = torch.exp(logp - old)
+    per = torch.maximum(-adv * ratio, -adv * ratio.clamp(0.8, 1.2)) * w
+    valid = mask.bool()
+    assert float(weighted) == pytest.approx(float(per[valid].mean()), rel=1e-6)

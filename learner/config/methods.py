@@ -74,6 +74,10 @@ class PPOConfig(Strict):
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
     whiten_advantages: bool = Field(True, description="Whiten advantages over the batch.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
+    offpolicy_is_cap: float = Field(
+        2.0, gt=0, le=1e6, description="Stale rollouts (runtime.pipeline; staleness >= 1): each token's policy loss is weighted by "
+        "min(pi_old / mu, cap), pi_old the learner's policy before this iteration's updates and mu the policy that sampled the token "
+        "(truncated importance sampling; the peers' cap is 2). Fresh rollouts are not reweighted.")
     value_model: Literal["separate", "shared"] = Field(
         "separate", description="separate: the value head on its own copy of the transformer (the Elastic Reset authors' RL4LMs "
         "actor-critic, TRL's PPOTrainer), so a reset of the policy does not move the value function; shared: the head on the "

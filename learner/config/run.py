@@ -92,6 +92,10 @@ class RuntimeConfig(Strict):
         0, ge=0,
         description="Rollouts stamped with a policy_version older than learner.version - max_staleness are dropped (synchronous on-policy PPO: 0).",
     )
+    pipeline: bool = Field(
+        False, description="One-step off-policy rollouts (opt-in, PPO): while the learner trains on batch i, the rollout engines "
+        "generate batch i+1 with the weights from before that update; each batch records its staleness and PPO corrects the stale "
+        "tokens with a truncated importance weight (ppo.offpolicy_is_cap). Needs max_staleness >= 1.")
     ray_address: str | None = Field(None, description="Ray cluster to join ('auto', 'ray://host:10001', host:port). None = env RAY_ADDRESS, else a local cluster.")
     local_num_cpus: int | None = Field(None, ge=1, description="CPUs of a locally started Ray cluster (None = all cores).")
     object_store_mb: int = Field(512, ge=64, description="Object store size of a locally started Ray cluster (keep modest on small machines).")
@@ -167,6 +171,19 @@ class TetherConfig(Strict):
             if getattr(sec, name) % n:
                 raise ValueError(f"{self.algorithm}.{name} ({getattr(sec, name)}) must be a multiple of runtime.learner.ranks ({n}): "
                                  "every rank takes an equal share of each batch")
+        return self
+
+    @model_validator(mode="after")
+    def _pipeline(self) -> "TetherConfig":
+        r = self.runtime
+        if not r.pipeline:
+            return self
+        if self.algorithm != "ppo":
+            raise ValueError(f"runtime.pipeline applies to algorithm 'ppo' (its importance correction is PPO's); this run uses "
+                             f"'{self.algorithm}': set runtime.pipeline: false")
+        if r.max_staleness < 1:
+            raise ValueError(f"runtime.pipeline generates each batch with the weights from one update before: set runtime.max_staleness "
+                             f">= 1 (it is {r.max_staleness}), or runtime.pipeline: false")
         return self
 
     @property

@@ -17,7 +17,7 @@ from learner.methods.elastic_reset import ElasticReset
 from learner.methods.kl import exact_kl_from_logits, kl_estimate, make_kl_controller
 from learner.methods.logprobs import entropy_from_logits, masked_mean, masked_sum, masked_whiten
 from learner.models.policy import SPEEDUPS, PolicyWithValue, make_adam, optimizer_step, response_logprobs, trim_padding
-from learner.methods.ppo import gae, per_token_rewards, policy_loss, value_loss
+from learner.methods.ppo import gae, per_token_rewards, policy_loss, truncated_is_weights, value_loss
 from learner.types import ScoredRollouts
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,9 @@ class PPOLearner(LearnerBase):
                 adv = masked_whiten(adv, mask)
             beh = self.tensor([x + [0.0] * (mask.shape[1] - len(x)) for x in r.behaviour_logprobs])
             behaviour_gap = masked_mean((beh - old_logp).abs(), mask)
+            # stale rollouts (runtime.pipeline): weight each token by min(pi_old / mu, cap); fresh ones are not reweighted
+            is_w, is_stats = (truncated_is_weights(old_logp=old_logp, behaviour_logp=beh, mask=mask, cap=c.offpolicy_is_cap) if stale > 0
+                              else (None, {"is_weight_mean": 1.0, "is_clipfrac": 0.0}))
         self.model.train()
         stats: dict[str, list[float]] = {k: [] for k in ("loss/policy", "loss/value", "loss/entropy", "ppo/clipfrac", "ppo/approx_kl", "ppo/vf_clipfrac", "optim/grad_norm")}
         rng = self.minibatch_rng()
@@ -94,7 +97,8 @@ class PPOLearner(LearnerBase):
                 mb = trim_padding({k: (v[idx_t] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()})
                 m = mb["response_mask"]
                 logp, values, mb_logits = response_logprobs(self.model, mb, with_values=True, return_logits=True)
-                pl, pst = policy_loss(logp=logp, old_logp=old_logp[idx_t], advantages=adv[idx_t], mask=m, clip=c.clip)
+                pl, pst = policy_loss(logp=logp, old_logp=old_logp[idx_t], advantages=adv[idx_t], mask=m, clip=c.clip,
+                                      weights=None if is_w is None else is_w[idx_t])
                 vl, vst = value_loss(values=values, old_values=old_values[idx_t], returns=returns[idx_t], mask=m, clip=c.value_clip)
                 loss = pl + c.value_coef * vl
                 if c.entropy_coef > 0 or not SPEEDUPS.entropy_without_grad:
@@ -133,6 +137,8 @@ class PPOLearner(LearnerBase):
             "reward/train_total": float(masked_sum(rewards, mask, dim=1).mean()),
             "rollout/staleness": float(stale),
             "rollout/behaviour_logp_gap": float(behaviour_gap),
+            "offpolicy/is_weight_mean": is_stats["is_weight_mean"],
+            "offpolicy/is_clipfrac": is_stats["is_clipfrac"],
             "policy/version": float(self.version),
             "time_s/learn": time.time() - t0,
         })

@@ -8,6 +8,8 @@ input are ignored, and masked-out positions of every output are 0.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -69,12 +71,15 @@ def gae(*, rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: flo
     return adv, returns
 
 
-def policy_loss(*, logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip: float) -> tuple[Tensor, dict[str, float]]:
+def policy_loss(*, logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip: float,
+                weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise.
 
-    L = masked_mean(max(-A * rho, -A * clip(rho, 1 - eps, 1 + eps))), rho = exp(logp - old_logp).
-    logp, old_logp, advantages, mask: (B, T). Stats: clipfrac, approx_kl (masked mean of
-    0.5 * (logp - old_logp)^2, i.e. k2), ratio_mean.
+    L = masked_mean(w * max(-A * rho, -A * clip(rho, 1 - eps, 1 + eps))), rho = exp(logp - old_logp).
+    logp, old_logp, advantages, mask: (B, T); ``weights`` w (B, T), constants (default 1): the off-policy correction of
+    stale rollouts (``truncated_is_weights``; the decoupled objective of Hilton et al. 2022, where the clip is taken
+    around the learner's own pi_old and w corrects for the policy that sampled). Stats: clipfrac, approx_kl (masked
+    mean of 0.5 * (logp - old_logp)^2, i.e. k2), ratio_mean.
     """
     valid = mask.bool()  # (B, T)
     logr = torch.where(valid, logp - old_logp.detach(), _zero(logp))  # (B, T); 0 where masked, so no exp overflow
@@ -82,7 +87,10 @@ def policy_loss(*, logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Ten
     adv = torch.where(valid, advantages.detach(), _zero(advantages))  # (B, T)
     pg1 = -adv * ratio
     pg2 = -adv * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    loss = masked_mean(torch.maximum(pg1, pg2), valid)
+    per_token = torch.maximum(pg1, pg2)
+    if weights is not None:
+        per_token = per_token * torch.where(valid, weights.detach(), _zero(per_token))
+    loss = masked_mean(per_token, valid)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((pg2 > pg1).float(), valid).item(),
@@ -90,6 +98,23 @@ def policy_loss(*, logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Ten
             "ratio_mean": masked_mean(ratio.float(), valid).item(),
         }
     return loss, stats
+
+
+def truncated_is_weights(*, old_logp: Tensor, behaviour_logp: Tensor, mask: Tensor, cap: float) -> tuple[Tensor, dict[str, float]]:
+    """Per-token importance weights min(pi_old / mu, cap) of rollouts sampled by mu, an older policy than the learner's
+    pi_old (truncated importance sampling, as IMPALA's rho-bar and the peers' asynchronous modes: veRL's rollout
+    correction, TIS). old_logp, behaviour_logp, mask: (B, T). Masked positions get weight 0; the ratio is formed in
+    log space and clipped before exp, so no overflow. Stats: is_weight_mean, is_clipfrac (share of tokens at the cap).
+    """
+    if not cap > 0:
+        raise ValueError(f"the importance-weight cap must be > 0, got {cap}")
+    valid = mask.bool()
+    logw = torch.where(valid, old_logp.detach() - behaviour_logp.detach(), _zero(old_logp))
+    logw = torch.clamp(logw, max=math.log(cap))
+    w = torch.where(valid, torch.exp(logw), _zero(old_logp))
+    with torch.no_grad():
+        stats = {"is_weight_mean": masked_mean(w, valid).item(), "is_clipfrac": masked_mean((logw >= math.log(cap)).float(), valid).item()}
+    return w, stats
 
 
 def value_loss(*, values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float) -> tuple[Tensor, dict[str, float]]:
