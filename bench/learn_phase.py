@@ -23,11 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-
-def table(title: str, rows: list[tuple], header: tuple) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))  # noqa: E731
-    return "\n".join([f"\n## {title}", line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
+from bench.run_all import table  # noqa: E402
 
 
 def main(argv=None) -> tuple[str, dict]:
@@ -57,17 +53,21 @@ def main(argv=None) -> tuple[str, dict]:
     B = len(r)
     scored = ScoredRollouts(r, [[0.0]] * B, [float(i % 7) / 7 for i in range(B)], [0.0] * B)
     none = P.LearnSpeedups(**{f.name: False for f in dataclasses.fields(P.LearnSpeedups)})
-    variants: dict[str, tuple[P.LearnSpeedups, str]] = {"none (baseline)": (none, "fp32")}
+    variants: dict[str, tuple[P.LearnSpeedups, str, str]] = {"none (baseline)": (none, "fp32", "sdpa")}
     for f in dataclasses.fields(none):
-        variants[f"+ {f.name}"] = (dataclasses.replace(none, **{f.name: True}), "fp32")
-    variants["all (every run)"] = (P.LearnSpeedups(), "fp32")
-    variants["all + bf16 autocast"] = (P.LearnSpeedups(), "bf16")
+        variants[f"+ {f.name}"] = (dataclasses.replace(none, **{f.name: True}), "fp32", "sdpa")
+    variants["all (every run)"] = (P.LearnSpeedups(), "fp32", "sdpa")
+    variants["all + bf16 autocast"] = (P.LearnSpeedups(), "bf16", "sdpa")
+    variants["all + bf16 autocast, eager attention"] = (P.LearnSpeedups(), "bf16", "eager")
     learners, compile_s = {}, None
-    for name, (sp, prec) in variants.items():
+    for name, (sp, prec, attn) in variants.items():
         P.SPEEDUPS.__dict__.update(dataclasses.asdict(sp))
         c = cfg.model_copy(deep=True)
         c.runtime.learner.precision = prec
-        learners[name] = make_learner(c, paths.policy, device="cpu")
+        learners[name] = lrn = make_learner(c, paths.policy, device="cpu")
+        if attn != "sdpa":
+            for m in (lrn.model.lm, lrn.model.critic, lrn.ref):
+                m.set_attn_implementation(attn)
     if args.compile:
         P.SPEEDUPS.__dict__.update(dataclasses.asdict(P.LearnSpeedups()))
         lc = make_learner(cfg, paths.policy, device="cpu")
@@ -77,11 +77,11 @@ def main(argv=None) -> tuple[str, dict]:
         t = time.perf_counter()
         lc.step(scored)  # compiles
         compile_s = time.perf_counter() - t
-        variants["all + torch.compile"] = (P.LearnSpeedups(), "fp32")
+        variants["all + torch.compile"] = (P.LearnSpeedups(), "fp32", "sdpa")
         learners["all + torch.compile"] = lc
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in tqdm(range(args.rounds), desc="interleaved rounds", unit="round"):
-        for name, (sp, _) in variants.items():
+        for name, (sp, _, _) in variants.items():
             P.SPEEDUPS.__dict__.update(dataclasses.asdict(sp))
             lrn = learners[name]
             t = time.perf_counter()

@@ -35,13 +35,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from bench.run_all import table  # noqa: E402
+
 BATCH, MINIBATCH, EPOCHS = 64, 16, 4
-
-
-def table(title: str, rows: list[tuple], header: tuple) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))  # noqa: E731
-    return "\n".join([f"\n## {title}", line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
 
 
 class Clock:
@@ -63,10 +59,17 @@ class Clock:
         return timed
 
 
+CLOCK = Clock()  # TRL's phases: one clock, since its helpers are module functions (sides run one at a time)
+
+
+def _timed(fn, phase_of):
+    return CLOCK.wrap(fn, phase_of)
+
+
 class TRLSide:
     """TRL 1.12's PPOTrainer on the task's models; ``iteration()`` runs one PPO iteration (one batch of 64)."""
 
-    def __init__(self, cfg, paths, prompt_ids: list[list[int]], out: Path):
+    def __init__(self, cfg, paths, prompt_ids: list[list[int]], out: Path, bf16: bool = False):
         import torch
         from datasets import Dataset
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -91,15 +94,17 @@ class TRLSide:
             num_ppo_epochs=EPOCHS, local_rollout_forward_batch_size=BATCH, total_episodes=BATCH, response_length=cfg.generation.max_new_tokens,
             temperature=cfg.generation.temperature, learning_rate=p.lr, lr_scheduler_type="constant", kl_coef=k.coef,
             kl_estimator="k1", vf_coef=p.value_coef, cliprange=p.clip, cliprange_value=p.value_clip, gamma=p.gamma, lam=p.lam,
-            stop_token=None, missing_eos_penalty=None, num_sample_generations=0, seed=cfg.train.seed, bf16=False, fp16=False,
+            stop_token=None, missing_eos_penalty=None, num_sample_generations=0, seed=cfg.train.seed, bf16=bf16, fp16=False,
         )
         self.trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
                                   train_dataset=data, eval_dataset=data, value_model=value)
-        self.clock = Clock()
-        # per-phase time: wrap the module-level helpers train() calls (looked up at call time)
-        pt.batch_generation = self.clock.wrap(pt.batch_generation, lambda: "rollout")
-        pt.get_reward = self.clock.wrap(pt.get_reward, lambda: "score")
-        pt.forward = self.clock.wrap(pt.forward, lambda: "learn fwd" if torch.is_grad_enabled() else "score")
+        self.clock = CLOCK
+        # per-phase time: wrap the module-level helpers train() calls (looked up at call time), once per process
+        if not getattr(pt, "_tether_timed", False):
+            pt.batch_generation = _timed(pt.batch_generation, lambda: "rollout")
+            pt.get_reward = _timed(pt.get_reward, lambda: "score")
+            pt.forward = _timed(pt.forward, lambda: "learn fwd" if torch.is_grad_enabled() else "score")
+            pt._tether_timed = True
 
     def iteration(self) -> dict[str, float]:
         self.clock.t = {}
@@ -114,7 +119,7 @@ class TRLSide:
 class TetherSide:
     """tether's roles in this process at TRL's work: vLLM rollout, one reward model, the PPO learner, weight sync."""
 
-    def __init__(self, cfg, paths, prompts: list[str]):
+    def __init__(self, cfg, paths, prompts: list[str], precision: str = "fp32"):
         from actors.vllm_engine import VLLMEngine
         from learner.learners import make_learner
         from learner.models.reward import RewardModel
@@ -122,7 +127,9 @@ class TetherSide:
         self.cfg, self.prompts = cfg, prompts
         self.engine = VLLMEngine(paths.policy, cfg.generation, kv_cache_gib=cfg.runtime.kv_cache_gib)
         self.reward = RewardModel.load(paths.proxies[0], max_len=cfg.proxy.max_len)
-        self.learner = make_learner(cfg, paths.policy, device="cpu")
+        c = cfg.model_copy(deep=True)
+        c.runtime.learner.precision = precision
+        self.learner = make_learner(c, paths.policy, device="cpu")
         self.seed = 0
 
     def iteration(self) -> dict[str, float]:
@@ -140,7 +147,8 @@ class TetherSide:
         sc = ScoredRollouts(r, [[x] for x in s], s, [0.0] * len(s))
         out["score"] = time.perf_counter() - t
         t = time.perf_counter()
-        self.learner.step(sc)
+        with self.learner.autocast():  # runtime.learner.precision, as the learner role runs it
+            self.learner.step(sc)
         out["learn"] = time.perf_counter() - t
         t = time.perf_counter()
         self.engine.load_weights(self.learner.policy_state_dict(), self.learner.version)
@@ -193,7 +201,7 @@ def require_trl() -> None:
         raise SystemExit(f"TRL's PPO trainer is not installed ({e}): pip install -e '.[bench]' (trl==1.12.0, its last release with PPO)")
 
 
-def matched(rounds: int, threads: int) -> tuple[str, dict, str]:
+def matched(rounds: int, threads: int, bf16: bool = True) -> tuple[str, dict, str]:
     """Interleaved rounds of TRL and tether at matched work: (the table, per-side phase medians, the header line)."""
     import torch
 
@@ -212,23 +220,29 @@ def matched(rounds: int, threads: int) -> tuple[str, dict, str]:
     prompts = make_prompts(load_imdb(cfg.task).train_text, BATCH, cfg.task, seed=11)
     prompt_ids = encode_prompts(tok, prompts)
     mean_prompt = statistics.mean(len(p) for p in prompt_ids)
-    head = (f"tether vs TRL {__import__('trl').__version__} PPOTrainer ({os.cpu_count()} cores, {threads} torch threads, fp32, "
+    head = (f"tether vs TRL {__import__('trl').__version__} PPOTrainer ({os.cpu_count()} cores, {threads} torch threads, "
             f"policy {paths.policy}, proxy {paths.proxies[0]})")
     with tempfile.TemporaryDirectory() as d:
-        sides = {"TRL PPOTrainer": TRLSide(cfg, paths, prompt_ids, Path(d)), "tether (matched work)": TetherSide(cfg, paths, prompts)}
+        sides = {"TRL PPOTrainer": TRLSide(cfg, paths, prompt_ids, Path(d) / "fp32"), "tether (matched work)": TetherSide(cfg, paths, prompts)}
+        if bf16:  # both sides in bf16 autocast (TRL: accelerate's bf16 mixed precision; tether: runtime.learner.precision bf16)
+            sides["TRL PPOTrainer, bf16"] = TRLSide(cfg, paths, prompt_ids, Path(d) / "bf16", bf16=True)
+            sides["tether (matched work), bf16"] = TetherSide(cfg, paths, prompts, precision="bf16")
         res: dict[str, list[dict]] = {k: [] for k in sides}
         from tqdm import tqdm
 
         for _ in tqdm(range(rounds), desc="interleaved rounds (TRL, tether)", unit="round"):
             for name, side in sides.items():
                 res[name].append(side.iteration())
-        sides["tether (matched work)"].engine.close()
+        for side in sides.values():
+            if isinstance(side, TetherSide):
+                side.engine.close()
     med = {k: {ph: statistics.median(x[ph] for x in v[1:]) for ph in v[0]} for k, v in res.items()}
     trl_it = med["TRL PPOTrainer"]["iteration"]
-    rows = [(k, *(f"{m[ph]:.2f}" for ph in ("rollout", "score", "learn", "sync", "iteration")), f"{trl_it / m['iteration']:.2f}x")
-            for k, m in med.items()]
+    same = lambda k: med["TRL PPOTrainer, bf16" if k.endswith("bf16") else "TRL PPOTrainer"]["iteration"]  # noqa: E731
+    rows = [(k, *(f"{m[ph]:.2f}" for ph in ("rollout", "score", "learn", "sync", "iteration")), f"{trl_it / m['iteration']:.2f}x",
+             f"{same(k) / m['iteration']:.2f}x") for k, m in med.items()]
     text = table(f"matched work: seconds per PPO iteration, median of rounds 2..{rounds} (interleaved)", rows,
-                 ("side", "rollout", "score", "learn", "sync", "iteration", "speed vs TRL"))
+                 ("side", "rollout", "score", "learn", "sync", "iteration", "vs TRL fp32", "vs TRL, same precision"))
     text += "\n" + table("roofline", roofline(cfg, paths, threads, med["tether (matched work)"]["learn"], mean_prompt), ("what", "GFLOP/s", ""))
     return text, med, head
 
