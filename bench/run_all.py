@@ -33,7 +33,8 @@ def table(title: str, rows: list[tuple], header: tuple) -> str:
     return "\n".join([f"\n## {title}", line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
 
 
-def bench_rollout(cfg, policy_path: Path, repeats: int = 3) -> tuple[list[tuple], dict]:
+def measure_rollout(cfg, policy_path: Path, repeats: int = 3) -> tuple[dict, dict]:
+    """tokens/s of transformers `generate` and vLLM (rounds interleaved) at 64 and 256 prompts; and the engines."""
     import torch
 
     from actors.vllm_engine import VLLMEngine
@@ -48,20 +49,43 @@ def bench_rollout(cfg, policy_path: Path, repeats: int = 3) -> tuple[list[tuple]
     vllm = VLLMEngine(policy_path, cfg.generation, kv_cache_gib=cfg.runtime.kv_cache_gib)
     startup = time.perf_counter() - t0
     res = {}
-    rows = []
     for n_prompts in (64, 256):  # 64 = the PPO batch of the default job; 256 shows how the gap scales
         ps = (prompts * 4)[:n_prompts]
-        for name, eng in (("transformers generate", hf), ("vLLM", vllm)):
-            rates = []
-            for i in range(repeats):
+        rates = {"transformers generate": [], "vLLM": []}
+        for i in range(repeats):
+            for name, eng in (("transformers generate", hf), ("vLLM", vllm)):
                 t = time.perf_counter()
                 r = eng.generate(ps, seed=100 + i)
-                rates.append(sum(len(x) for x in r.response_ids) / (time.perf_counter() - t))
-            res[(n_prompts, name)] = statistics.median(rates)
-        for name in ("transformers generate", "vLLM"):
-            v = res[(n_prompts, name)]
-            rows.append((n_prompts, name, f"{v:,.0f}", f"{v / res[(n_prompts, 'transformers generate')]:.2f}x"))
-    return rows, {"vllm": vllm, "hf": hf, "vllm_startup_s": startup, "rates": res}
+                rates[name].append(sum(len(x) for x in r.response_ids) / (time.perf_counter() - t))
+        for name, v in rates.items():
+            res[f"{n_prompts}/{name}"] = statistics.median(v)
+    return res, {"vllm": vllm, "hf": hf, "vllm_startup_s": startup}
+
+
+def bench_rollout(cfg, policy_path: Path, repeats: int = 3) -> tuple[list[tuple], dict]:
+    """Section 1: vLLM with its engine core in a child process (vLLM's default) here, and with the engine core in the
+    calling process (runtime.vllm_engine_core: in_actor) in a subprocess of its own, each against transformers."""
+    import json
+
+    res, eng = measure_rollout(cfg, policy_path, repeats)
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # vLLM's CPU worker then owns that process's torch threads
+    out = subprocess.run([sys.executable, str(Path(__file__)), "--rollout-probe", "--config", "default"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=1200)
+    lines = [x for x in out.stdout.splitlines() if x.startswith("PROBE ")]
+    probe = json.loads(lines[-1][len("PROBE "):]) if lines else None
+    rows = []
+    for n in (64, 256):
+        hf = res[f"{n}/transformers generate"]
+        rows.append((n, "transformers generate", f"{hf:,.0f}", "1.00x"))
+        rows.append((n, "vLLM (engine core in a child process, vLLM's default)", f"{res[f'{n}/vLLM']:,.0f}", f"{res[f'{n}/vLLM'] / hf:.2f}x"))
+        if probe:
+            hf2 = probe[f"{n}/transformers generate"]
+            rows.append((n, "transformers generate (in the probe process)", f"{hf2:,.0f}", "1.00x"))
+            rows.append((n, "vLLM, engine core in the process (runtime.vllm_engine_core: in_actor)", f"{probe[f'{n}/vLLM']:,.0f}",
+                         f"{probe[f'{n}/vLLM'] / hf2:.2f}x"))
+    if probe is None:
+        rows.append(("-", f"in-process engine core probe failed: {out.stderr[-300:]!r}", "", ""))
+    return rows, eng
 
 
 def bench_sync(engines: dict, policy_path: Path, repeats: int = 5) -> list[tuple]:
@@ -200,6 +224,7 @@ def main() -> int:
     ap.add_argument("--skip-job", action="store_true", help="skip the per-iteration split and the peak-memory run")
     ap.add_argument("--skip-trl", action="store_true", help="skip sections 5-6 (the learn phase's shares, the TRL side-by-side)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of sections 5-6 (the first is discarded)")
+    ap.add_argument("--rollout-probe", action="store_true", help=argparse.SUPPRESS)  # section 1's in-process engine core, in its own process
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from tasks.imdb.build import resolve
@@ -207,6 +232,13 @@ def main() -> int:
 
     cfg = load_config(args.config).expand()[0]
     paths = resolve(cfg, cfg_source=args.config)
+    if args.rollout_probe:
+        import json
+
+        res, eng = measure_rollout(cfg, Path(paths.policy))
+        eng["vllm"].close()
+        print("PROBE " + json.dumps(res), flush=True)
+        return 0
     report = [f"# tether benchmarks ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, policy {paths.policy})"]
     rows, eng = bench_rollout(cfg, Path(paths.policy))
     report.append(table(f"1. rollout throughput, {cfg.generation.max_new_tokens} new tokens, sampling + log-probs, median of 3 (vLLM start-up {eng['vllm_startup_s']:.0f}s)",

@@ -116,3 +116,33 @@ def test_pipelined_run_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):
         tr.close()
     _check_pipelined(read_metrics(tmp_path / "p"), cfg.train.iterations)
     assert "eval/gold_mean" in summary
+
+
+@pytest.mark.slow
+def test_vllm_engine_core_in_the_rollout_actor(tiny_assets, ray_cluster, tmp_path):
+    """runtime.vllm_engine_core: in_actor runs vLLM's engine core in the Ray rollout actor's own process (no EngineCore
+    child): the run trains, and the engine samples with exactly the learner's weights after every sync."""
+    import psutil
+    import ray
+
+    from actors.recovery import _pid
+
+    base = tiny_assets[0]
+    cfg = base.model_copy(update={"runtime": base.runtime.model_copy(update={"mode": "ray", "engine": "vllm", "vllm_engine_core": "in_actor",
+                                                                             "checkpoint_every": 0})})
+    tr = Trainer(cfg, tmp_path / "c", progress=False)
+    try:
+        pid = ray.get(tr.roles.rollout[0].__ray_call__.remote(_pid))
+        kids = [c.name() for c in psutil.Process(pid).children(recursive=True)]
+        assert not any("EngineCore" in k for k in kids), kids
+        tr.run()
+    finally:
+        tr.close()
+    steps = [r for r in read_metrics(tmp_path / "c") if "loss/policy" in r]
+    assert len(steps) == cfg.train.iterations and all(r["rollout/behaviour_logp_gap"] < 1e-3 for r in steps)
+
+
+def test_engine_core_in_actor_needs_ray_and_vllm(tiny_assets):
+    base = tiny_assets[0].dump()
+    with pytest.raises(Exception, match="needs runtime.mode: ray"):
+        validate_dict({**base, "runtime": {**base.get("runtime", {}), "mode": "local", "vllm_engine_core": "in_actor"}}, source="test")

@@ -87,6 +87,10 @@ class RuntimeConfig(Strict):
         "nodes). collective: the learner broadcasts to every rollout engine's workers in one process group (gloo on CPU, NCCL on GPU), "
         "bucket by bucket into vLLM's in-place reload, no file system (across nodes)."
     )
+    vllm_engine_core: Literal["process", "in_actor"] = Field(
+        "process", description="Where each Ray rollout actor runs vLLM's engine core: process = vLLM's own child process (its default; "
+        "every decoding step crosses a socket), in_actor = in the actor's process (no per-step IPC; measured in `make bench`). in_actor "
+        "needs runtime.mode: ray and engine: vllm (vLLM's CPU worker then owns the process's torch threads, so it gets a process of its own: the actor).")
     weight_bucket_mb: float = Field(64.0, gt=0, le=65536, description="collective weight sync: tensors per broadcast, in MiB.")
     max_staleness: int = Field(
         0, ge=0,
@@ -171,6 +175,14 @@ class TetherConfig(Strict):
             if getattr(sec, name) % n:
                 raise ValueError(f"{self.algorithm}.{name} ({getattr(sec, name)}) must be a multiple of runtime.learner.ranks ({n}): "
                                  "every rank takes an equal share of each batch")
+        return self
+
+    @model_validator(mode="after")
+    def _engine_core(self) -> "TetherConfig":
+        r = self.runtime
+        if r.vllm_engine_core == "in_actor" and (r.mode != "ray" or r.engine != "vllm"):
+            raise ValueError(f"runtime.vllm_engine_core 'in_actor' puts vLLM's engine core in the Ray rollout actor: it needs runtime.mode: ray "
+                             f"and runtime.engine: vllm (this run has mode {r.mode!r}, engine {r.engine!r}); use vllm_engine_core: process")
         return self
 
     @model_validator(mode="after")
