@@ -111,3 +111,15 @@ def test_a_ppo_step_with_every_speedup_equals_one_with_none(tiny_assets, speedup
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), k
     for k in w_off:
         torch.testing.assert_close(w_on[k], w_off[k], rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_on_the_cpu_uses_eager_attention_and_fp32_keeps_sdpa(tiny_assets):
+    from learner.learners import make_learner
+
+    cfg, _, paths = tiny_assets
+    for prec, attn in (("fp32", "sdpa"), ("bf16", "eager")):
+        c = cfg.model_copy(deep=True)
+        c.runtime.learner.precision = prec
+        lrn = make_learner(c, paths.policy, device=torch.device("cpu"))
+        got = {lrn.model.lm.config._attn_implementation, lrn.model.critic.config._attn_implementation, lrn.ref.config._attn_implementation}
+        assert got == {attn}, (prec, got)

@@ -105,41 +105,27 @@ def test_pipelined_run_in_process(tiny_assets, tmp_path):
 
 
 @pytest.mark.slow
-def test_pipelined_run_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):
-    """The default runtime (Ray actors + vLLM) with runtime.pipeline on."""
+def test_pipelined_run_through_ray_and_vllm_with_the_engine_core_in_the_actor(tiny_assets, ray_cluster, tmp_path):
+    """Ray actors + vLLM with both opt-ins of issue 14: runtime.pipeline, and runtime.vllm_engine_core: in_actor (vLLM's engine
+    core in the rollout actor's own process, no EngineCore child; the probe fails with the default 'process')."""
+    import psutil
+    import ray
+
+    from actors.recovery import _pid
+
     cfg = _pipelined(tiny_assets, "ray", "vllm", True)
+    cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"vllm_engine_core": "in_actor"})})
     tr = Trainer(cfg, tmp_path / "p", progress=False)
     try:
+        pid = ray.get(tr.roles.rollout[0].__ray_call__.remote(_pid))
+        kids = [c.name() for c in psutil.Process(pid).children(recursive=True)]
+        assert not any("EngineCore" in k for k in kids), kids
         summary = tr.run()
         assert tr.roles.generate(["This movie"], seed=1).policy_version == tr.roles.learner_version()  # synced at the end
     finally:
         tr.close()
     _check_pipelined(read_metrics(tmp_path / "p"), cfg.train.iterations)
     assert "eval/gold_mean" in summary
-
-
-@pytest.mark.slow
-def test_vllm_engine_core_in_the_rollout_actor(tiny_assets, ray_cluster, tmp_path):
-    """runtime.vllm_engine_core: in_actor runs vLLM's engine core in the Ray rollout actor's own process (no EngineCore
-    child): the run trains, and the engine samples with exactly the learner's weights after every sync."""
-    import psutil
-    import ray
-
-    from actors.recovery import _pid
-
-    base = tiny_assets[0]
-    cfg = base.model_copy(update={"runtime": base.runtime.model_copy(update={"mode": "ray", "engine": "vllm", "vllm_engine_core": "in_actor",
-                                                                             "checkpoint_every": 0})})
-    tr = Trainer(cfg, tmp_path / "c", progress=False)
-    try:
-        pid = ray.get(tr.roles.rollout[0].__ray_call__.remote(_pid))
-        kids = [c.name() for c in psutil.Process(pid).children(recursive=True)]
-        assert not any("EngineCore" in k for k in kids), kids
-        tr.run()
-    finally:
-        tr.close()
-    steps = [r for r in read_metrics(tmp_path / "c") if "loss/policy" in r]
-    assert len(steps) == cfg.train.iterations and all(r["rollout/behaviour_logp_gap"] < 1e-3 for r in steps)
 
 
 def test_engine_core_in_actor_needs_ray_and_vllm(tiny_assets):
