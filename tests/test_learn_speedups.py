@@ -120,6 +120,6 @@ def test_bf16_on_the_cpu_uses_eager_attention_and_fp32_keeps_sdpa(tiny_assets):
     for prec, attn in (("fp32", "sdpa"), ("bf16", "eager")):
         c = cfg.model_copy(deep=True)
         c.runtime.learner.precision = prec
-        lrn = make_learner(c, paths.policy, device=torch.device("cpu"))
+        lrn = make_learner(c, paths.policy, device="cpu")  # a device name works as well as a torch.device
         got = {lrn.model.lm.config._attn_implementation, lrn.model.critic.config._attn_implementation, lrn.ref.config._attn_implementation}
         assert got == {attn}, (prec, got)

@@ -37,13 +37,14 @@ def make_learner(cfg: TetherConfig, policy_path, *, reference: list | None = Non
                  device=None):
     """The configured algorithm's learner, with pi_0 and the reference on ``device`` (default: the one
     runtime.learner.device and num_gpus resolve to in this process; the GPU Ray assigned, else the CPU)."""
+    import torch
     from transformers import AutoTokenizer
 
     from learner.models.device import role_device
     from learner.models.policy import load_policy
 
     lr = cfg.runtime.learner
-    device = role_device(cfg, "learner") if device is None else device
+    device = role_device(cfg, "learner") if device is None else torch.device(device)
     tok = AutoTokenizer.from_pretrained(str(policy_path))
     init_lm = load_policy(policy_path).to(device)
     ref = load_reference(list(reference or []), list(reference_weights or []), init_lm).to(device)
