@@ -147,10 +147,47 @@ def guard_markdown(g: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def guard_plots(g: dict, runs: list[dict], out_dir: Path) -> list[Path]:
+    """guard.png: (left) the held-out runs' mean gold at each signal's pick, at the end and at best; (right) every held-out
+    run's gold against iterations with the chosen signal's alarm (red line) and pick (dot)."""
+    from services.report import COLORS, plt, save_figure
+
+    ok = {k: v for k, v in g.get("signals", {}).items() if "error" not in v}
+    best = g.get("best_signal")
+    if not ok or best is None:
+        return []
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1.1, 1]})
+    names = list(ok)
+    x = np.arange(len(names))
+    for j, (key, label) in enumerate((("gold_pick", "at the guard's pick"), ("gold_final", "at the end"), ("gold_best", "best in hindsight"))):
+        a.bar(x + (j - 1) * 0.27, [ok[n][key] for n in names], 0.27, label=label, color=COLORS[j % len(COLORS)])
+    a.set_xticks(x, [n + (" *" if n == best else "") for n in names], rotation=35, ha="right", fontsize=8)
+    a.axhline(0, color="0.6", lw=0.8)
+    a.set_ylabel(f"mean gold, {g['n_test']} held-out runs")
+    a.set_title("each signal's calibrated rule (* chosen on calibration)", fontsize=9)
+    a.legend(fontsize=8)
+    held = [r for r in runs if r["seed"] not in g["calib_seeds"]]
+    rows = {(x["stage"], x["method"], x["seed"]): x for x in ok[best]["runs"]}
+    for i, r in enumerate(held):
+        c = COLORS[i % len(COLORS)]
+        b.plot(r["steps"], r["gold"], color=c, lw=1.2, ls="-" if i < len(COLORS) else "--", label=f"{r['stage']}/{r['method']}")
+        x_ = rows.get((r["stage"], r["method"], r["seed"]))
+        if x_ is not None:
+            b.plot([x_["pick_step"]], [x_["gold_pick"]], "o", color=c, ms=5)
+            if x_["alarm"] is not None:
+                b.axvline(x_["alarm"], color=c, ls=":", lw=0.8)
+    b.set_xlabel("iteration")
+    b.set_ylabel("held-out gold")
+    b.set_title(f"held-out runs: gold, the {best} alarm (dotted) and pick (dot)", fontsize=9)
+    b.legend(fontsize=6, ncol=2)
+    return [save_figure(fig, Path(out_dir) / "guard.png")]
+
+
 def write_guard_report(out_dir: Path, dirs: dict[str, Path]) -> dict:
-    g = grade(collect(dirs))
+    runs = collect(dirs)
+    g = grade(runs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "guard.json").write_text(json.dumps(g, indent=2, default=float))
-    (out_dir / "guard.md").write_text(guard_markdown(g))
+    (out_dir / "guard.md").write_text(guard_markdown(g) + ("\n![guard](guard.png)\n" if guard_plots(g, runs, out_dir) else ""))
     return g

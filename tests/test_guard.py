@@ -101,6 +101,16 @@ def test_calibration_on_some_seeds_and_grading_on_the_others():
     assert "error" in grade(runs, calib_seeds=(0, 1, 2))
 
 
+def test_guard_plot_of_the_grading(tmp_path):
+    from services.guard_grade import grade, guard_plots
+
+    runs = [_synthetic_run(s, overopt=True) for s in range(3)]
+    g = grade(runs, calib_seeds=(0, 1))
+    (png,) = guard_plots(g, runs, tmp_path)
+    assert png.name == "guard.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert guard_plots({"error": "no runs"}, [], tmp_path) == []
+
+
 def test_replay_reads_a_run_folder(tmp_path):
     from services.guard_grade import replay
 
