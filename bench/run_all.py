@@ -202,19 +202,11 @@ def bench_job(config: str, iterations: int, runs_dir: Path) -> tuple[list[tuple]
     if proc.returncode != 0:
         raise SystemExit(f"the job failed:\n{out[-3000:]}")
     from bench.trl_side_by_side import job_medians
-    from services.runlog import read_metrics
 
     phases = ("time_s/rollout", "time_s/reward_and_gold", "time_s/learn", "time_s/sync", "time_s/gold_eval", "time_s/iteration")
-    rows = []
-    for run in sorted(p for p in runs_dir.glob("*/*") if (p / "metrics.jsonl").exists()):
-        ms = [m for m in read_metrics(run) if "time_s/iteration" in m][1:]  # first iteration includes warm-up effects
-        if not ms:
-            continue
-        # eval runs every train.eval_every iterations: its median is over the iterations that ran one
-        med = {k: statistics.median([m[k] for m in ms if k in m] or [0.0]) for k in phases}
-        sync_share = 100 * med["time_s/sync"] / med["time_s/iteration"]
-        rows.append((run.name, *(f"{med[k]:.2f}" for k in phases), f"{sync_share:.1f}%"))
-    return rows, mon.peak / 2**30, job_medians(runs_dir)
+    runs = job_medians(runs_dir)
+    rows = [(name, *(f"{med[k]:.2f}" for k in phases), f"{100 * med['time_s/sync'] / med['time_s/iteration']:.1f}%") for name, med in runs]
+    return rows, mon.peak / 2**30, runs
 
 
 def main() -> int:

@@ -291,7 +291,8 @@ def job_medians(runs_dir: Path) -> list[tuple[str, dict]]:
         ms = [m for m in read_metrics(run) if "time_s/iteration" in m][1:]
         if not ms:
             continue
-        med = {k: statistics.median([m.get(k, 0.0) for m in ms]) for k in
+        # the held-out evaluation runs every train.eval_every iterations: its median is over the iterations that ran one
+        med = {k: statistics.median([m[k] for m in ms if k in m] or [0.0]) for k in
                ("time_s/rollout", "time_s/reward_and_gold", "time_s/learn", "time_s/sync", "time_s/gold_eval", "time_s/iteration")}
         med["iteration w/o eval"] = statistics.median([m["time_s/iteration"] - m.get("time_s/gold_eval", 0.0) for m in ms])
         out.append((run.name, med))

@@ -174,6 +174,10 @@ def test_truncated_is_weights_by_hand():
     assert st["is_clipfrac"] == pytest.approx(1 / 3) and st["is_weight_mean"] == pytest.approx((1 + math.exp(-1) + 2) / 3)
     w_huge, _ = truncated_is_weights(old_logp=torch.tensor([[1e4]]), behaviour_logp=torch.tensor([[-1e4]]), mask=torch.ones(1, 1), cap=2.0)
     assert torch.isfinite(w_huge).all() and float(w_huge) == 2.0
+    # mu = 0 (log -inf) gives the cap; an unknown (NaN) behaviour log-prob gives weight 0, never a NaN loss
+    w_odd, _ = truncated_is_weights(old_logp=torch.tensor([[-1.0, -1.0]]), behaviour_logp=torch.tensor([[-math.inf, math.nan]]),
+                                    mask=torch.ones(1, 2), cap=2.0)
+    assert w_odd.tolist() == [[2.0, 0.0]]
     with pytest.raises(ValueError, match="cap must be > 0"):
         truncated_is_weights(old_logp=old, behaviour_logp=beh, mask=mask, cap=0.0)
 

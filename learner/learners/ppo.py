@@ -106,7 +106,7 @@ class PPOLearner(LearnerBase):
                     loss = loss - c.entropy_coef * ent
                 else:  # logged only: no graph through a (b, R, V) softmax that the loss does not use
                     with torch.no_grad():
-                        ent = masked_mean(entropy_from_logits(mb_logits.detach()), m)
+                        ent = masked_mean(entropy_from_logits(mb_logits), m)
                 share = dp.share(m.sum())  # every term is a mean over the minibatch's response tokens
                 gn = optimizer_step(self.opt, loss * share if dp.active else loss, self.model.parameters(), c.max_grad_norm,
                                     reduce_grads=dp.reduce_grads)

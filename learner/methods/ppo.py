@@ -104,13 +104,15 @@ def truncated_is_weights(*, old_logp: Tensor, behaviour_logp: Tensor, mask: Tens
     """Per-token importance weights min(pi_old / mu, cap) of rollouts sampled by mu, an older policy than the learner's
     pi_old (truncated importance sampling, as IMPALA's rho-bar and the peers' asynchronous modes: veRL's rollout
     correction, TIS). old_logp, behaviour_logp, mask: (B, T). Masked positions get weight 0; the ratio is formed in
-    log space and clipped before exp, so no overflow. Stats: is_weight_mean, is_clipfrac (share of tokens at the cap).
+    log space and clipped before exp, so no overflow (mu = 0 gives the cap); a NaN ratio (an unknown sampling
+    probability) gives weight 0, so one bad token cannot turn the loss into NaN. Stats: is_weight_mean, is_clipfrac
+    (share of tokens at the cap).
     """
     if not cap > 0:
         raise ValueError(f"the importance-weight cap must be > 0, got {cap}")
     valid = mask.bool()
     logw = torch.where(valid, old_logp.detach() - behaviour_logp.detach(), _zero(old_logp))
-    logw = torch.clamp(logw, max=math.log(cap))
+    logw = torch.clamp(torch.nan_to_num(logw, nan=-math.inf), max=math.log(cap))
     w = torch.where(valid, torch.exp(logw), _zero(old_logp))
     with torch.no_grad():
         stats = {"is_weight_mean": masked_mean(w, valid).item(), "is_clipfrac": masked_mean((logw >= math.log(cap)).float(), valid).item()}

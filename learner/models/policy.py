@@ -150,9 +150,9 @@ def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
 def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop the leading columns that are padding in every row of a left-padded ``pad_batch`` batch (a minibatch whose
     prompts are all shorter than the batch's longest): the same positions, logits and values, fewer columns."""
-    att = batch["attention_mask"]
     if not SPEEDUPS.trim_padding:
         return batch
+    att = batch["attention_mask"]
     real = att.any(0)  # (L,)
     first = int(real.to(torch.int8).argmax()) if bool(real.any()) else 0
     first = min(first, batch["prompt_width"] - 1)  # keep position P - 1, whose logits predict the first response token
