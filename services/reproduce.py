@@ -48,6 +48,8 @@ STAGES = (
           ROOT / "configs" / "sweeps" / "overopt.yaml"),
     Stage("elastic_reset", "Elastic Reset vs PPO + KL (0.01 from overopt, 0.05 here)", SPEC_DIR / "elastic_reset.yaml"),
     Stage("ensembles", "PPO with a single proxy, WCO and UWO (the mean is overopt's KL 0 arm)", SPEC_DIR / "ensembles.yaml"),
+    Stage("ensembles_clean", "PPO with a single proxy, the mean, WCO and UWO on clean labels (no label noise)",
+          SPEC_DIR / "ensembles_clean.yaml"),
     Stage("bon", "best-of-n to n = 256 from N = 512 samples per prompt, noisy and clean labels, every aggregation"),
     Stage("quark", "Quark vs PPO + KL on toxicity", SPEC_DIR / "quark.yaml"),
     Stage("salsa", "SALSA (soup) vs its one-SFT-model baseline", SPEC_DIR / "salsa.yaml"),
@@ -358,6 +360,15 @@ def _rl_peak_log_ratio(arm: str):
     return f
 
 
+def ppo_ensemble_arms(dirs: dict[str, Path], stage: str) -> dict[str, list[C.RunCurve]]:
+    """The PPO ensemble stage's arms: single, mean, wco, uwo. The 25%-noise stage borrows its mean arm from the
+    overopt sweep's KL-0 arm (the default proxies, read to the stage's horizon); the clean stage runs its own."""
+    ens = {a: load_runs(dirs[stage], a) for a in ("single", "wco", "uwo")}
+    horizon = max((int(r.steps[-1]) for rs in ens.values() for r in rs), default=30)
+    mean = load_runs(dirs["overopt"], "ppo_kl0", max_step=horizon) if stage == "ensembles" else load_runs(dirs[stage], "mean")
+    return {"single": ens["single"], "mean": mean, "wco": ens["wco"], "uwo": ens["uwo"]}
+
+
 def sweep_claims(dirs: dict[str, Path]) -> list[Claim]:
     out: list[Claim] = []
     ov = {"kl0": load_runs(dirs["overopt"], "ppo_kl0"), "kl001": load_runs(dirs["overopt"], "ppo_kl001")}
@@ -385,18 +396,18 @@ def sweep_claims(dirs: dict[str, Path]) -> list[Claim]:
                          arms, _gap("er", base, "gold"), missing=m))
         out.append(Claim(noukh, f"Elastic Reset: higher proxy reward than PPO + KL {label} at equal KL", "as above, the proxy",
                          arms, _gap("er", base, "proxy"), missing=m))
-    ens = {a: load_runs(dirs["ensembles"], a) for a in ("single", "wco", "uwo")}
-    horizon = max((int(r.steps[-1]) for r in ens["single"] + ens["wco"] + ens["uwo"]), default=30)
-    ens["mean"] = load_runs(dirs["overopt"], "ppo_kl0", max_step=horizon)
     coste = "Coste et al. 2023"
-    for cons in ("wco", "uwo"):
-        for base in ("single", "mean"):
-            arms = {base: ens[base], cons: ens[cons]}
-            out.append(Claim(coste, f"PPO (KL 0, 25% label noise): {cons.upper()} loses less gold after the peak than "
-                             f"{'a single proxy' if base == 'single' else 'the ensemble mean'}",
-                             f"gold lost after the peak (smoothed peak - mean of the last 3 evaluations, to iteration {horizon}): "
-                             f"{base} minus {cons.upper()}", arms,
-                             _diff(base, cons, lambda v: C.loss_after_peak(v.gold)), missing=_need(arms, "ensembles")))
+    for stage, label in (("ensembles", "25% label noise"), ("ensembles_clean", "clean labels")):
+        ens = ppo_ensemble_arms(dirs, stage)
+        horizon = max((int(r.steps[-1]) for rs in ens.values() for r in rs), default=30)
+        for cons in ("wco", "uwo"):
+            for base in ("single", "mean"):
+                arms = {base: ens[base], cons: ens[cons]}
+                out.append(Claim(coste, f"PPO (KL 0, {label}): {cons.upper()} loses less gold after the peak than "
+                                 f"{'a single proxy' if base == 'single' else 'the ensemble mean'}",
+                                 f"gold lost after the peak (smoothed peak - mean of the last 3 evaluations, to iteration {horizon}): "
+                                 f"{base} minus {cons.upper()}", arms,
+                                 _diff(base, cons, lambda v: C.loss_after_peak(v.gold)), missing=_need(arms, stage)))
     fd = {a: load_runs(dirs["fdpg"], a) for a in ("js", "forward_kl", "reverse_kl")}
     go = "Go et al. 2023"
     out += [
@@ -597,13 +608,13 @@ def draw_plots(out_dir: Path, dirs: dict[str, Path]) -> list[str]:
         figs.append(str(save_figure(fig, Path(out_dir) / "claims_frontiers.png")))
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     drew = False
-    ens = {a: load_runs(dirs["ensembles"], a) for a in ("single", "wco", "uwo")}
-    horizon = max((int(r.steps[-1]) for rs in ens.values() for r in rs), default=30)
-    ens = {"single": ens["single"], "mean": load_runs(dirs["overopt"], "ppo_kl0", max_step=horizon), "wco": ens["wco"], "uwo": ens["uwo"]}
-    if any(ens.values()):
-        ax = axes[0]
+    for ax, stage, label in ((axes[0], "ensembles", "25% label noise"), (axes[1], "ensembles_clean", "clean labels")):
+        ens = ppo_ensemble_arms(dirs, stage)
+        if not any(ens.values()):
+            ax.set_visible(False)
+            continue
         for a, rs in ens.items():
             if not rs:
                 continue
@@ -611,11 +622,9 @@ def draw_plots(out_dir: Path, dirs: dict[str, Path]) -> list[str]:
             G = np.stack([r.gold.mean(axis=1)[:n] for r in rs])
             line, = ax.plot(rs[0].steps[:n], G.mean(axis=0), label=f"{a} ({len(rs)} seeds)")
             ax.fill_between(rs[0].steps[:n], G.min(axis=0), G.max(axis=0), color=line.get_color(), alpha=0.15)
-        ax.set(title="PPO, KL 0, 25% label noise", xlabel="iteration", ylabel="held-out gold (mean; band: seed range)")
+        ax.set(title=f"PPO, KL 0, {label}", xlabel="iteration", ylabel="held-out gold (mean; band: seed range)")
         ax.legend(fontsize=8)
         drew = True
-    else:
-        axes[0].set_visible(False)
     path = Path(dirs["bon"]) / "samples.npz"
     if path.is_file():
         from learner.analysis.best_of_n import bon_gold_per_prompt, bon_ns, kl_bon
@@ -624,7 +633,7 @@ def draw_plots(out_dir: Path, dirs: dict[str, Path]) -> list[str]:
         meta = read_json(Path(dirs["bon"]) / "bon.json").get("settings", {})
         ns = bon_ns(int(meta.get("n_best") or BON_ARGS["n_best"]))
         lam = float(meta.get("uwo_lambda", BON_ARGS["uwo_lambda"]))
-        ax = axes[1]
+        ax = axes[2]
         for key, style in (("noisy", "-"), ("clean", ":")):
             if f"proxy_{key}" not in z.files:
                 continue
@@ -636,7 +645,7 @@ def draw_plots(out_dir: Path, dirs: dict[str, Path]) -> list[str]:
         ax.legend(fontsize=7, ncol=2)
         drew = True
     else:
-        axes[1].set_visible(False)
+        axes[2].set_visible(False)
     if drew:
         figs.append(str(save_figure(fig, Path(out_dir) / "claims_ensembles.png")))
     plt.close(fig)
@@ -665,10 +674,10 @@ def update_readme(path: Path, rows: list[dict]) -> bool:
 
 
 def plan_table(rows: list[dict]) -> str:
-    lines = [f"{'stage':<14} {'cells':>5} {'done':>5} {'iters':>6} {'min left':>9}  what"]
+    lines = [f"{'stage':<15} {'cells':>5} {'done':>5} {'iters':>6} {'min left':>9}  what"]
     for r in rows:
-        lines.append(f"{r['stage']:<14} {r['cells']:>5} {r['finished']:>5} {r['iterations']:>6} {r['minutes_left']:>9.0f}  {r['what']}")
-    lines.append(f"{'total':<14} {'':>5} {'':>5} {'':>6} {sum(r['minutes_left'] for r in rows):>9.0f}")
+        lines.append(f"{r['stage']:<15} {r['cells']:>5} {r['finished']:>5} {r['iterations']:>6} {r['minutes_left']:>9.0f}  {r['what']}")
+    lines.append(f"{'total':<15} {'':>5} {'':>5} {'':>6} {sum(r['minutes_left'] for r in rows):>9.0f}")
     return "\n".join(lines)
 
 
