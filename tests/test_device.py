@@ -73,6 +73,32 @@ def test_bf16_autocast_changes_the_forward_numerics_but_not_the_stored_precision
     assert l16.device == torch.device("cpu")
 
 
+def test_bf16_forwards_after_an_optimiser_step_see_the_updated_weights(tiny_assets):
+    """The learner wraps a whole iteration (every minibatch's update) in one autocast context. autocast's cast cache
+    kept each weight's bf16 copy from its first use there, so every later forward ran on the old weights: PPO's
+    ratio stayed 1 and its clip never engaged. Failed before cache_enabled=False."""
+    from learner.models.policy import optimizer_step, response_logprobs
+
+    cfg16, _, paths, scored = _learner_and_batch(tiny_assets, precision="bf16")
+    lrn = make_learner(cfg16, paths.policy)
+    r = scored.rollouts
+    batch = lrn.batch(r.prompt_ids, r.response_ids)
+    with lrn.autocast():
+        with torch.no_grad():
+            before = response_logprobs(lrn.model.lm, batch)
+        loss = -response_logprobs(lrn.model.lm, batch).mean()
+        optimizer_step(lrn.opt, loss, lrn.model.parameters(), 1.0)
+        with torch.no_grad():
+            after = response_logprobs(lrn.model.lm, batch)
+    with torch.no_grad(), lrn.autocast():
+        fresh = response_logprobs(lrn.model.lm, batch)  # a new context casts the current weights
+    assert not torch.equal(before, after)
+    assert torch.equal(after, fresh)
+    # and through a PPO iteration of 2 minibatches: the second minibatch's ratio moved away from 1
+    _, s16 = _step(cfg16, paths, scored)
+    assert s16["ppo/approx_kl"] > 0
+
+
 def test_gradient_checkpointing_gives_the_same_update(tiny_assets):
     cfg, _, paths, scored = _learner_and_batch(tiny_assets)
     cfg_ck, *_ = _learner_and_batch(tiny_assets, gradient_checkpointing=True)

@@ -54,4 +54,8 @@ def autocast(device: torch.device, precision: str):
         return contextlib.nullcontext()
     if precision != "bf16":
         raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    # cache_enabled=False: autocast's cache keeps the bf16 copy of each weight made at its first use inside the
+    # context, and the learner wraps a whole iteration (many optimiser steps) in one context; with the cache every
+    # forward after the first update ran on the weights from before it (PPO's ratio stayed at 1). Without it each
+    # forward casts the current weights, as accelerate's per-forward autocast (TRL) does.
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
