@@ -97,6 +97,9 @@ def test_bf16_forwards_after_an_optimiser_step_see_the_updated_weights(tiny_asse
     # and through a PPO iteration of 2 minibatches: the second minibatch's ratio moved away from 1
     _, s16 = _step(cfg16, paths, scored)
     assert s16["ppo/approx_kl"] > 0
+    with torch.no_grad(), lrn.autocast():  # the value head runs in float32 under autocast
+        _, values = response_logprobs(lrn.model, batch, with_values=True)
+    assert values.dtype == torch.float32
 
 
 def test_gradient_checkpointing_gives_the_same_update(tiny_assets):

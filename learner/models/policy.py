@@ -39,10 +39,16 @@ class PolicyWithValue(nn.Module):
         kw = lm_keep_kwargs(self.lm, keep)
         if self.critic is None:
             out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, output_hidden_states=True, **kw)
-            return out.logits, self.value_head(out.hidden_states[-1]).squeeze(-1)  # (B, L', V), (B, L)
+            return out.logits, self.values(out.hidden_states[-1])  # (B, L', V), (B, L)
         logits = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, **kw).logits
         h = self.critic(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos).last_hidden_state  # (B, L, H)
-        return logits, self.value_head(h).squeeze(-1)
+        return logits, self.values(h)
+
+    def values(self, h: torch.Tensor) -> torch.Tensor:
+        """The value head on last hidden states (B, L, H) -> (B, L), in float32 even under bf16 autocast: a bf16
+        value (8 bits of mantissa: +-0.02 at 5) would round the advantages' r + V' - V and the value loss."""
+        with torch.autocast(h.device.type, enabled=False):
+            return self.value_head(h.float()).squeeze(-1)
 
 
 def lm_keep_kwargs(lm: nn.Module, keep: int) -> dict:
