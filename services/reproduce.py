@@ -360,13 +360,14 @@ def _rl_peak_log_ratio(arm: str):
     return f
 
 
-def ppo_ensemble_arms(dirs: dict[str, Path], stage: str) -> dict[str, list[C.RunCurve]]:
-    """The PPO ensemble stage's arms: single, mean, wco, uwo. The 25%-noise stage borrows its mean arm from the
-    overopt sweep's KL-0 arm (the default proxies, read to the stage's horizon); the clean stage runs its own."""
+def ppo_ensemble_arms(dirs: dict[str, Path], stage: str) -> tuple[dict[str, list[C.RunCurve]], int]:
+    """The PPO ensemble stage's arms (single, mean, wco, uwo) and its horizon (the last iteration its runs reached).
+    The 25%-noise stage borrows its mean arm from the overopt sweep's KL-0 arm (the default proxies, read to the
+    horizon); the clean stage runs its own."""
     ens = {a: load_runs(dirs[stage], a) for a in ("single", "wco", "uwo")}
     horizon = max((int(r.steps[-1]) for rs in ens.values() for r in rs), default=30)
     mean = load_runs(dirs["overopt"], "ppo_kl0", max_step=horizon) if stage == "ensembles" else load_runs(dirs[stage], "mean")
-    return {"single": ens["single"], "mean": mean, "wco": ens["wco"], "uwo": ens["uwo"]}
+    return {"single": ens["single"], "mean": mean, "wco": ens["wco"], "uwo": ens["uwo"]}, horizon
 
 
 def sweep_claims(dirs: dict[str, Path]) -> list[Claim]:
@@ -398,8 +399,7 @@ def sweep_claims(dirs: dict[str, Path]) -> list[Claim]:
                          arms, _gap("er", base, "proxy"), missing=m))
     coste = "Coste et al. 2023"
     for stage, label in (("ensembles", "25% label noise"), ("ensembles_clean", "clean labels")):
-        ens = ppo_ensemble_arms(dirs, stage)
-        horizon = max((int(r.steps[-1]) for rs in ens.values() for r in rs), default=30)
+        ens, horizon = ppo_ensemble_arms(dirs, stage)
         for cons in ("wco", "uwo"):
             for base in ("single", "mean"):
                 arms = {base: ens[base], cons: ens[cons]}
@@ -611,7 +611,7 @@ def draw_plots(out_dir: Path, dirs: dict[str, Path]) -> list[str]:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     drew = False
     for ax, stage, label in ((axes[0], "ensembles", "25% label noise"), (axes[1], "ensembles_clean", "clean labels")):
-        ens = ppo_ensemble_arms(dirs, stage)
+        ens, _ = ppo_ensemble_arms(dirs, stage)
         if not any(ens.values()):
             ax.set_visible(False)
             continue

@@ -49,8 +49,8 @@ def make_learner(cfg: TetherConfig, policy_path, *, reference: list | None = Non
     init_lm = load_policy(policy_path).to(device)
     ref = load_reference(list(reference or []), list(reference_weights or []), init_lm).to(device)
     if lr.precision == "bf16" and device.type == "cpu":
-        # PyTorch's CPU SDPA backward is slow in bf16 (bench/learn_phase.py: the learn phase 1.36x faster than fp32 with SDPA,
-        # 1.8x with the eager attention); the critic is copied from init_lm below, so it inherits the setting
+        # PyTorch's CPU SDPA backward is slow in bf16 (bench/learn_phase.py: the learn phase 1.50x faster than fp32 with SDPA,
+        # 1.61x with the eager attention); the critic is copied from init_lm below, so it inherits the setting
         for m in (init_lm, ref):
             if hasattr(m, "set_attn_implementation"):
                 m.set_attn_implementation("eager")
