@@ -112,3 +112,32 @@ def test_several_rollout_actors_split_and_sync(tiny_assets, ray_cluster, tmp_pat
         assert all(m["rollout/behaviour_logp_gap"] < 1e-4 for m in rows)
     finally:
         tr.close()
+
+
+def test_bf16_learner_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):
+    """runtime.learner.precision bf16 (what a GPU user sets) on the default path: the learner role trains under bf16
+    autocast with fp32 weights, syncs them to vLLM and the next rollout samples from them. The cast-cache bug of
+    session 20 was caught by a learner-level test only (tests/test_device.py); this runs the same switch through Ray."""
+    cfg = _cfg(tiny_assets, ppo={"lr": 3e-3}, train={"iterations": 2, "eval_every": 2})
+    cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(
+        update={"learner": cfg.runtime.learner.model_copy(update={"precision": "bf16"})})})
+    tr = Trainer(cfg, tmp_path / "bf16", progress=False)
+    try:
+        before = tr.roles.generate(["This movie was", "I did not"], seed=1)
+        tr.run()
+        rows = [r for r in read_metrics(tmp_path / "bf16") if "loss/policy" in r]
+        assert len(rows) == 2
+        for r in rows:
+            assert all(np.isfinite(r[k]) for k in ("loss/policy", "loss/value", "optim/grad_norm", "kl/from_init"))
+            # later minibatches see the updated weights, so the ratio moves off 1: 0.025-0.04 here, 0.0007-0.0008 with the
+            # cast-cache bug (each forward on the weights from before the first update)
+            assert r["ppo/approx_kl"] > 0.005, r["ppo/approx_kl"]
+            # vLLM samples in fp32 with the synced weights, the learner recomputes in bf16: close, not equal (0.0018 here;
+            # fp32 stays under 1e-3)
+            assert 0 < r["rollout/behaviour_logp_gap"] < 0.01, r["rollout/behaviour_logp_gap"]
+        st = ray.get(tr.roles.learner.state_dict.remote())
+        assert {v.dtype for v in st["model"].values() if v.is_floating_point()} == {torch.float32}  # fp32 weights kept
+        after = tr.roles.generate(["This movie was", "I did not"], seed=1)
+        assert after.policy_version == tr.roles.learner_version() and after.response_ids != before.response_ids
+    finally:
+        tr.close()
