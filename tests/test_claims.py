@@ -257,3 +257,43 @@ def test_update_readme_rewrites_only_between_the_markers(tmp_path):
     g = tmp_path / "other.md"
     g.write_text("no markers")
     assert not update_readme(g, rows) and g.read_text() == "no markers"
+
+
+def test_loss_after_peak_to_kl_stops_at_the_kl_budget():
+    kl = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+    g = np.array([0.0, 1.0, 2.0, 3.0, 2.0, 0.0, -1.0, -2.0])
+    s = [0.5, 1.0, 2.0, 7 / 3, 5 / 3, 1 / 3, -1.0, -1.5]  # the 3-point moving average
+    assert C.loss_after_peak_to_kl(kl, g, 5.0) == pytest.approx(7 / 3 - s[5])  # evaluated at KL 5
+    assert C.loss_after_peak_to_kl(kl, g, 4.5) == pytest.approx(7 / 3 - (s[4] + s[5]) / 2)  # interpolated between 4 and 5
+    assert C.loss_after_peak_to_kl(kl, g, 100.0) == pytest.approx(7 / 3 - s[-1])  # never past k: its last value
+    assert C.loss_after_peak_to_kl(kl, g, 2.0) == pytest.approx(0.0)  # still rising at k
+    # KL is not monotone in a run: the cut is where it first exceeds k (a NaN KL counts as past it)
+    # (moving average [1.5, 1, 4, 6, 9]: peak 4 before the cut, 4 + 2 * 3/7 at KL 5 on the way to KL 9: still rising)
+    assert C.loss_after_peak_to_kl(np.array([0.0, 1, 2, 9, 3]), np.array([0.0, 3, 0, 9, 9]), 5.0) == pytest.approx(-2 * 3 / 7)
+    assert C.loss_after_peak_to_kl(np.array([0.0, 1, 2, np.nan, 3]), np.array([0.0, 3, 0, 9, 9]), 5.0) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="at least 3"):
+        C.loss_after_peak_to_kl(kl, g, 1.5)
+    with pytest.raises(ValueError, match="finite"):
+        C.loss_after_peak_to_kl(kl, g, float("nan"))
+
+
+def test_the_kl_matched_loss_removes_the_slower_optimisers_advantage():
+    """Two arms with one gold-vs-KL curve; one drifts half as fast per iteration. By a fixed iteration the slow arm has
+    lost less gold (it is nearer its peak), which is the confound; up to a common KL both have lost the same."""
+    from services.reproduce import _Diff, _LossAtKL
+
+    def run(speed: float, seed: int) -> C.RunView:
+        steps = np.arange(0, 31, 2.0)
+        kl = speed * steps  # KL from pi_0 grows linearly with the iterations, at this arm's speed
+        gold = kl * (3.0 - np.log1p(kl))  # one curve of KL for both arms: peaks near KL 6, then falls
+        curve = C.RunCurve(name="x", seed=seed, steps=steps, kl=kl, gold=gold[:, None], proxy=kl[:, None], groups=np.zeros(1, int))
+        return C.RunView(curve, gold, kl)
+
+    s = {"fast": [run(2.0, i) for i in range(3)], "slow": [run(1.0, i) for i in range(3)]}
+    by_iteration = _Diff("fast", "slow", lambda v: C.loss_after_peak(v.gold))(s)
+    assert by_iteration > 40  # the fast arm "loses" 64, the slow one 17: it simply got further by iteration 30
+    at_kl = _LossAtKL("fast", "slow")
+    parts = at_kl.parts(s)
+    assert parts["common KL"] == pytest.approx(30.0) and parts["slow"] > 15
+    # up to KL 30 both lost about 18; what remains is the moving average's width (2 iterations span 4 KL or 2 KL)
+    assert abs(at_kl(s)) < 0.1 * parts["slow"]

@@ -226,6 +226,38 @@ def loss_after_peak(gold: np.ndarray, *, tail: int = 3) -> float:
     return float(smooth3(g).max() - g[-tail:].mean())
 
 
+def common_kl(views: Sequence[RunView]) -> float:
+    """The largest KL from pi_0 that every run reached: the smallest over the runs of its largest evaluated KL."""
+    top = min(float(np.max(v.kl)) for v in views)
+    if not top > 0:
+        raise ValueError("no run moved from pi_0 (largest KL <= 0)")
+    return top
+
+
+def loss_after_peak_to_kl(kl: np.ndarray, gold: np.ndarray, k: float, *, min_evals: int = 3) -> float:
+    """Gold lost after the peak by the time the run's KL from pi_0 reached ``k``, not by a fixed iteration (there, an
+    arm that drifts slower, still near its peak at the horizon, is credited with losing less). On the 3-point moving
+    average of gold: its peak over the evaluations made before KL first exceeded k, minus its value at KL k
+    (interpolated between the evaluations on either side; the last one's when the run never went past k).
+    ValueError when fewer than ``min_evals`` evaluations lie below k."""
+    from learner.analysis.overopt import smooth3
+
+    kl, g = np.asarray(kl, dtype=np.float64), np.asarray(gold, dtype=np.float64)
+    if kl.shape != g.shape or kl.ndim != 1:
+        raise ValueError(f"kl {kl.shape} and gold {g.shape} must be one length")
+    if not math.isfinite(k):
+        raise ValueError(f"k must be finite, got {k}")
+    over = np.flatnonzero(~(kl <= k))  # a NaN KL counts as past the budget
+    n = int(over[0]) if over.size else g.size
+    if n < min_evals:
+        raise ValueError(f"need at least {min_evals} evaluations below KL {k:g}, got {n}")
+    s = smooth3(g)
+    end = s[n - 1]
+    if n < g.size and math.isfinite(kl[n]) and kl[n] > kl[n - 1]:
+        end = s[n - 1] + (s[n] - s[n - 1]) * (k - kl[n - 1]) / (kl[n] - kl[n - 1])
+    return float(s[:n].max() - end)
+
+
 def final(y: np.ndarray, *, tail: int = 3) -> float:
     """The mean of the last ``tail`` evaluations (less noisy than the last one alone)."""
     y = np.asarray(y, dtype=np.float64)
