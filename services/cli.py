@@ -318,6 +318,8 @@ def cmd_reproduce(args) -> int:
     except (ConfigError, AssetError, RuntimeSetupError) as e:
         sys.exit(f"tether: {e}")
     print(claims_table(result["rows"]))
+    for d, why in (result.get("unreadable_runs") or {}).items():
+        print(f"tether: left out of the claims, could not be read: {d} ({why})", file=sys.stderr)
     print(f"claims: {out / 'claims.md'}")
     if args.readme:
         from services.reproduce import update_readme

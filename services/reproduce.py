@@ -186,8 +186,18 @@ def load_runs(sweep_dir: Path, method: str, *, max_step: int | None = None) -> l
         d = Path(sweep_dir) / c["dir"]
         if run_state(d) != "finished":
             continue
-        out.append(read_run(d, name=f"{method}/seed-{c['seed']}", seed=c["seed"], max_step=max_step))
+        try:
+            out.append(read_run(d, name=f"{method}/seed-{c['seed']}", seed=c["seed"], max_step=max_step))
+        except (ValueError, OSError, KeyError, TypeError) as e:  # one damaged run folder must not lose every other claim
+            why = f"{type(e).__name__}: {e}"
+            if UNREADABLE.get(str(d)) != why:
+                log.warning("skipped the run %s: %s", d, why)
+            UNREADABLE[str(d)] = why
     return out
+
+
+# run folder -> why it could not be read, for the runs load_runs skipped (write_claims lists them in claims.md)
+UNREADABLE: dict[str, str] = {}
 
 
 def read_run(run_dir: Path, *, name: str, seed: int, max_step: int | None = None) -> C.RunCurve:
@@ -266,8 +276,9 @@ def _need(arms: dict[str, list], stage: str) -> str | None:
     short = [f"{a} ({len(r)})" for a, r in arms.items() if len(r) < MIN_SEEDS]
     if not short:
         return None
+    bad = f"; {len(UNREADABLE)} finished run folder(s) could not be read, listed at the end of claims.md" if UNREADABLE else ""
     return (f"fewer than {MIN_SEEDS} finished seeds for {', '.join(short)}: run `tether reproduce --only {stage}` "
-            "(it continues where the stage stopped)")
+            f"(it continues where the stage stopped){bad}")
 
 
 class _Gap:
@@ -538,12 +549,14 @@ def write_claims(out_dir: Path, *, runs_dir: Path | None = None, n_boot: int = 2
 
     runs_dir = Path(runs_dir or load_config("default").runs_dir)
     dirs = stage_dirs(runs_dir)
+    UNREADABLE.clear()
     claims = sweep_claims(dirs) + bon_claims(dirs["bon"])
     rows = [c.evaluate(n_boot, seed) for c in claims]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     timing = stage_minutes(dirs)
-    result = {"n_boot": n_boot, "seed": seed, "rows": rows, "timing": timing, "stage_dirs": {k: str(v) for k, v in dirs.items()}}
+    result = {"n_boot": n_boot, "seed": seed, "rows": rows, "timing": timing, "stage_dirs": {k: str(v) for k, v in dirs.items()},
+              "unreadable_runs": dict(UNREADABLE)}
     (out_dir / "claims.json").write_text(json.dumps(result, indent=2))
     figs = draw_plots(out_dir, dirs) if plots else []
     from services.guard_grade import write_guard_report
@@ -589,6 +602,9 @@ def claims_markdown(result: dict, figs: list[str]) -> str:
         det = "; ".join(f"{k} {fmt(v, '.3f')}" for k, v in (r.get("details") or {}).items())
         out.append(f"- **{r['paper']}: {r['claim']}**: {r['measure'] or '-'}{why}" + (f" [runs: {runs}]" if runs else "")
                    + (f". Measured: {det}" if det else ""))
+    if result.get("unreadable_runs"):
+        out += ["", "## Runs that could not be read (left out of every claim; rerun or repair them, then `tether reproduce --report-only`)", ""]
+        out += [f"- `{d}`: {why}" for d, why in result["unreadable_runs"].items()]
     if result.get("timing"):
         out += ["", "## Time per stage (2 cores; measured from the run folders, without about half a minute of start-up per cell)",
                 "", "| stage | cells finished | minutes |", "|---|---|---|"]

@@ -297,3 +297,31 @@ def test_the_kl_matched_loss_removes_the_slower_optimisers_advantage():
     assert parts["common KL"] == pytest.approx(30.0) and parts["slow"] > 15
     # up to KL 30 both lost about 18; what remains is the moving average's width (2 iterations span 4 KL or 2 KL)
     assert abs(at_kl(s)) < 0.1 * parts["slow"]
+
+
+def test_a_damaged_run_folder_is_named_and_left_out_not_fatal(tmp_path, monkeypatch):
+    """A finished run whose samples and metrics no longer pair (a torn metrics line, a lost samples file) made
+    `tether reproduce --report-only` die with a traceback, losing every other claim. Now that run is left out,
+    named in claims.md with the reason, and the claims it belonged to say why they are not measured."""
+    import services.reproduce as R
+
+    runs = tmp_path / "runs"
+    kl = [0.0, 2, 4, 6, 8, 10, 12, 14]
+    rise_fall = [0.0, 1.0, 2.0, 3.0, 2.0, 0.0, -1.0, -2.0]
+    _write_sweep(runs / "sweep-overopt", {"ppo_kl0": [(rise_fall, kl)] * 3, "ppo_kl001": [(rise_fall, kl)] * 3})
+    _write_sweep(runs / "sweep-repro-er", {"elastic_reset": [([g + 1.0 for g in rise_fall], kl)] * 3, "ppo_kl005": [(rise_fall, kl)] * 3})
+    broken = runs / "sweep-overopt" / "ppo_kl001" / "default" / "seed-1"
+    m = broken / "metrics.jsonl"
+    lines = m.read_text().splitlines()
+    m.write_text("\n".join(lines[:-2]) + "\n" + lines[-2][:30])  # the last evaluation's row cut mid-line, as a killed writer leaves it
+    dirs = {s.name: runs / f"missing-{s.name}" for s in R.STAGES}
+    dirs.update({"overopt": runs / "sweep-overopt", "elastic_reset": runs / "sweep-repro-er", "bon": runs / "reproduce-bon"})
+    monkeypatch.setattr(R, "stage_dirs", lambda runs_dir: dirs)
+    res = R.write_claims(tmp_path / "out", runs_dir=runs, n_boot=200, plots=False)
+    assert list(res["unreadable_runs"]) == [str(broken)] and "8 samples files but 7 evaluations" in res["unreadable_runs"][str(broken)]
+    by = {r["claim"]: r for r in res["rows"]}
+    assert by["PPO with no KL penalty over-optimises the proxy"]["verdict"] == C.HOLDS  # the other arm's claims still measured
+    k001 = by["PPO with KL 0.01 over-optimises the proxy"]
+    assert k001["verdict"] == "not measured" and "kl001 (2)" in k001["why"] and "could not be read" in k001["why"]
+    md = (tmp_path / "out" / "claims.md").read_text()
+    assert "## Runs that could not be read" in md and str(broken) in md
