@@ -191,9 +191,11 @@ class PeakPSS(threading.Thread):
             time.sleep(0.5)
 
 
-def bench_job(config: str, iterations: int, runs_dir: Path) -> tuple[list[tuple], float, list]:
-    """The default job (Ray + vLLM), shortened; returns per-phase seconds and the peak PSS in GiB."""
+def bench_job(config: str, iterations: int, runs_dir: Path, sets: tuple[str, ...] = ()) -> tuple[list[tuple], float, list]:
+    """The default job (Ray + vLLM), shortened (``sets``: more --set overrides); returns per-phase seconds and the peak PSS in GiB."""
     cmd = [sys.executable, "-m", "services.cli", "train", config, "--set", f"train.iterations={iterations}", "--set", f"runs_dir={runs_dir}"]
+    for kv in sets:
+        cmd += ["--set", kv]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     mon = PeakPSS(proc.pid)
     mon.start()
@@ -267,6 +269,12 @@ def main() -> int:
             report.append(trl.table(f"6b. default work: section 3's job (Ray + vLLM, 5 reward models, gold + drift of every batch), without "
                                     "its held-out evaluation, against the TRL median above", trl.default_rows(job_runs, med["TRL PPOTrainer"]["iteration"]),
                                     trl.DEFAULT_HEADER))
+            print("\n".join(report[-2:]), flush=True)
+            with tempfile.TemporaryDirectory() as d:  # the same job with the learner's fastest settings, against TRL in bf16
+                _, _, fast_runs = bench_job(args.config, args.iterations, Path(d), trl.FAST_SETS)
+            report.append(trl.table(f"6c. default work, {' '.join(trl.FAST_SETS)}: section 3's job again (its first iteration, which "
+                                    "compiles, left out like every first iteration), against the TRL bf16 median above",
+                                    trl.default_rows(fast_runs, med["TRL PPOTrainer, bf16"]["iteration"]), trl.DEFAULT_HEADER))
         print("\n".join(report[-2:]), flush=True)
     out.write_text("\n".join(report) + "\n")
     print(f"\nwritten to {out}")

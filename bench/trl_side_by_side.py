@@ -119,7 +119,7 @@ class TRLSide:
 class TetherSide:
     """tether's roles in this process at TRL's work: vLLM rollout, one reward model, the PPO learner, weight sync."""
 
-    def __init__(self, cfg, paths, prompts: list[str], precision: str = "fp32"):
+    def __init__(self, cfg, paths, prompts: list[str], precision: str = "fp32", compile: bool = False):
         from actors.vllm_engine import VLLMEngine
         from learner.learners import make_learner
         from learner.models.reward import RewardModel
@@ -129,6 +129,7 @@ class TetherSide:
         self.reward = RewardModel.load(paths.proxies[0], max_len=cfg.proxy.max_len)
         c = cfg.model_copy(deep=True)
         c.runtime.learner.precision = precision
+        c.runtime.learner.compile = compile  # torch.compile of the transformer bodies: the first learn phase compiles
         self.learner = make_learner(c, paths.policy, device="cpu")
         self.seed = 0
 
@@ -201,7 +202,7 @@ def require_trl() -> None:
         raise SystemExit(f"TRL's PPO trainer is not installed ({e}): pip install -e '.[bench]' (trl==1.12.0, its last release with PPO)")
 
 
-def matched(rounds: int, threads: int, bf16: bool = True) -> tuple[str, dict, str]:
+def matched(rounds: int, threads: int, bf16: bool = True, compile: bool = True) -> tuple[str, dict, str]:
     """Interleaved rounds of TRL and tether at matched work: (the table, per-side phase medians, the header line)."""
     import torch
 
@@ -224,9 +225,13 @@ def matched(rounds: int, threads: int, bf16: bool = True) -> tuple[str, dict, st
             f"policy {paths.policy}, proxy {paths.proxies[0]})")
     with tempfile.TemporaryDirectory() as d:
         sides = {"TRL PPOTrainer": TRLSide(cfg, paths, prompt_ids, Path(d) / "fp32"), "tether (matched work)": TetherSide(cfg, paths, prompts)}
+        if compile:  # runtime.learner.compile (TRL's PPOTrainer has no compile option); round 1 compiles and is discarded
+            sides["tether (matched work), compile"] = TetherSide(cfg, paths, prompts, compile=True)
         if bf16:  # both sides in bf16 autocast (TRL: accelerate's bf16 mixed precision; tether: runtime.learner.precision bf16)
             sides["TRL PPOTrainer, bf16"] = TRLSide(cfg, paths, prompt_ids, Path(d) / "bf16", bf16=True)
             sides["tether (matched work), bf16"] = TetherSide(cfg, paths, prompts, precision="bf16")
+            if compile:
+                sides["tether (matched work), bf16 + compile"] = TetherSide(cfg, paths, prompts, precision="bf16", compile=True)
         res: dict[str, list[dict]] = {k: [] for k in sides}
         from tqdm import tqdm
 
@@ -238,11 +243,15 @@ def matched(rounds: int, threads: int, bf16: bool = True) -> tuple[str, dict, st
                 side.engine.close()
     med = {k: {ph: statistics.median(x[ph] for x in v[1:]) for ph in v[0]} for k, v in res.items()}
     trl_it = med["TRL PPOTrainer"]["iteration"]
-    same = lambda k: med["TRL PPOTrainer, bf16" if k.endswith("bf16") else "TRL PPOTrainer"]["iteration"]  # noqa: E731
+    same = lambda k: med["TRL PPOTrainer, bf16" if "bf16" in k else "TRL PPOTrainer"]["iteration"]  # noqa: E731
     rows = [(k, *(f"{m[ph]:.2f}" for ph in ("rollout", "score", "learn", "sync", "iteration")), f"{trl_it / m['iteration']:.2f}x",
              f"{same(k) / m['iteration']:.2f}x") for k, m in med.items()]
     text = table(f"matched work: seconds per PPO iteration, median of rounds 2..{rounds} (interleaved)", rows,
                  ("side", "rollout", "score", "learn", "sync", "iteration", "vs TRL fp32", "vs TRL, same precision"))
+    warm = [f"{k}: {v[0]['learn']:.0f} s" for k, v in res.items() if k.endswith("compile")]
+    if warm:
+        text += ("\n(compile sides: round 1's learn phase compiled the bodies, " + "; ".join(warm) + "; discarded like every side's "
+                 "round 1. The compile is paid once per learner process; with a warm on-disk cache it is shorter)")
     text += "\n" + table("roofline", roofline(cfg, paths, threads, med["tether (matched work)"]["learn"], mean_prompt), ("what", "GFLOP/s", ""))
     return text, med, head
 
@@ -276,6 +285,11 @@ def main() -> int:
                             f"median over iterations 2..{args.default_iterations} without the held-out evaluation",
                             default_rows(runs, med["TRL PPOTrainer"]["iteration"]), DEFAULT_HEADER))
         print(report[-1], flush=True)
+        with tempfile.TemporaryDirectory() as d:
+            runs = default_work(args.default_iterations, Path(d), FAST_SETS)
+        report.append(table(f"default work, {' '.join(FAST_SETS)} (the first iteration compiles and is left out), against TRL bf16",
+                            default_rows(runs, med["TRL PPOTrainer, bf16"]["iteration"]), DEFAULT_HEADER))
+        print(report[-1], flush=True)
     Path(args.out).write_text("\n".join(report) + "\n")
     print(f"\nwritten to {args.out}")
     return 0
@@ -299,10 +313,15 @@ def job_medians(runs_dir: Path) -> list[tuple[str, dict]]:
     return out
 
 
-def default_work(iterations: int, runs_dir: Path) -> list[tuple[str, dict]]:
+FAST_SETS = ("runtime.learner.precision=bf16", "runtime.learner.compile=true")  # the default job's fastest learner settings
+
+
+def default_work(iterations: int, runs_dir: Path, sets: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
     import subprocess
 
     cmd = [sys.executable, "-m", "services.cli", "train", "default", "--set", f"train.iterations={iterations}", "--set", f"runs_dir={runs_dir}"]
+    for kv in sets:
+        cmd += ["--set", kv]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"the default job failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")

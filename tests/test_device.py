@@ -2,6 +2,7 @@
 bf16 autocast and gradient checkpointing. The device logic is tested here on the CPU; the CUDA tests at the end
 run only where a GPU is visible (they are skipped on CPU-only machines, as on the 2-core CI machine)."""
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -12,6 +13,7 @@ from learner.config import ConfigError, load_config
 from learner.learners import make_learner
 from learner.models.device import DeviceError, autocast, resolve_device
 from learner.models.engine import TransformersEngine
+from learner.models.policy import compile_bodies
 from learner.types import ScoredRollouts
 
 CUDA = torch.cuda.is_available()
@@ -112,6 +114,31 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_assets):
     for (n, a), b in zip(plain.model.named_parameters(), ck.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
     assert s_ck["loss/policy"] == pytest.approx(s_plain["loss/policy"], rel=1e-5, abs=1e-7)
+
+
+def test_compile_gives_the_same_update_and_keeps_the_weights_names(tiny_assets):
+    """runtime.learner.compile: the policy, value network and reference bodies compiled in place (torch.compile,
+    dynamic shapes); one PPO step equals the eager one to float rounding, and the state dict's names are unchanged
+    (weight sync, checkpoints and Elastic Reset read them). A second batch of other lengths reuses the graph."""
+    cfg, _, paths, scored = _learner_and_batch(tiny_assets)
+    cfg_c, *_ = _learner_and_batch(tiny_assets, compile=True)
+    plain, s_plain = _step(cfg, paths, scored)
+    comp, s_comp = _step(cfg_c, paths, scored)
+    bodies = [comp.model.lm.model, comp.model.critic, comp.ref.model]
+    assert all(m._compiled_call_impl is not None for m in bodies)
+    assert plain.model.lm.model._compiled_call_impl is None
+    assert list(comp.model.state_dict()) == list(plain.model.state_dict())
+    for (n, a), b in zip(plain.model.named_parameters(), comp.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=n)
+    for k in ("loss/policy", "loss/value", "kl/to_ref"):
+        assert s_comp[k] == pytest.approx(s_plain[k], rel=1e-4, abs=1e-6), k
+    r = scored.rollouts
+    short = dataclasses.replace(scored, rollouts=dataclasses.replace(
+        r, response_ids=[x[:3] for x in r.response_ids], behaviour_logprobs=[x[:3] for x in r.behaviour_logprobs]))
+    with comp.autocast():
+        assert math.isfinite(comp.step(short)["loss/policy"])
+    with pytest.raises(ValueError, match="no transformer body"):
+        compile_bodies(torch.nn.Linear(2, 2))
 
 
 # -- on a GPU ------------------------------------------------------------------------------------------------

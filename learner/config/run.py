@@ -73,6 +73,11 @@ class LearnerResources(RoleResources):
         "fp32", description="bf16: the learner's forward passes under bf16 autocast (weights, optimiser and gradients stay fp32).")
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass (Hugging Face gradient checkpointing): less memory, more compute.")
+    compile: bool = Field(
+        False, description="torch.compile the transformer bodies of the policy, the value network and the reference (in place: the "
+        "weights' names do not change) when the learner starts. Pays on long runs: on a 2-core CPU the first step compiles for "
+        "about 2 minutes (under a minute with a warm on-disk cache), and then the learn phase is about 1.15x faster in fp32 and "
+        "1.25x in bf16 (bench/learn_phase.py --compile).")
 
 
 class RuntimeConfig(Strict):

@@ -60,15 +60,21 @@ def make_learner(cfg: TetherConfig, policy_path, *, reference: list | None = Non
     if cfg.algorithm == "ppo":
         from learner.learners.ppo import PPOLearner
 
-        return PPOLearner(cfg, init_lm, pad_id=tok.pad_token_id, ref_lm=ref)
-    if cfg.algorithm == "fdpg":
+        learner = PPOLearner(cfg, init_lm, pad_id=tok.pad_token_id, ref_lm=ref)
+    elif cfg.algorithm == "fdpg":
         from learner.learners.fdpg import FDPGLearner
 
-        return FDPGLearner(cfg, init_lm, pad_id=tok.pad_token_id, ref_lm=ref)
-    from learner.learners.quark import QuarkLearner
+        learner = FDPGLearner(cfg, init_lm, pad_id=tok.pad_token_id, ref_lm=ref)
+    else:
+        from learner.learners.quark import QuarkLearner
 
-    meta_path = Path(policy_path) / QUARK_META
-    if not meta_path.exists():
-        raise NotApplicable(f"{policy_path} has no reward tokens ({QUARK_META}); Quark runs start from learner.learners.quark.expand_policy's folder")
-    meta = json.loads(meta_path.read_text())
-    return QuarkLearner(cfg, init_lm, pad_id=tok.pad_token_id, ref_lm=ref, reward_token_ids=meta["reward_token_ids"])
+        meta_path = Path(policy_path) / QUARK_META
+        if not meta_path.exists():
+            raise NotApplicable(f"{policy_path} has no reward tokens ({QUARK_META}); Quark runs start from learner.learners.quark.expand_policy's folder")
+        meta = json.loads(meta_path.read_text())
+        learner = QuarkLearner(cfg, init_lm, pad_id=tok.pad_token_id, ref_lm=ref, reward_token_ids=meta["reward_token_ids"])
+    if lr.compile:
+        from learner.models.policy import compile_bodies
+
+        compile_bodies(learner.model, learner.ref)  # after the learner built its value network (a copy of the body)
+    return learner

@@ -167,6 +167,23 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {**batch, "input_ids": batch["input_ids"][:, first:], "attention_mask": att[:, first:], "prompt_width": batch["prompt_width"] - first}
 
 
+def compile_bodies(*roots: nn.Module) -> list[nn.Module]:
+    """torch.compile, in place, every transformer body (a Hugging Face base model: ``m.base_model is m``) under
+    ``roots``; returns them. In place (``nn.Module.compile``), so parameter names, state dicts, weight sync, checkpoints
+    and Elastic Reset see the same module. dynamic=True: one graph for every batch and sequence length (rollout
+    lengths vary by iteration; a static graph would recompile for each). The LM head and the log-softmax stay eager:
+    they run on the response positions only."""
+    done: list[nn.Module] = []
+    for root in roots:
+        for m in root.modules():
+            if getattr(m, "base_model", None) is m and not any(m is d for d in done):
+                m.compile(dynamic=True)
+                done.append(m)
+    if not done:
+        raise ValueError("runtime.learner.compile: no transformer body (a Hugging Face base model) found to compile")
+    return done
+
+
 def load_policy(path, dtype=torch.float32):
     """The causal LM in a Hugging Face folder (or hub name): the runtime loader every role uses."""
     from transformers import AutoModelForCausalLM
