@@ -164,7 +164,9 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     first = min(first, batch["prompt_width"] - 1)  # keep position P - 1, whose logits predict the first response token
     if first <= 0:
         return batch
-    return {**batch, "input_ids": batch["input_ids"][:, first:], "attention_mask": att[:, first:], "prompt_width": batch["prompt_width"] - first}
+    # contiguous: a column slice is a strided view, and a compiled body (runtime.learner.compile) guards on strides
+    return {**batch, "input_ids": batch["input_ids"][:, first:].contiguous(), "attention_mask": att[:, first:].contiguous(),
+            "prompt_width": batch["prompt_width"] - first}
 
 
 def compile_bodies(*roots: nn.Module) -> list[nn.Module]:
@@ -173,6 +175,13 @@ def compile_bodies(*roots: nn.Module) -> list[nn.Module]:
     and Elastic Reset see the same module. dynamic=True: one graph for every batch and sequence length (rollout
     lengths vary by iteration; a static graph would recompile for each). The LM head and the log-softmax stay eager:
     they run on the response positions only."""
+    import torch._dynamo.config as dyn
+
+    # One Python function (transformers' forward wrapper) serves every body, so they share dynamo's per-function graph
+    # limit (8): grad and no-grad passes of the policy and the value network, the frozen reference, with and without
+    # the KV-cache argument, already exceed it, and every variant past the limit ran eagerly (the learn phase in Ray was
+    # then slower than without compile). 64 holds them all; the accumulated limit (256) still stops a runaway.
+    dyn.recompile_limit = max(int(getattr(dyn, "recompile_limit", 8)), 64)
     done: list[nn.Module] = []
     for root in roots:
         for m in root.modules():
