@@ -114,13 +114,15 @@ def test_several_rollout_actors_split_and_sync(tiny_assets, ray_cluster, tmp_pat
         tr.close()
 
 
-def test_bf16_learner_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):
-    """runtime.learner.precision bf16 (what a GPU user sets) on the default path: the learner role trains under bf16
-    autocast with fp32 weights, syncs them to vLLM and the next rollout samples from them. The cast-cache bug of
-    session 20 was caught by a learner-level test only (tests/test_device.py); this runs the same switch through Ray."""
+@pytest.mark.parametrize("compile_", [False, True], ids=["eager", "compile"])
+def test_bf16_learner_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path, compile_):
+    """runtime.learner.precision bf16 (what a GPU user sets), also with runtime.learner.compile, on the default path:
+    the learner role trains under bf16 autocast with fp32 weights, syncs them to vLLM and the next rollout samples
+    from them. The cast-cache bug of session 20 was caught by a learner-level test only (tests/test_device.py); this
+    runs the same switches through Ray (a compiled body keeps its weights' names, so the sync still reaches vLLM)."""
     cfg = _cfg(tiny_assets, ppo={"lr": 3e-3}, train={"iterations": 2, "eval_every": 2})
     cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(
-        update={"learner": cfg.runtime.learner.model_copy(update={"precision": "bf16"})})})
+        update={"learner": cfg.runtime.learner.model_copy(update={"precision": "bf16", "compile": compile_})})})
     tr = Trainer(cfg, tmp_path / "bf16", progress=False)
     try:
         before = tr.roles.generate(["This movie was", "I did not"], seed=1)
