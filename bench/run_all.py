@@ -193,17 +193,15 @@ class PeakPSS(threading.Thread):
 
 def bench_job(config: str, iterations: int, runs_dir: Path, sets: tuple[str, ...] = ()) -> tuple[list[tuple], float, list]:
     """The default job (Ray + vLLM), shortened (``sets``: more --set overrides); returns per-phase seconds and the peak PSS in GiB."""
-    cmd = [sys.executable, "-m", "services.cli", "train", config, "--set", f"train.iterations={iterations}", "--set", f"runs_dir={runs_dir}"]
-    for kv in sets:
-        cmd += ["--set", kv]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    from bench.trl_side_by_side import job_medians, train_cmd
+
+    proc = subprocess.Popen(train_cmd(config, iterations, runs_dir, sets), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     mon = PeakPSS(proc.pid)
     mon.start()
     out, _ = proc.communicate()
     mon.stop.set()
     if proc.returncode != 0:
         raise SystemExit(f"the job failed:\n{out[-3000:]}")
-    from bench.trl_side_by_side import job_medians
 
     phases = ("time_s/rollout", "time_s/reward_and_gold", "time_s/learn", "time_s/sync", "time_s/gold_eval", "time_s/iteration")
     runs = job_medians(runs_dir)

@@ -316,13 +316,18 @@ def job_medians(runs_dir: Path) -> list[tuple[str, dict]]:
 FAST_SETS = ("runtime.learner.precision=bf16", "runtime.learner.compile=true")  # the default job's fastest learner settings
 
 
+def train_cmd(config: str, iterations: int, runs_dir: Path, sets: tuple[str, ...] = ()) -> list[str]:
+    """`tether train CONFIG`, shortened to ``iterations``, into ``runs_dir``, with more ``--set`` overrides (``sets``)."""
+    cmd = [sys.executable, "-m", "services.cli", "train", config, "--set", f"train.iterations={iterations}", "--set", f"runs_dir={runs_dir}"]
+    for kv in sets:
+        cmd += ["--set", kv]
+    return cmd
+
+
 def default_work(iterations: int, runs_dir: Path, sets: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
     import subprocess
 
-    cmd = [sys.executable, "-m", "services.cli", "train", "default", "--set", f"train.iterations={iterations}", "--set", f"runs_dir={runs_dir}"]
-    for kv in sets:
-        cmd += ["--set", kv]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(train_cmd("default", iterations, runs_dir, sets), cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"the default job failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return job_medians(runs_dir)

@@ -198,11 +198,8 @@ def frontier(kl: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
 
 
 def kl_grid(views: Sequence[RunView], points: int = 50) -> np.ndarray:
-    """0 .. the smallest largest-KL over the runs: the range over which every run has a frontier."""
-    top = min(float(np.max(v.kl)) for v in views)
-    if not top > 0:
-        raise ValueError("no run moved from pi_0 (largest KL <= 0)")
-    return np.linspace(0.0, top, points)
+    """0 .. the smallest largest-KL over the runs (``common_kl``): the range over which every run has a frontier."""
+    return np.linspace(0.0, common_kl(views), points)
 
 
 def frontier_mean(views: Sequence[RunView], grid: np.ndarray, *, what: str = "gold") -> float:

@@ -76,8 +76,8 @@ class LearnerResources(RoleResources):
     compile: bool = Field(
         False, description="torch.compile the transformer bodies of the policy, the value network and the reference (in place: the "
         "weights' names do not change) when the learner starts. Pays on long runs: on a 2-core CPU the first step compiles for "
-        "about 2 minutes (under a minute with a warm on-disk cache), and then the learn phase is about 1.15x faster in fp32 and "
-        "1.25x in bf16 (bench/learn_phase.py --compile).")
+        "72-91 s (about 40 s with a warm on-disk cache), and then the learn phase is about 1.2x faster in fp32 and 1.3x in bf16 "
+        "(make bench, matched work; bench/learn_phase.py --compile times it alone).")
 
 
 class RuntimeConfig(Strict):
