@@ -40,9 +40,9 @@ class RolloutActor(RolloutWorker):
         super().__init__(cfg, policy_path, index, run_id)
         self.metrics = role_metrics(cfg.name, ["perf/rollout_tokens_per_s"])
 
-    def generate(self, prompts: list[str], seed: int, prefix_ids: list[int] | None = None):
+    def generate(self, prompts: list[str], seed: int, prefix_ids: list[int] | None = None, prompt_ids: list[list[int]] | None = None):
         t = time.perf_counter()
-        out = super().generate(prompts, seed, prefix_ids)
+        out = super().generate(prompts, seed, prefix_ids, prompt_ids)
         if self.metrics:
             self.metrics.record({"perf/rollout_tokens_per_s": sum(map(len, out.response_ids)) / max(time.perf_counter() - t, 1e-9)})
         return out
@@ -50,7 +50,7 @@ class RolloutActor(RolloutWorker):
 
 @ray.remote
 class RewardActor(RewardWorker):
-    def __init__(self, cfg: TetherConfig, member_paths: list[str]):
+    def __init__(self, cfg: TetherConfig, member_paths: list):
         _threads(cfg.runtime.reward.threads)
         super().__init__(cfg, member_paths)
         self.metrics = role_metrics(cfg.name, ["reward/proxy_mean", "ensemble/std"])
@@ -64,7 +64,7 @@ class RewardActor(RewardWorker):
 
 @ray.remote
 class GoldActor(GoldWorker):
-    def __init__(self, cfg: TetherConfig, gold_path: str, policy_path: str):
+    def __init__(self, cfg: TetherConfig, gold_path, policy_path: str):
         _threads(cfg.runtime.gold.threads)
         super().__init__(cfg, gold_path, policy_path)
         self.metrics = role_metrics(cfg.name, ["reward/gold_mean", "kl/from_init"])
@@ -75,8 +75,8 @@ class GoldActor(GoldWorker):
             self.metrics.record({"kl/from_init": out.get(f"{prefix}/kl_from_init_k3")})
         return out
 
-    def gold_scores(self, texts: list[str]) -> list[float]:
-        scores = super().gold_scores(texts)
+    def gold_scores(self, samples) -> list[float]:
+        scores = super().gold_scores(samples)
         if self.metrics and scores:
             self.metrics.record({"reward/gold_mean": float(np.mean(scores))})
         return scores

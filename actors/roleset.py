@@ -12,7 +12,7 @@ import uuid
 from actors.recovery import Recovery, _node
 from learner.config import TetherConfig
 from learner.types import Rollouts, ScoredRollouts
-from tasks.imdb.build import TaskPaths
+from tasks.contract import TaskPaths
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,13 @@ def concat_rollouts(parts: list[Rollouts]) -> Rollouts:
         prompts=[p for r in parts for p in r.prompts], prompt_ids=[p for r in parts for p in r.prompt_ids],
         response_ids=[p for r in parts for p in r.response_ids], behaviour_logprobs=[p for r in parts for p in r.behaviour_logprobs],
         responses=[p for r in parts for p in r.responses], policy_version=min(r.policy_version for r in parts), engine=first.engine,
-        n_prefix=first.n_prefix,
+        n_prefix=first.n_prefix, meta=[m for r in parts for m in r.meta],
     )
+
+
+def spec(x):
+    """A scorer for a role: a scorer config (a dict) as it is, a path or a name as a string."""
+    return x if isinstance(x, dict) else str(x)
 
 
 def with_gold(scored: ScoredRollouts, gold: list[float]) -> ScoredRollouts:
@@ -45,18 +50,18 @@ class LocalRoleSet:
 
         run_id = f"{cfg.name}-local-{uuid.uuid4().hex[:8]}"
         self.rollout = RolloutWorker(cfg, str(paths.policy), 0, run_id, with_sync=False)
-        self.reward = RewardWorker(cfg, [str(p) for p in paths.proxies])
-        self.gold = GoldWorker(cfg, str(paths.gold), str(paths.drift_policy or paths.policy))
+        self.reward = RewardWorker(cfg, [spec(p) for p in paths.proxies])
+        self.gold = GoldWorker(cfg, spec(paths.gold), str(paths.drift_policy or paths.policy))
         self.learner = LearnerWorker(cfg, str(paths.policy), run_id, [str(p) for p in paths.reference], list(paths.reference_weights),
                                      with_sync=False)
 
-    def generate(self, prompts: list[str], seed: int, prefix_ids: list[int] | None = None) -> Rollouts:
-        return self.rollout.generate(prompts, seed, prefix_ids)
+    def generate(self, prompts: list[str], seed: int, prefix_ids: list[int] | None = None, prompt_ids: list[list[int]] | None = None) -> Rollouts:
+        return self.rollout.generate(prompts, seed, prefix_ids, prompt_ids)
 
     def score_and_drift(self, rollouts: Rollouts, prefix: str) -> tuple[ScoredRollouts, dict]:
         scored = self.reward.score(rollouts)
         drift = self.gold.evaluate(rollouts, prefix)
-        return with_gold(scored, self.gold.gold_scores(rollouts.texts)), drift
+        return with_gold(scored, self.gold.gold_scores(rollouts)), drift
 
     def learn(self, scored: ScoredRollouts) -> dict:
         return self.learner.step(scored)
@@ -112,10 +117,10 @@ class RayRoleSet(Recovery):
             signal.signal(signal.SIGTERM, on_sigterm)
         self.placement = place(rt)
         run_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
-        pol, gold, drift = str(paths.policy), str(paths.gold), str(paths.drift_policy or paths.policy)
+        pol, gold, drift = str(paths.policy), spec(paths.gold), str(paths.drift_policy or paths.policy)
         o = lambda role, i, res: {**self.placement.options(role, i, res), "max_restarts": rt.max_restarts}  # noqa: E731
         self.rollout = [RolloutActor.options(**o("rollout", i, rt.rollout), name=None).remote(cfg, pol, i, run_id) for i in range(rt.rollout_actors)]
-        self.reward = RewardActor.options(**o("reward", 0, rt.reward)).remote(cfg, [str(p) for p in paths.proxies])
+        self.reward = RewardActor.options(**o("reward", 0, rt.reward)).remote(cfg, [spec(p) for p in paths.proxies])
         self.gold = GoldActor.options(**o("gold", 0, rt.gold)).remote(cfg, gold, drift)
         self.uwo_lambda = None  # a live change (set_uwo_lambda) to re-apply to a restarted reward actor
         self.restarts: dict[str, int] = {}  # role -> actor restarts survived (metrics: runtime/restarts_<role>)
@@ -141,14 +146,15 @@ class RayRoleSet(Recovery):
         if self.collective_rollouts:
             self._join_weight_group()
 
-    def generate(self, prompts: list[str], seed: int, prefix_ids: list[int] | None = None) -> Rollouts:
+    def generate(self, prompts: list[str], seed: int, prefix_ids: list[int] | None = None, prompt_ids: list[list[int]] | None = None) -> Rollouts:
         n = len(self.rollout)
         chunks = [prompts[i::n] for i in range(n)]  # interleaved split; re-ordered below
-        refs = [(i, a, a.generate.remote(c, seed * 1009 + i, prefix_ids)) for i, (a, c) in enumerate(zip(self.rollout, chunks)) if c]
+        ids = [None if prompt_ids is None else prompt_ids[i::n] for i in range(n)]
+        refs = [(i, a, a.generate.remote(c, seed * 1009 + i, prefix_ids, ids[i])) for i, (a, c) in enumerate(zip(self.rollout, chunks)) if c]
         parts = []
         for i, a, ref in refs:  # all were submitted: they run in parallel; a lost one is regenerated with its own seed
             first = [ref]
-            parts.append(self._retry("rollout", a, lambda x, i=i: first.pop() if first else x.generate.remote(chunks[i], seed * 1009 + i, prefix_ids),
+            parts.append(self._retry("rollout", a, lambda x, i=i: first.pop() if first else x.generate.remote(chunks[i], seed * 1009 + i, prefix_ids, ids[i]),
                                      after_restart=lambda a=a: self._resync(a)))
         if n == 1:
             return parts[0]
@@ -158,8 +164,8 @@ class RayRoleSet(Recovery):
 
     def score_and_drift(self, rollouts: Rollouts, prefix: str) -> tuple[ScoredRollouts, dict]:
         ref = self._ray.put(rollouts)  # one copy in the object store, read by both actors
-        first = {"score": self.reward.score.remote(ref), "drift": self.gold.evaluate.remote(ref, prefix), "gold": self.gold.gold_scores.remote(rollouts.texts)}
-        again = {"score": lambda a: a.score.remote(ref), "drift": lambda a: a.evaluate.remote(ref, prefix), "gold": lambda a: a.gold_scores.remote(rollouts.texts)}
+        first = {"score": self.reward.score.remote(ref), "drift": self.gold.evaluate.remote(ref, prefix), "gold": self.gold.gold_scores.remote(ref)}
+        again = {"score": lambda a: a.score.remote(ref), "drift": lambda a: a.evaluate.remote(ref, prefix), "gold": lambda a: a.gold_scores.remote(ref)}
         out = {}
         for key, role, actor, after in (("score", "reward", self.reward, self._restore_reward), ("drift", "gold", self.gold, None),
                                         ("gold", "gold", self.gold, None)):

@@ -18,8 +18,7 @@ import torch
 
 from actors.weight_sync import TmpfsWeightSync, WeightSync
 from learner.config import GenerationConfig
-from learner.models.engine import cut_at_eos
-from learner.models.tokenizer import encode_prompts
+from learner.models.tokenizer import cut_at_stop, encode_prompts, stop_token_ids
 from learner.types import Rollouts
 
 log = logging.getLogger(__name__)
@@ -55,6 +54,9 @@ class VLLMEngine:
 
         self.gen, self.seed = gen, seed
         self.tok = AutoTokenizer.from_pretrained(str(model_path))
+        # every stop token of the model (its tokenizer's EOS and its generation config's): the same list TransformersEngine
+        # stops on. vLLM reads no generation_config.json here (generation_config="vllm"), so the extra ones go in stop_token_ids.
+        self.stop_ids = stop_token_ids(self.tok, model_path)
         self.llm = LLM(
             model=str(model_path), tokenizer=str(model_path), dtype=dtype, seed=seed,
             enforce_eager=True,  # torch.compile gave no gain on CPU and doubled start-up
@@ -65,8 +67,8 @@ class VLLMEngine:
         # Local folder for load_weights(state_dict): vLLM's reload reads safetensors from a folder.
         self._sync = TmpfsWeightSync(run_id=run_id or f"vllm-{os.getpid()}-{id(self):x}")
         self.policy_version = 0
-        if warmup:
-            self.generate(["This movie"], seed=seed)  # the first call is 1.5-4x slower
+        if warmup:  # the first call is 1.5-4x slower; any prompt will do (each request has its own seed)
+            self.generate([""], seed=seed, prompt_ids=[[self.stop_ids[0]]])
         self.startup_s = time.perf_counter() - t0
         self.last_reload_s: float | None = None
         log.info("vLLM engine ready in %.1f s (%s, %s)", self.startup_s, model_path, dtype)
@@ -80,23 +82,26 @@ class VLLMEngine:
                 n=1, temperature=g.temperature, top_k=g.top_k, top_p=1.0,
                 max_tokens=g.max_new_tokens,  # EOS allowed (no min_tokens): the sampled distribution is pi itself, as in TransformersEngine
                 logprobs=0,  # the sampled token's log-prob only
+                stop_token_ids=[t for t in self.stop_ids if t != self.tok.eos_token_id] or None,  # the tokenizer's EOS stops vLLM already
                 seed=seed * _SEED_STRIDE + i, detokenize=False,  # we decode with the HF tokenizer, as TransformersEngine does
             )
             for i in range(n_prompts)
         ]
 
-    def generate(self, prompts: list[str], *, seed: int, prefix_ids: list[int] | None = None) -> Rollouts:
-        """Sample one response per prompt; ``prefix_ids`` (e.g. Quark's reward token) go before each prompt."""
+    def generate(self, prompts: list[str], *, seed: int, prefix_ids: list[int] | None = None,
+                 prompt_ids: list[list[int]] | None = None) -> Rollouts:
+        """Sample one response per prompt; ``prefix_ids`` (e.g. Quark's reward token) go before each prompt. ``prompt_ids``:
+        the prompts' token ids as the task encoded them (a dataset task); None = the IMDB encoding of ``prompts``."""
         from vllm.inputs import TokensPrompt
 
         prefix = list(prefix_ids or [])
-        pids = [prefix + p for p in encode_prompts(self.tok, prompts)]
+        pids = [prefix + p for p in (encode_prompts(self.tok, prompts) if prompt_ids is None else prompt_ids)]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in pids], self._sampling_params(seed, len(pids)), use_tqdm=False)
         resp_ids, resp_lp = [], []
         for o in outs:  # in prompt order
             c = o.outputs[0]
             ids = list(c.token_ids)
-            ids = ids[: cut_at_eos(ids, self.tok.eos_token_id)]  # up to and including the first EOS
+            ids = ids[: cut_at_stop(ids, self.stop_ids)]  # up to and including the first stop token
             resp_ids.append(ids)
             resp_lp.append([float(step[t].logprob) for t, step in zip(ids, c.logprobs)])
         return Rollouts(

@@ -55,8 +55,10 @@ class RolloutWorker:
 
             self.sync = make_weight_sync(file_backend(cfg), run_id=f"{run_id}-r{index}")
 
-    def generate(self, prompts: list[str], seed: int, prefix_ids: list[int] | None = None):
-        return self.engine.generate(prompts, seed=seed, prefix_ids=prefix_ids)
+    def generate(self, prompts: list[str], seed: int, prefix_ids: list[int] | None = None, prompt_ids: list[list[int]] | None = None):
+        if prompt_ids is None:  # the imdb task: the engine encodes the prompts (and a caller without ids keeps working)
+            return self.engine.generate(prompts, seed=seed, prefix_ids=prefix_ids)
+        return self.engine.generate(prompts, seed=seed, prefix_ids=prefix_ids, prompt_ids=prompt_ids)
 
     def load(self, handle, version: int) -> float:
         """Receive weights published by the learner; returns the seconds it took."""
@@ -114,7 +116,7 @@ class RolloutWorker:
 class RewardWorker:
     """The proxy ensemble: scores and their aggregate (mean / WCO / UWO)."""
 
-    def __init__(self, cfg: TetherConfig, member_paths: list[str]):
+    def __init__(self, cfg: TetherConfig, member_paths: list):
         from learner.models.device import role_device
         from learner.models.reward import ProxyEnsemble
 
@@ -132,7 +134,7 @@ class RewardWorker:
 class GoldWorker:
     """Gold reward and drift from pi_0 (held out from training)."""
 
-    def __init__(self, cfg: TetherConfig, gold_path: str, policy_path: str):
+    def __init__(self, cfg: TetherConfig, gold_path, policy_path: str):
         from learner.models.device import role_device
         from learner.models.gold_eval import GoldEvaluator
 
@@ -141,8 +143,9 @@ class GoldWorker:
     def evaluate(self, rollouts, prefix: str) -> dict:
         return self.evaluator.evaluate(rollouts, prefix=prefix)
 
-    def gold_scores(self, texts: list[str]) -> list[float]:
-        return self.evaluator.gold_scores(texts)
+    def gold_scores(self, samples) -> list[float]:
+        """Gold rewards of whole texts, or of Rollouts (a scorer gold reads the task's prompt and metadata from them)."""
+        return self.evaluator.gold_scores(samples)
 
 
 class LearnerWorker:

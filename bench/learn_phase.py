@@ -42,13 +42,13 @@ def main(argv=None) -> tuple[str, dict]:
     from learner.models import policy as P
     from learner.models.engine import TransformersEngine
     from learner.types import ScoredRollouts
-    from tasks.imdb.build import resolve
-    from tasks.imdb.data import load_imdb, make_prompts
+    from tasks import get_task
 
     torch.set_num_threads(args.threads)
     cfg = load_config("default").expand()[0]
-    paths = resolve(cfg, cfg_source="default")
-    prompts = make_prompts(load_imdb(cfg.task).train_text, cfg.ppo.batch_size, cfg.task, seed=5)
+    task = get_task(cfg)
+    paths = task.resolve(cfg_source="default")
+    prompts = task.prompts("train", cfg.ppo.batch_size, seed=5).texts
     r = TransformersEngine.from_path(paths.policy, cfg.generation).generate(prompts, seed=0)
     B = len(r)
     scored = ScoredRollouts(r, [[0.0]] * B, [float(i % 7) / 7 for i in range(B)], [0.0] * B)

@@ -38,11 +38,11 @@ def measure_rollout(cfg, policy_path: Path, repeats: int = 3) -> tuple[dict, dic
     import torch
 
     from actors.vllm_engine import VLLMEngine
-    from tasks.imdb.data import load_imdb, make_prompts
     from learner.models.engine import TransformersEngine
+    from tasks import get_task
 
     torch.set_num_threads(1)  # one thread each, as the rollout actor runs
-    prompts = make_prompts(load_imdb(cfg.task).heldout_text, 64, cfg.task, seed=5)
+    prompts = get_task(cfg).prompts("heldout", 64, seed=5).texts
     hf = TransformersEngine.from_path(policy_path, cfg.generation)
     hf.generate(prompts[:4], seed=0)  # warm-up
     t0 = time.perf_counter()
@@ -219,11 +219,11 @@ def main() -> int:
     ap.add_argument("--rollout-probe", action="store_true", help=argparse.SUPPRESS)  # section 1's in-process engine core, in its own process
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from tasks.imdb.build import resolve
     from learner.config import load_config
+    from tasks import get_task
 
     cfg = load_config(args.config).expand()[0]
-    paths = resolve(cfg, cfg_source=args.config)
+    paths = get_task(cfg).resolve(cfg_source=args.config)
     if args.rollout_probe:
         import json
 

@@ -208,17 +208,17 @@ def matched(rounds: int, threads: int, bf16: bool = True, compile: bool = True) 
 
     from learner.config import load_config
     from learner.models.tokenizer import encode_prompts
-    from tasks.imdb.build import resolve
-    from tasks.imdb.data import load_imdb, make_prompts
+    from tasks import get_task
 
     require_trl()
     torch.set_num_threads(threads)
     cfg = load_config("default").expand()[0]
-    paths = resolve(cfg, cfg_source="default")
+    task = get_task(cfg)
+    paths = task.resolve(cfg_source="default")
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(paths.policy))
-    prompts = make_prompts(load_imdb(cfg.task).train_text, BATCH, cfg.task, seed=11)
+    prompts = task.prompts("train", BATCH, seed=11).texts
     prompt_ids = encode_prompts(tok, prompts)
     mean_prompt = statistics.mean(len(p) for p in prompt_ids)
     head = (f"tether vs TRL {__import__('trl').__version__} PPOTrainer ({os.cpu_count()} cores, {threads} torch threads, "

@@ -19,6 +19,9 @@ class Rollouts:
     policy_version: int  # learner version whose weights produced these samples
     engine: str = "transformers"
     n_prefix: int = 0  # leading control tokens in every prompt_ids (Quark's reward token), not part of the prompt text
+    # per prompt, what a dataset task passes its scorers besides the rendered prompt: {"prompt": the user's prompt (a string or a
+    # messages list), metadata column: value, ...}; empty for the imdb task
+    meta: list[dict] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -27,7 +30,7 @@ class Rollouts:
         """The rollouts at these positions, in this order."""
         pick = lambda xs: [xs[i] for i in indices]  # noqa: E731
         return Rollouts(pick(self.prompts), pick(self.prompt_ids), pick(self.response_ids), pick(self.behaviour_logprobs),
-                        pick(self.responses), self.policy_version, self.engine, self.n_prefix)
+                        pick(self.responses), self.policy_version, self.engine, self.n_prefix, pick(self.meta) if self.meta else [])
 
     @property
     def plain_prompt_ids(self) -> list[list[int]]:

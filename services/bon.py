@@ -33,20 +33,28 @@ BON_SEED = 20_000_003  # sampling seed of chunk c is BON_SEED + c: a rerun draws
 PROMPT_SEED_OFFSET = 99991  # services/train.py's held-out eval prompts (a prefix of ours): BoN(1) ~ eval/gold_mean at step 0
 
 
-def sample_and_score(roles, prompts: list[str], n_max: int, *, chunk: int = 256, progress: bool = True) -> dict:
+def sample_and_score(roles, prompts, n_max: int, *, chunk: int = 256, progress: bool = True) -> dict:
     """n_max samples per prompt from the roles' (initial) policy, scored by the roles' proxy ensemble and gold.
 
     Returns {"texts": P*N strings (prompt-major), "proxy": (P, N, k), "gold": (P, N), "response_len": (P, N),
     "drift": {"bon/kl_from_init_k1", "bon/kl_from_init_k3"} sample-weighted means (about 0: these are pi_0's own samples)}.
     """
-    flat = [p for p in prompts for _ in range(n_max)]  # (P*N,) prompt-major
+    from tasks.contract import PromptSet
+
+    ps = prompts if isinstance(prompts, PromptSet) else PromptSet(list(prompts))
+    flat = ps.repeat_each(n_max)  # (P*N,) prompt-major
     texts, proxy, gold, lens = [], [], [], []
     kl = {"bon/kl_from_init_k1": 0.0, "bon/kl_from_init_k3": 0.0}
     bar = tqdm(total=len(flat), desc="best-of-n samples", unit="sample", disable=not progress)
     try:
         for c, s in enumerate(range(0, len(flat), chunk)):
-            part = flat[s : s + chunk]
-            r = roles.generate(part, BON_SEED + c)
+            part = PromptSet(flat.texts[s : s + chunk], None if flat.ids is None else flat.ids[s : s + chunk], flat.meta[s : s + chunk])
+            if part.ids is None:
+                r = roles.generate(part.texts, BON_SEED + c)
+            else:
+                r = roles.generate(part.texts, BON_SEED + c, None, part.ids)
+            if part.meta:
+                r.meta = list(part.meta)
             scored, drift = roles.score_and_drift(r, "bon")
             texts += r.texts
             proxy += scored.proxy_scores
@@ -57,7 +65,7 @@ def sample_and_score(roles, prompts: list[str], n_max: int, *, chunk: int = 256,
             bar.update(len(part))
     finally:
         bar.close()
-    P = len(prompts)
+    P = len(ps)
     return {
         "texts": texts,
         "proxy": np.asarray(proxy, dtype=np.float64).reshape(P, n_max, -1),  # (P, N, k)
@@ -90,14 +98,13 @@ def run_bon(cfg: TetherConfig, out_dir: Path, *, n_max: int, n_prompts: int, n_b
             cfg_source: str = "<config>", clean_cfg_source: str | None = None, roles=None) -> dict:
     """Best-of-n curves for every (ensemble, aggregation); writes bon.json, samples.npz, bon_gold.png, bon_proxy.png, report.html.
 
-    Assets are resolved first (tasks.imdb.store.AssetError, naming the prepare command, before anything loads).
+    Assets are resolved first (tasks.store.AssetError, naming the prepare command, before anything loads).
     ``n_max``: samples per prompt N; ``n_best``: the largest n estimated (default N; n < N lowers the estimator's
     variance, Gao et al. use N well above n). ``uwo_lambda``: Coste et al. use 0.5 for best-of-n. Besides every
     ensemble aggregation, each ensemble's first member alone is a curve ("<ensemble>/single"): the single proxy.
     Returns what bon.json holds.
     """
-    from tasks.imdb.build import resolve, set_threads
-    from tasks.imdb.data import load_imdb, make_prompts
+    from tasks import get_task, set_threads
 
     if n_max < 1 or n_prompts < 1:
         raise ValueError(f"n_max and n_prompts must be >= 1, got {n_max} and {n_prompts}")
@@ -113,10 +120,10 @@ def run_bon(cfg: TetherConfig, out_dir: Path, *, n_max: int, n_prompts: int, n_b
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     set_threads(cfg.train.threads)
-    paths = resolve(cfg, cfg_source=cfg_source)
-    clean_paths = resolve(clean_cfg, cfg_source=clean_cfg_source or cfg_source) if clean_cfg is not None else None
-    split = load_imdb(cfg.task)
-    prompts = make_prompts(split.heldout_text, n_prompts, cfg.task, seed=cfg.train.seed + PROMPT_SEED_OFFSET)
+    task = get_task(cfg)
+    paths = task.resolve(cfg_source=cfg_source)
+    clean_paths = get_task(clean_cfg).resolve(cfg_source=clean_cfg_source or cfg_source) if clean_cfg is not None else None
+    prompts = task.prompts("heldout", n_prompts, seed=cfg.train.seed + PROMPT_SEED_OFFSET)
     timing: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -139,7 +146,7 @@ def run_bon(cfg: TetherConfig, out_dir: Path, *, n_max: int, n_prompts: int, n_b
 
         t = time.perf_counter()
         ens = ProxyEnsemble(clean_paths.proxies, aggregation="mean", uwo_lambda=uwo_lambda, max_len=clean_cfg.proxy.max_len)
-        members["clean"] = score_texts(ens, s["texts"], chunk=chunk).reshape(len(prompts), n_max, -1)
+        members["clean"] = score_texts(ens, s["texts"], chunk=chunk).reshape(len(prompts), n_max, -1)  # whole texts: clean proxies are tether-trained
         timing["time_s/clean_score"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -34,8 +34,8 @@ def exit_on_sigterm() -> None:
 
 
 def cmd_prepare(args) -> int:
-    from tasks.imdb.build import prepare, set_threads
-    from tasks.imdb.store import AssetError
+    from tasks import get_task, set_threads
+    from tasks.store import AssetError
 
     cfg = _load(args)
     set_threads(cfg.train.threads)
@@ -44,28 +44,48 @@ def cmd_prepare(args) -> int:
     try:
         built: set[str] = set()
         for vc in cfg.expand():  # every variant's assets (a SALSA variant needs the SFT stage); shared stages are built once
-            for stage, m in prepare(vc, rebuild=args.rebuild and not built, cfg_source=args.config).items():
+            for stage, m in get_task(vc).prepare(rebuild=args.rebuild and not built, cfg_source=args.config).items():
                 manifests.setdefault(stage, m)
             built.add(vc.name)
     except AssetError as e:
         sys.exit(f"tether: {e}")
+    except RuntimeError as e:  # a scorer that cannot be built or answered badly (learner.models.scorers.ScorerError)
+        from learner.models.scorers import ScorerError
+
+        if not isinstance(e, ScorerError):
+            raise
+        sys.exit(f"tether: {e}")
     print(f"task assets ready in {time.time() - t0:.0f}s under {Path(cfg.data_dir).resolve() / cfg.task.name}")
     for stage, m in manifests.items():
-        metrics = m.get("metrics", {})
-        if stage == "policy":
-            print(f"  policy: {metrics.get('params', 0) / 1e6:.1f}M params, held-out perplexity {metrics.get('heldout_perplexity')}")
-        elif stage == "gold" and "heldout_sentiment_auc_50_words" in metrics:  # the contextual judge
-            print(f"  gold:   sentiment AUC {metrics['heldout_sentiment_auc_50_words']} on 50-word held-out windows; "
-                  f"{metrics['natural_fraction_penalised']:.1%} of them penalised (coherence, repetition, diversity)")
-        elif stage == "gold":
-            print(f"  gold:   held-out accuracy {metrics.get('heldout_accuracy')}, AUC {metrics.get('heldout_auc')}")
-        elif stage == "proxy":
-            accs = [mm["heldout_pair_acc_vs_gold"] for mm in metrics.get("members", [])]
-            print(f"  proxy:  {len(accs)} members, held-out pair agreement with gold {', '.join(f'{a:.3f}' for a in accs)}")
-        elif stage == "sft":
-            ppl = ", ".join(str(mm.get("heldout_perplexity")) for mm in metrics.get("members", []))
-            print(f"  sft:    {len(metrics.get('members', []))} models, held-out perplexity {ppl}; soup {metrics.get('soup_heldout_perplexity')}")
+        line = describe_stage(stage, m)
+        if line:
+            print(f"  {line}")
     return 0
+
+
+def describe_stage(stage: str, m: dict) -> str | None:
+    """One line of `tether prepare`'s summary for a stage's manifest."""
+    metrics = m.get("metrics", {})
+    if stage == "policy" and "params" in metrics:
+        return f"policy: {metrics.get('params', 0) / 1e6:.1f}M params, held-out perplexity {metrics.get('heldout_perplexity')}"
+    if stage in ("policy", "gold") and "source" in m:
+        return f"{stage + ':':7} {m['source']} ({m.get('note', '')})"
+    if stage == "gold" and "heldout_sentiment_auc_50_words" in metrics:  # the contextual judge
+        return (f"gold:   sentiment AUC {metrics['heldout_sentiment_auc_50_words']} on 50-word held-out windows; "
+                f"{metrics['natural_fraction_penalised']:.1%} of them penalised (coherence, repetition, diversity)")
+    if stage == "gold":
+        return f"gold:   held-out accuracy {metrics.get('heldout_accuracy')}, AUC {metrics.get('heldout_auc')}"
+    if stage == "prompts":
+        return (f"prompts: {metrics.get('train_prompts')} train, {metrics.get('heldout_prompts')} held-out ({metrics.get('heldout')}); "
+                f"{metrics.get('dropped_too_long', 0)} of {metrics.get('rows')} rows dropped as too long, {metrics.get('dropped_empty', 0)} empty")
+    if stage == "proxy":
+        accs = [mm.get("heldout_pair_acc_vs_gold", mm.get("heldout_pair_acc_vs_labels")) for mm in metrics.get("members", [])]
+        what = "the preference labels" if metrics.get("source") == "preferences" else "gold"
+        return f"proxy:  {len(accs)} members, held-out pair agreement with {what} {', '.join(f'{a:.3f}' for a in accs)}"
+    if stage == "sft":
+        ppl = ", ".join(str(mm.get("heldout_perplexity")) for mm in metrics.get("members", []))
+        return f"sft:    {len(metrics.get('members', []))} models, held-out perplexity {ppl}; soup {metrics.get('soup_heldout_perplexity')}"
+    return None
 
 
 def cmd_train(args) -> int:
@@ -76,7 +96,7 @@ def cmd_train(args) -> int:
     from learner.config import ConfigError, load_config
     from services.report import write_comparison_report
     from services.train import run_or_resume
-    from tasks.imdb.store import AssetError
+    from tasks.store import AssetError
 
     exit_on_sigterm()  # the trainer's finally closes the roles, which removes their /dev/shm weight folders
     if args.resume:
@@ -190,8 +210,8 @@ def cmd_bon(args) -> int:
     from learner.config import ConfigError, load_config
     from services.bon import fit_rows, run_bon
     from services.bon import fmt_num as f
-    from tasks.imdb.build import resolve
-    from tasks.imdb.store import AssetError
+    from tasks import get_task
+    from tasks.store import AssetError
 
     if args.n_max < 1:
         sys.exit(f"tether: --n-max must be >= 1 (samples per prompt; best-of-n for every n up to it), got {args.n_max}")
@@ -206,7 +226,7 @@ def cmd_bon(args) -> int:
         sys.exit(f"tether: bon compares learned proxy ensembles: it needs task.objective=sentiment, got {cfg.task.objective}")
     src = lambda sets: shlex.join([args.config, *[x for s in sets for x in ("--set", s)]])  # noqa: E731 - the prepare command to print
     try:
-        resolve(cfg, cfg_source=src(args.set))
+        get_task(cfg).resolve(cfg_source=src(args.set))
     except AssetError as e:
         sys.exit(f"tether: {e}")
     clean_cfg = clean_src = None
@@ -253,7 +273,7 @@ def cmd_sweep(args) -> int:
         summarise,
         write_sweep_report,
     )
-    from tasks.imdb.store import AssetError
+    from tasks.store import AssetError
 
     try:
         sweep = load_sweep(args.spec, args.dir)
@@ -290,7 +310,7 @@ def cmd_reproduce(args) -> int:
     from actors.placement import RuntimeSetupError
     from learner.config import ConfigError
     from services.reproduce import STAGE_NAMES, claims_table, plan, plan_table, run_reproduction, write_claims
-    from tasks.imdb.store import AssetError
+    from tasks.store import AssetError
     from tqdm.auto import tqdm
 
     only = None

@@ -93,15 +93,16 @@ def plan(runs_dir: Path) -> list[dict]:
 def _prepare_assets(cells) -> None:
     """Build every asset the cells need that is missing (cached stages are reused)."""
     from services.sweep.run import asset_cells
-    from tasks.imdb.build import prepare, resolve
-    from tasks.imdb.store import AssetError
+    from tasks import get_task
+    from tasks.store import AssetError
 
     for c in asset_cells(cells):
+        task = get_task(c.config)
         try:
-            resolve(c.config)
+            task.resolve()
         except AssetError:
             log.info("building the assets of %s", c.id)
-            prepare(c.config)
+            task.prepare()
 
 
 def run_stage(stage: Stage, runs_dir: Path, base_cfg, *, progress: bool = True, say: Callable[[str], None] = print) -> str:
@@ -120,11 +121,11 @@ def run_stage(stage: Stage, runs_dir: Path, base_cfg, *, progress: bool = True, 
         return "done"
     from learner.config import load_config
     from services.bon import run_bon
-    from tasks.imdb.build import prepare
+    from tasks import get_task
 
     clean = load_config("default", ["proxy.label_noise=0"])
     for cfg in (base_cfg, clean):
-        prepare(cfg)
+        get_task(cfg).prepare()
     run_bon(base_cfg, out, n_max=BON_ARGS["n_max"], n_prompts=BON_ARGS["n_prompts"], n_best=BON_ARGS["n_best"], clean_cfg=clean,
             uwo_lambda=BON_ARGS["uwo_lambda"], progress=progress, cfg_source="default")
     return "done"

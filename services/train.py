@@ -25,8 +25,8 @@ from learner.config import TetherConfig
 from learner.learners import learner_class
 from learner.types import Rollouts
 from services.runlog import RunLog, latest_checkpoint, read_metrics, run_state
-from tasks.imdb.build import resolve, set_threads
-from tasks.imdb.data import load_imdb, make_prompts
+from tasks import get_task, set_threads
+from tasks.contract import PromptSet
 
 log = logging.getLogger(__name__)
 EVAL_SEED = 10_000_019  # the same seed at every evaluation: correlated samples, lower-variance curves
@@ -75,15 +75,12 @@ class Trainer:
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.run_dir.mkdir(parents=True, exist_ok=True)
         set_threads(cfg.train.threads)
-        self.paths = resolve(cfg, cfg_source=cfg_source)
+        self.task = get_task(cfg)  # prompts, the policy and the scorers (tasks/contract.py)
+        self.paths = self.task.resolve(cfg_source=cfg_source)
         # The algorithm's hooks: the policy folder every role loads (Quark adds reward tokens to it) and the control
         # tokens sampling may be conditioned on.
         self.algorithm = learner_class(cfg.algorithm)
-        if cfg.reference.kind == "soup":  # SALSA, Algorithm 1: the policy (and its value network) start from the soup itself
-            from tasks.imdb.sft import write_soup
-
-            soup = write_soup(self.paths.reference, self.paths.reference_weights, self.run_dir / "soup-policy")
-            self.paths = dataclasses.replace(self.paths, policy=soup)
+        self.paths = self.task.start_policy(self.paths, self.run_dir)  # e.g. SALSA's soup: the policy starts from it
         start = self.paths.policy
         policy, self.control_ids = self.algorithm.prepare_policy(cfg, start, self.run_dir)
         # Drift is measured from one common model for every method: pi_0 (with the algorithm's extra tokens, so that
@@ -91,9 +88,7 @@ class Trainer:
         base = self.paths.base_policy or start
         drift = policy if str(base) == str(start) else self.algorithm.prepare_policy(cfg, base, self.run_dir / "drift")[0]
         self.paths = dataclasses.replace(self.paths, policy=policy, drift_policy=drift)
-        split = load_imdb(cfg.task)
-        self.train_text = split.train_text
-        self.eval_prompts = make_prompts(split.heldout_text, cfg.train.eval_prompts, cfg.task, seed=cfg.train.seed + 99991)
+        self.eval_prompts = self.task.prompts("heldout", cfg.train.eval_prompts, seed=cfg.train.seed + 99991)
         if roles is None:
             from actors.roleset import make_roleset
 
@@ -173,7 +168,7 @@ class Trainer:
         """The held-out evaluation (samples to samples/step-N.jsonl, the guard's signals); ``final``: the one after the last
         iteration, where the guard records an alarm but takes no action."""
         t = time.perf_counter()
-        r = self.roles.generate(self.eval_prompts, EVAL_SEED, self.prefix_ids())
+        r = self.generate(self.eval_prompts, EVAL_SEED, self.prefix_ids())
         scored, out = self.roles.score_and_drift(r, "eval")
         write_samples(self.run_dir, self.iteration, scored)
         out["eval/proxy_mean"] = float(np.mean(scored.reward))
@@ -277,7 +272,7 @@ class Trainer:
             rollouts, m["time_s/rollout"] = pre[1], pre[2]
         else:
             t = time.perf_counter()
-            rollouts = self.roles.generate(prompts, seed, self.prefix_ids())
+            rollouts = self.generate(prompts, seed, self.prefix_ids())
             m["time_s/rollout"] = time.perf_counter() - t
         n_tokens = sum(len(x) for x in rollouts.response_ids)
         m["perf/rollout_tokens_per_s"] = n_tokens / max(m["time_s/rollout"], 1e-9)
@@ -287,7 +282,7 @@ class Trainer:
         m["rollout/dropped_stale"] = float(dropped)
         if fresh is None:  # only after a failed broadcast: re-sync and regenerate once
             m.update(self.roles.sync())
-            fresh = self.roles.generate(prompts, seed, self.prefix_ids())
+            fresh = self.generate(prompts, seed, self.prefix_ids())
         t = time.perf_counter()
         scored, drift = self.roles.score_and_drift(fresh, "train")
         m["time_s/reward_and_gold"] = time.perf_counter() - t
@@ -317,12 +312,19 @@ class Trainer:
         self.iteration += 1
         return m
 
-    def batch_prompts(self, it: int) -> tuple[list[str], int]:
+    def batch_prompts(self, it: int) -> tuple[PromptSet, int]:
         """Iteration ``it``'s training prompts and sampling seed: (train.seed, it) alone fix them."""
         cfg = self.cfg
         seed = cfg.train.seed * 1_000_003 + it
         m_per = cfg.samples_per_prompt  # consecutive rows share a prompt (f-DPG's per-prompt Z); sampled with distinct seeds
-        return [p for p in make_prompts(self.train_text, cfg.rollout_batch_size // m_per, cfg.task, seed=seed) for _ in range(m_per)], seed
+        return self.task.prompts("train", cfg.rollout_batch_size // m_per, seed=seed).repeat_each(m_per), seed
+
+    def generate(self, prompts: PromptSet, seed: int, prefix_ids: list[int] | None = None) -> Rollouts:
+        """The engines' samples for a task's prompts, carrying each prompt's metadata on to the scorers."""
+        r = self.roles.generate(prompts.texts, seed, prefix_ids, prompts.ids)
+        if prompts.meta:
+            r.meta = list(prompts.meta)
+        return r
 
     def _generate_next(self, it: int):
         """runtime.pipeline: start generating iteration it + 1's batch now, with the engines' current weights (version v,
@@ -336,7 +338,7 @@ class Trainer:
 
         def gen():
             t = time.perf_counter()
-            r = self.roles.generate(prompts, seed, prefix)
+            r = self.generate(prompts, seed, prefix)
             return it + 1, r, time.perf_counter() - t
 
         return self._pool.submit(gen)
@@ -349,6 +351,8 @@ class Trainer:
 
         cfg, ctl = self.cfg, self.commands
         (self.run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
+        # the folder the run's policy starts from (tether export builds a checkpoint's Hugging Face folder on it)
+        (self.run_dir / "policy_source.json").write_text(json.dumps({"policy": str(self.paths.policy)}))
         if resume:
             self.restore()
         runlog = RunLog(self.run_dir)
@@ -427,8 +431,21 @@ class Trainer:
         runlog.log(self.iteration, final)
         if ctl is not None:
             ctl.publish(self.iteration, final)
-        self.save_checkpoint()
+        ck = self.save_checkpoint()
+        if cfg.train.export_policy:
+            self.export(ck, self.run_dir / "policy")
+            pick = (self.guard_alarm or {}).get("pick_checkpoint")
+            if pick and Path(pick, "learner.pt").exists():
+                self.export(Path(pick), self.run_dir / "policy-guard-pick")
         return last, final
+
+    def export(self, checkpoint: Path, out: Path) -> Path:
+        """A checkpoint's policy as a Hugging Face folder (learner/models/export.py): from_pretrained and vLLM load it."""
+        from learner.models.export import export_policy
+
+        path = export_policy(self.paths.policy, checkpoint / "learner.pt", out, note={"run": self.cfg.name})
+        log.info("policy exported to %s", path)
+        return path
 
     def close(self) -> None:
         if self._pool is not None:

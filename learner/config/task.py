@@ -7,18 +7,24 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from learner.config.base import Strict
+from learner.config.data import DatasetConfig, PreferenceConfig, ScorerConfig
 
 
 class TaskConfig(Strict):
-    """The offline IMDB task (Elastic Reset's IMDB mock-sentiment task, Gao et al.'s synthetic gold/proxy setup)."""
+    """The task: the offline IMDB demo (Elastic Reset's IMDB mock-sentiment task, Gao et al.'s synthetic gold/proxy setup), or
+    prompts from the user's own data (``dataset``) with the user's policy and scorers."""
 
-    name: Literal["imdb"] = Field("imdb", description="Task name. Only the offline IMDB task ships today (prompts are IMDB review prefixes).")
+    name: Literal["imdb", "dataset"] = Field(
+        "imdb", description="imdb: IMDB review prefixes, a policy, gold and proxies built offline (tasks/imdb/). dataset: the prompts of "
+        "task.data with the Hugging Face policy of policy.name_or_path, gold.scorer as the gold, and proxies from proxy.source (tasks/dataset/).")
+    data: DatasetConfig | None = Field(None, description="task.name dataset: where the prompts come from (required there, refused for imdb).")
     objective: Literal["sentiment", "toxicity"] = Field(
         "sentiment",
         description="sentiment: gold = IMDB sentiment scorer, proxy = the Bradley-Terry ensemble (Gao et al., Coste et al.). "
         "toxicity: unlearning toxicity (Quark's home task); reward and gold = log((1-p)/p) of alt-profanity-check's offensive-language probability p.",
     )
-    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Fraction of the 25k IMDB reviews held out (deterministic split by seed) for evaluation.")
+    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Fraction of the 25k IMDB reviews (dataset: of the prompts, unless "
+                                    "task.data names a held-out split or file) held out by a seeded split, for evaluation.")
     max_reviews: int | None = Field(None, ge=200, description="Use only the first N reviews after shuffling (tests use a few thousand). None = all 25k.")
     prompt_words_min: int = Field(2, ge=1, description="Prompts are review prefixes of between prompt_words_min and prompt_words_max words (Elastic Reset IMDB uses short prefixes).")
     prompt_words_max: int = Field(5, ge=1, description="Upper bound of prompt length in words.")
@@ -26,6 +32,12 @@ class TaskConfig(Strict):
 
     @model_validator(mode="after")
     def _words(self) -> "TaskConfig":
+        if self.name == "dataset" and self.data is None:
+            raise ValueError("task.name 'dataset' needs task.data (at least task.data.path: a jsonl / csv / parquet file, a datasets folder or a hub name)")
+        if self.name == "imdb" and self.data is not None:
+            raise ValueError("task.data applies only to task.name 'dataset' (the imdb task builds its own prompts)")
+        if self.name == "dataset" and self.objective != "sentiment":
+            raise ValueError("task.objective applies only to the imdb task; for a dataset task choose the scorers (gold.scorer, proxy.scorers)")
         if self.prompt_words_max < self.prompt_words_min:
             raise ValueError(f"task.prompt_words_max ({self.prompt_words_max}) must be >= task.prompt_words_min ({self.prompt_words_min})")
         return self
@@ -66,15 +78,19 @@ class PolicyConfig(Strict):
 class GoldConfig(Strict):
     """The gold reward R*, the stand-in for a human judge: stronger than the proxies and trained on the real IMDB labels."""
 
-    kind: Literal["contextual", "tfidf_logreg", "hf_classifier"] = Field(
+    kind: Literal["contextual", "tfidf_logreg", "hf_classifier", "scorer"] = Field(
         "contextual",
         description="contextual (default): a judge that wants a positive review a reader would accept: the pretrained policy's full "
         "backbone fine-tuned on the real IMDB labels (saturating sentiment), minus penalties for incoherent word order (a word "
         "trigram language model trained on the reviews, not the policy), for repetition and for formulaic text of few distinct words. "
         "tfidf_logreg: TF-IDF + logistic regression on IMDB labels (a bag of words; the policy raises it by piling up positive words). "
-        "hf_classifier: a Hugging Face sequence classifier named by name_or_path (e.g. 'lvwerra/distilbert-imdb'), reward = positive-minus-negative logit.",
+        "hf_classifier: a Hugging Face sequence classifier named by name_or_path (e.g. 'lvwerra/distilbert-imdb'): its one logit, the log-odds of "
+        "`label`, or with two labels and no `label` the positive-minus-negative logit (the last label's log-odds). "
+        "scorer: any scorer (gold.scorer: a reward model, a Python function, an HTTP reward server); the only kinds for a dataset task.",
     )
     name_or_path: str | None = Field(None, description="Model for kind=hf_classifier.")
+    label: str | int | None = Field(None, description="kind=hf_classifier: the label (name or index) whose log-odds is the gold.")
+    scorer: ScorerConfig | None = Field(None, description="kind=scorer: the gold scorer. It is held out: the learner never sees it.")
     max_features: int = Field(100_000, ge=100, description="tfidf_logreg: TF-IDF vocabulary size (word 1-2 grams).")
     C: float = Field(4.0, gt=0, description="tfidf_logreg: inverse L2 regularisation of the logistic regression.")
     n_train: int | None = Field(None, ge=100, description="contextual: labelled training reviews for the sentiment model (None = all of the training split).")
@@ -99,11 +115,33 @@ class GoldConfig(Strict):
     def _hf(self) -> "GoldConfig":
         if self.kind == "hf_classifier" and not self.name_or_path:
             raise ValueError("gold.name_or_path is required when gold.kind is 'hf_classifier'")
+        if (self.kind == "scorer") != (self.scorer is not None):
+            raise ValueError("gold.scorer is required when gold.kind is 'scorer', and applies only then")
+        if self.label is not None and self.kind != "hf_classifier":
+            raise ValueError("gold.label applies only to gold.kind 'hf_classifier' (a scorer has its own label field)")
         return self
+
+    def scorer_spec(self) -> ScorerConfig | None:
+        """The gold as a scorer, for the kinds that are one (hf_classifier, scorer); None for the built IMDB judges."""
+        if self.kind == "scorer":
+            return self.scorer
+        if self.kind == "hf_classifier":
+            return ScorerConfig(kind="hf_reward_model", name_or_path=self.name_or_path, label=self.label if self.label is not None else "__last__",
+                                max_len=512, name="gold")
+        return None
 
 
 class ProxyConfig(Strict):
-    """Proxy reward-model ensemble (Coste et al. 2023): k scalar-head models differing only in seed."""
+    """Proxy reward-model ensemble (Coste et al. 2023): k scalar-head models differing only in seed, trained on synthetic
+    gold-labelled pairs (source synthetic) or on the user's preference pairs (source preferences); or the user's own
+    scorers used as they are (source scorers)."""
+
+    source: Literal["synthetic", "scorers", "preferences"] = Field(
+        "synthetic", description="synthetic: `tether prepare` samples pairs from pi_0 on the task's prompts, labels them with the gold at "
+        "label_noise and trains n_members reward models (Gao et al., Coste et al.). scorers: the ensemble is proxy.scorers as they are "
+        "(pretrained reward models, functions, HTTP servers, mixed). preferences: n_members reward models trained on proxy.preferences.")
+    scorers: list[ScorerConfig] = Field(default_factory=list, description="source scorers: the ensemble's members (1-32).")
+    preferences: PreferenceConfig | None = Field(None, description="source preferences: the chosen / rejected pairs.")
 
     n_members: int = Field(5, ge=1, le=32, description="Ensemble size k (Coste et al. use 5).")
     label_noise: float = Field(0.25, ge=0, lt=0.5, description="Fraction of gold preference labels flipped (Coste et al.: 25%, mimicking annotator disagreement).")
@@ -118,6 +156,21 @@ class ProxyConfig(Strict):
     )
     name_or_path: str | None = Field(None, description="Hugging Face sequence-classification model to start from instead (e.g. on a GPU cluster).")
     max_len: int = Field(96, ge=16, description="Tokens scored per text (prompt + response).")
+    @model_validator(mode="after")
+    def _source(self) -> "ProxyConfig":
+        if self.source == "scorers" and not 1 <= len(self.scorers) <= 32:
+            raise ValueError(f"proxy.source 'scorers' needs 1 to 32 entries in proxy.scorers, got {len(self.scorers)}")
+        if self.source != "scorers" and self.scorers:
+            raise ValueError(f"proxy.scorers applies only to proxy.source 'scorers' (this config has source '{self.source}')")
+        if (self.source == "preferences") != (self.preferences is not None):
+            raise ValueError("proxy.preferences is required when proxy.source is 'preferences', and applies only then")
+        return self
+
+    @property
+    def k(self) -> int:
+        """Members of the ensemble."""
+        return len(self.scorers) if self.source == "scorers" else self.n_members
+
     pooling: Literal["mean", "last"] = Field(
         "mean",
         description="Readout of locally built members: mean of the last hidden states, or the last token (HF's default). "

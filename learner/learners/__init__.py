@@ -42,6 +42,7 @@ def make_learner(cfg: TetherConfig, policy_path, *, reference: list | None = Non
 
     from learner.models.device import role_device
     from learner.models.policy import load_policy
+    from learner.models.tokenizer import pad_token_id
 
     lr = cfg.runtime.learner
     device = role_device(cfg, "learner") if device is None else torch.device(device)
@@ -60,11 +61,11 @@ def make_learner(cfg: TetherConfig, policy_path, *, reference: list | None = Non
     if cfg.algorithm == "ppo":
         from learner.learners.ppo import PPOLearner
 
-        learner = PPOLearner(cfg, init_lm, pad_id=tok.pad_token_id, ref_lm=ref)
+        learner = PPOLearner(cfg, init_lm, pad_id=pad_token_id(tok), ref_lm=ref)
     elif cfg.algorithm == "fdpg":
         from learner.learners.fdpg import FDPGLearner
 
-        learner = FDPGLearner(cfg, init_lm, pad_id=tok.pad_token_id, ref_lm=ref)
+        learner = FDPGLearner(cfg, init_lm, pad_id=pad_token_id(tok), ref_lm=ref)
     else:
         from learner.learners.quark import QuarkLearner
 
@@ -72,7 +73,7 @@ def make_learner(cfg: TetherConfig, policy_path, *, reference: list | None = Non
         if not meta_path.exists():
             raise NotApplicable(f"{policy_path} has no reward tokens ({QUARK_META}); Quark runs start from learner.learners.quark.expand_policy's folder")
         meta = json.loads(meta_path.read_text())
-        learner = QuarkLearner(cfg, init_lm, pad_id=tok.pad_token_id, ref_lm=ref, reward_token_ids=meta["reward_token_ids"])
+        learner = QuarkLearner(cfg, init_lm, pad_id=pad_token_id(tok), ref_lm=ref, reward_token_ids=meta["reward_token_ids"])
     if lr.compile:
         from learner.models.policy import compile_bodies
 

@@ -41,8 +41,13 @@ class GoldScorer:
         return np.asarray(x @ self.coef).ravel() / norms + self.intercept
 
 
-def load_gold(path: str | Path, device=None):
-    """Local contextual or TF-IDF folder, or a Hugging Face classifier (hub name / folder) scored as a positive-minus-negative logit."""
+def load_gold(path, device=None):
+    """A scorer config (a dict: learner/models/scorers.py), a local contextual or TF-IDF folder, or a Hugging Face classifier
+    (hub name / folder) scored as a positive-minus-negative logit."""
+    if isinstance(path, dict):
+        from learner.models.scorers import make_scorer
+
+        return make_scorer(path, device=device)
     if str(path) == PROFANITY_CHECK:
         return ToxicityScorer()
     p = Path(path)

@@ -22,11 +22,18 @@ class GoldEvaluator:
         self.gold, self.init_model, self.pad_id = gold, init_model.eval(), pad_id
         self._memo: tuple[tuple[str, ...], dict[str, np.ndarray]] | None = None  # the last texts scored: evaluate + gold_scores score once
 
-    def components(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """{"gold": (N,)} plus the judge's terms when it has them (the contextual gold: sentiment, coherence, repetition)."""
+    def components(self, samples: "list[str] | Rollouts") -> dict[str, np.ndarray]:
+        """{"gold": (N,)} plus the judge's terms when it has them (the contextual gold: sentiment, coherence, repetition).
+        ``samples``: whole texts, or Rollouts (a scorer gold then reads the task's prompt, the response and the metadata)."""
+        texts = samples.texts if isinstance(samples, Rollouts) else list(samples)
         key = tuple(texts)
         if self._memo is None or self._memo[0] != key:
-            c = self.gold.components(texts) if hasattr(self.gold, "components") else {"gold": self.gold.score(texts)}
+            if isinstance(samples, Rollouts) and hasattr(self.gold, "score_samples"):
+                from learner.models.scorers import scorer_prompts
+
+                c = {"gold": self.gold.score_samples(scorer_prompts(samples), samples.responses, samples.meta)}
+            else:
+                c = self.gold.components(texts) if hasattr(self.gold, "components") else {"gold": self.gold.score(texts)}
             self._memo = (key, {k: np.asarray(v, dtype=np.float64) for k, v in c.items()})
         return self._memo[1]
 
@@ -38,10 +45,12 @@ class GoldEvaluator:
         from learner.models.policy import load_policy
 
         tok = AutoTokenizer.from_pretrained(str(policy_path))
-        return cls(load_gold(gold_path, device=device), load_policy(policy_path).to(device or "cpu"), tok.pad_token_id)
+        from learner.models.tokenizer import pad_token_id
 
-    def gold_scores(self, texts: list[str]) -> list[float]:
-        return [float(x) for x in self.components(texts)["gold"]]
+        return cls(load_gold(gold_path, device=device), load_policy(policy_path).to(device or "cpu"), pad_token_id(tok))
+
+    def gold_scores(self, samples: "list[str] | Rollouts") -> list[float]:
+        return [float(x) for x in self.components(samples)["gold"]]
 
     @torch.no_grad()
     def init_logprobs(self, r: Rollouts, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +71,7 @@ class GoldEvaluator:
         k1 = masked_sum(kl_estimate(beh, init_lp, "k1"), mask, dim=1)  # (B,)
         k3 = masked_sum(kl_estimate(beh, init_lp, "k3"), mask, dim=1)
         texts = r.texts
-        comp = self.components(texts)
+        comp = self.components(r)
         gold = comp["gold"]
         extra = {f"{prefix}/gold_{k}": float(comp[k].mean()) for k in ("sentiment", "coherence", "repetition", "diversity") if k in comp}
         if hasattr(self.gold, "prob"):  # the toxicity objective: report toxicity itself too

@@ -36,6 +36,8 @@ class RewardModel:
         return cls(model, tok, max_len)
 
     def _enc(self, texts: list[str]):
+        if self.tok.pad_token is None:  # a GPT-2-style tokenizer: pad with EOS (padded positions are masked out)
+            self.tok.pad_token = self.tok.eos_token
         self.tok.padding_side = "right"
         return self.tok([self.tok.bos_token + t if self.tok.bos_token else t for t in texts], return_tensors="pt", padding=True, truncation=True, max_length=self.max_len, add_special_tokens=False)
 
@@ -55,19 +57,54 @@ class RewardModel:
         return torch.cat([self.forward(texts[i : i + batch_size]).cpu() for i in range(0, len(texts), batch_size)]) if texts else torch.zeros(0)
 
 
+class ScorerMember:
+    """A scorer of learner/models/scorers.py (a pretrained reward model, a function, an HTTP server) as an ensemble member."""
+
+    def __init__(self, spec, device=None):
+        from learner.models.scorers import make_scorer
+
+        self.scorer = make_scorer(spec, device=device)
+        self.name = self.scorer.name
+
+    def score_samples(self, prompts: list, responses: list[str], meta: list[dict] | None = None) -> torch.Tensor:
+        return torch.as_tensor(self.scorer.score_samples(prompts, responses, meta), dtype=torch.float32)
+
+
+def make_member(spec, *, max_len: int, device=None):
+    """An ensemble member from its spec: a scorer config (a dict), the profanity scorer's name, or a reward-model folder that
+    tether trained (tasks/: synthetic gold labels or the user's preferences)."""
+    if isinstance(spec, dict):
+        return ScorerMember(spec, device=device)
+    if str(spec) == PROFANITY_CHECK:
+        return ToxicityRewardMember()
+    return RewardModel.load(spec, max_len=max_len, device=device)
+
+
 class ProxyEnsemble:
-    def __init__(self, member_paths: list[str | Path], *, aggregation: str, uwo_lambda: float, max_len: int = 96, device=None):
-        self.members = [ToxicityRewardMember() if str(p) == PROFANITY_CHECK else RewardModel.load(p, max_len=max_len, device=device)
-                        for p in member_paths]
+    def __init__(self, member_paths: list, *, aggregation: str, uwo_lambda: float, max_len: int = 96, device=None):
+        self.members = [make_member(p, max_len=max_len, device=device) for p in member_paths]
         self.aggregation, self.uwo_lambda = aggregation, uwo_lambda
 
     def score_texts(self, texts: list[str]) -> torch.Tensor:
-        """(B, k) scores of every member."""
-        return torch.stack([m.score(texts) for m in self.members], dim=1)
+        """(B, k) scores of every member on whole texts (prompt + response)."""
+        return torch.stack([m.score(texts) if not hasattr(m, "score_samples") else m.score_samples(texts, [""] * len(texts))
+                            for m in self.members], dim=1)
+
+    def score_rollouts(self, rollouts: Rollouts) -> torch.Tensor:
+        """(B, k) scores of every member: a tether-trained member reads prompt + response; a scorer reads the task's prompt,
+        the response and the prompt's metadata."""
+        from learner.models.scorers import scorer_prompts
+
+        texts = rollouts.texts
+        if not any(hasattr(m, "score_samples") for m in self.members):
+            return self.score_texts(texts)
+        prompts = scorer_prompts(rollouts)
+        return torch.stack([m.score_samples(prompts, rollouts.responses, rollouts.meta) if hasattr(m, "score_samples") else m.score(texts)
+                            for m in self.members], dim=1)
 
     def score(self, rollouts: Rollouts, *, gold=None) -> ScoredRollouts:
         texts = rollouts.texts
-        s = self.score_texts(texts)
+        s = self.score_rollouts(rollouts)
         agg, spread = aggregate(s, self.aggregation, uwo_lambda=self.uwo_lambda)
         gold_scores = gold.score(texts).tolist() if gold is not None else None
         return ScoredRollouts(rollouts, s.tolist(), agg.tolist(), spread.tolist(), gold_scores)

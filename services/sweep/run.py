@@ -82,10 +82,10 @@ def asset_cells(cells: list[Cell]) -> list[Cell]:
 
 
 def _check_assets(cells: list[Cell]) -> None:
-    from tasks.imdb.build import resolve
+    from tasks import get_task
 
     for c in asset_cells(cells):
-        resolve(c.config, cfg_source=str(c.dir / "cell.yaml"))  # AssetError with the `tether prepare` command
+        get_task(c.config).resolve(cfg_source=str(c.dir / "cell.yaml"))  # AssetError with the `tether prepare` command
 
 
 def run_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None, *, submit: str | None = None, progress: bool = True,
@@ -161,7 +161,7 @@ def auto_parallel(cells: list[Cell], jobs) -> int:
 
 def _run_local(c: Cell, *, progress: bool) -> str:
     from actors.placement import RuntimeSetupError
-    from tasks.imdb.store import AssetError
+    from tasks.store import AssetError
 
     try:
         return run_cell(c.dir, progress=progress)

@@ -12,13 +12,12 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from learner.config import TetherConfig
-from tasks.imdb import store
+from tasks import set_threads  # noqa: F401 - kept importable from here
+from tasks import store
+from tasks.contract import TaskPaths
 from tasks.imdb.data import ImdbSplit, load_imdb
 
 log = logging.getLogger(__name__)
@@ -26,30 +25,25 @@ REPO_ASSETS = Path(__file__).resolve().parents[2] / "assets"
 COMMITTED_POLICY = REPO_ASSETS / "imdb-policy"
 
 
-@dataclass(frozen=True)
-class TaskPaths:
-    policy: Path | str  # the model the run starts from: pi_0, or an SFT model (reference.kind sft; the driver writes the soup for soup)
-    gold: Path | str
-    proxies: list[Path | str]
-    reference: list[Path | str] = field(default_factory=list)  # models whose soup is the KL reference; empty = the start policy
-    reference_weights: list[float] = field(default_factory=list)
-    base_policy: Path | str | None = None  # pi_0 itself (what proxies were trained on)
-    drift_policy: Path | str | None = None  # the common model drift is measured from (pi_0; the driver sets it); None = policy
+# Fields that build nothing of this task (the dataset task's, the user's scorers): left out of the stage keys, so that
+# adding them kept every existing artefact's key (the committed policy's among them).
+_NOT_BUILT = {"task": {"objective", "data"}, "gold": {"label", "scorer"}, "proxy": {"source", "scorers", "preferences"}}
 
 
 def _parts(cfg: TetherConfig, stage: str) -> dict:
-    task = cfg.task.model_dump(exclude={"objective"})  # the objective picks scorers, it builds nothing here
+    task = cfg.task.model_dump(exclude=_NOT_BUILT["task"])  # the objective picks scorers, it builds nothing here
     pol = cfg.policy.model_dump(exclude={"committed_checkpoint"})
+    gold_dump, proxy_dump = cfg.gold.model_dump(exclude=_NOT_BUILT["gold"]), cfg.proxy.model_dump(exclude=_NOT_BUILT["proxy"])
     if stage == "policy":
         return {"task": task, "tokenizer": cfg.tokenizer.model_dump(), "policy": pol}
     if stage == "gold":
         if cfg.gold.kind == "contextual":
-            return {"task": task, "gold": cfg.gold.model_dump(), "tokenizer": cfg.tokenizer.model_dump(), "policy": pol, "base": cfg.policy.name_or_path}
-        return {"task": task, "gold": cfg.gold.model_dump()}
+            return {"task": task, "gold": gold_dump, "tokenizer": cfg.tokenizer.model_dump(), "policy": pol, "base": cfg.policy.name_or_path}
+        return {"task": task, "gold": gold_dump}
     if stage == "proxy":
         return {
-            "task": task, "tokenizer": cfg.tokenizer.model_dump(), "policy": pol, "gold": cfg.gold.model_dump(),
-            "proxy": cfg.proxy.model_dump(), "generation": cfg.generation.model_dump(),
+            "task": task, "tokenizer": cfg.tokenizer.model_dump(), "policy": pol, "gold": gold_dump,
+            "proxy": proxy_dump, "generation": cfg.generation.model_dump(),
         }
     if stage == "sft":
         r = cfg.reference
@@ -98,15 +92,18 @@ def resolve(cfg: TetherConfig, *, cfg_source: str = "<config>") -> TaskPaths:
 
         gold, proxies = PROFANITY_CHECK, [PROFANITY_CHECK]
     else:
-        if cfg.gold.kind == "hf_classifier":
-            gold = cfg.gold.name_or_path  # type: ignore[assignment]
+        if cfg.gold.scorer_spec() is not None:  # a Hugging Face classifier or any scorer of the user's
+            gold = cfg.gold.scorer_spec().model_dump()  # type: ignore[union-attr]
         else:
             f, k = stage_folder(cfg, "gold")
             store.check_artefact(f, "gold", k, required(cfg, "gold"), hint(cfg_source))
             gold = f
-        f, k = stage_folder(cfg, "proxy")
-        store.check_artefact(f, "proxy", k, required(cfg, "proxy"), hint(cfg_source))
-        proxies = [f / f"member-{i}" for i in range(cfg.proxy.n_members)]
+        if cfg.proxy.source == "scorers":  # the user's scorers as they are: nothing built
+            proxies = [s.model_dump() for s in cfg.proxy.scorers]
+        else:
+            f, k = stage_folder(cfg, "proxy")
+            store.check_artefact(f, "proxy", k, required(cfg, "proxy"), hint(cfg_source))
+            proxies = [f / f"member-{i}" for i in range(cfg.proxy.n_members)]
     r = cfg.reference
     if r.kind == "initial":
         return TaskPaths(pol, gold, proxies, base_policy=pol)
@@ -128,7 +125,11 @@ def prepare(cfg: TetherConfig, *, rebuild: bool = False, cfg_source: str = "<con
     out["policy"] = _policy_stage(cfg, split, rebuild)
     if cfg.task.objective == "sentiment":
         out["gold"] = _gold_stage(cfg, split, rebuild)
-        out["proxy"] = _proxy_stage(cfg, split, rebuild)
+        if cfg.proxy.source == "synthetic":
+            out["proxy"] = _proxy_stage(cfg, split, rebuild)
+        elif cfg.proxy.source == "preferences":
+            raise store.AssetError("proxy.source 'preferences' is for a dataset task (task.name: dataset); the imdb task trains its proxies "
+                                   "on synthetic gold labels (proxy.source: synthetic) or uses proxy.scorers as they are")
     if cfg.reference.kind != "initial":
         out["sft"] = _sft_stage(cfg, split, rebuild)
     return out
@@ -211,8 +212,8 @@ def _policy_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
 
 
 def _gold_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
-    if cfg.gold.kind == "hf_classifier":
-        return {"stage": "gold", "source": cfg.gold.name_or_path, "note": "loaded from_pretrained; not built here"}
+    if cfg.gold.scorer_spec() is not None:
+        return {"stage": "gold", "source": cfg.gold.scorer_spec().display, "note": "a scorer used as it is; not built here"}
     from tasks.imdb.gold import train_contextual_gold, train_gold
 
     if cfg.gold.kind == "contextual":
@@ -230,13 +231,6 @@ def _proxy_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
 
 def resolve_partial(cfg: TetherConfig) -> dict:
     pol = cfg.policy.name_or_path or stage_folder(cfg, "policy")[0]
-    gold = cfg.gold.name_or_path if cfg.gold.kind == "hf_classifier" else stage_folder(cfg, "gold")[0]
+    gold = cfg.gold.scorer_spec().model_dump() if cfg.gold.scorer_spec() is not None else stage_folder(cfg, "gold")[0]
     return {"policy": pol, "gold": gold}
 
-
-def set_threads(n: int | None) -> int:
-    import os
-
-    n = n or max(1, min(os.cpu_count() or 1, len(os.sched_getaffinity(0))))
-    torch.set_num_threads(n)
-    return n

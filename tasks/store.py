@@ -14,7 +14,7 @@ from typing import Any
 
 MANIFEST = "tether_manifest.json"
 # Bump a stage's version when its build code changes in a way that changes the artefact.
-STAGE_VERSIONS = {"policy": 1, "gold": 1, "proxy": 3, "sft": 1}
+STAGE_VERSIONS = {"policy": 1, "gold": 1, "proxy": 3, "sft": 1, "prompts": 1, "dataset_proxy": 1}
 
 
 class AssetError(RuntimeError):
