@@ -352,6 +352,56 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """A run's checkpoint as a Hugging Face folder (weights, tokenizer, generation config) that from_pretrained and vLLM load."""
+    import json
+
+    from learner.models.export import export_policy
+
+    run = Path(args.run)
+    src = run / "policy_source.json"
+    if not src.is_file():
+        sys.exit(f"tether: {run} is not a run folder of this version of tether (no policy_source.json; `tether train` writes one)")
+    ckpts = sorted(p for p in (run / "checkpoints").glob("step-*") if (p / "learner.pt").is_file()) if (run / "checkpoints").is_dir() else []
+    if not ckpts:
+        sys.exit(f"tether: {run} has no checkpoint (checkpoints/step-N/learner.pt)")
+    if args.step is None:
+        ck = ckpts[-1]
+    else:
+        ck = run / "checkpoints" / f"step-{args.step:06d}"
+        if ck not in ckpts:
+            sys.exit(f"tether: {run} has no checkpoint of step {args.step}; its checkpoints: "
+                     f"{', '.join(str(int(p.name.split('-')[1])) for p in ckpts)} (runtime.keep_checkpoints keeps the newest)")
+    out = Path(args.out) if args.out else run / f"policy-step-{int(ck.name.split('-')[1])}"
+    start = json.loads(src.read_text())["policy"]
+    try:
+        path = export_policy(start, ck / "learner.pt", out, note={"run": str(run)})
+    except (OSError, ValueError) as e:
+        sys.exit(f"tether: cannot export {ck}: {e}")
+    print(f"exported {ck} to {path} (AutoModelForCausalLM.from_pretrained('{path}') or vLLM's LLM(model='{path}'))")
+    return 0
+
+
+def cmd_reward_server(args) -> int:
+    """A Python reward function behind HTTP (services/reward_server.py)."""
+    import os
+
+    from services.reward_server import load_function, serve
+
+    token = None
+    if args.token_env:
+        token = os.environ.get(args.token_env)
+        if not token:
+            sys.exit(f"tether: --token-env {args.token_env}: the variable is not set")
+    try:
+        load_function(args.function)
+    except (ImportError, ValueError) as e:
+        sys.exit(f"tether: {e}")
+    print(f"reward server: {args.function} on http://{args.host}:{args.port}/get_reward", flush=True)
+    serve(args.function, host=args.host, port=args.port, token=token)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tether", description="RL alignment with drift control: PPO+KL, Elastic Reset, reward ensembles, gold evaluation.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -429,6 +479,19 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples per claim (default 2000)")
     sp.add_argument("--readme", help="also write the table of measured claims between the claims markers of this file (make reproduce: README.md)")
     sp.set_defaults(fn=cmd_reproduce)
+
+    sp = sub.add_parser("export", help="a run's checkpoint as a Hugging Face folder that from_pretrained and vLLM load")
+    sp.add_argument("run", help="a run folder (runs/<stamp>-<name>/<variant>)")
+    sp.add_argument("--step", type=int, help="the checkpoint's iteration (default: the latest)")
+    sp.add_argument("--out", help="the folder to write (default RUN/policy-step-N)")
+    sp.set_defaults(fn=cmd_export)
+
+    sp = sub.add_parser("reward-server", help="serve a Python reward function over HTTP (tether's http scorers and OpenRLHF's remote reward protocol)")
+    sp.add_argument("function", help="package.module:function(prompts, responses, **metadata) -> list[float]")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=5000)
+    sp.add_argument("--token-env", help="require Authorization: Bearer <the value of this environment variable>")
+    sp.set_defaults(fn=cmd_reward_server)
 
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -54,6 +54,8 @@ def write_samples(run_dir: Path, step: int, scored) -> Path:
     gold = scored.gold if scored.gold is not None else [None] * len(r)
     rows = [{"prompt": p, "response": resp, "proxy": float(a), "proxy_members": [float(x) for x in m], "gold": None if g is None else float(g)}
             for p, resp, a, m, g in zip(r.prompts, r.responses, scored.reward, scored.proxy_scores, gold)]
+    for row, meta in zip(rows, r.meta):  # a dataset task: the user's own prompt and its metadata columns
+        row["meta"] = meta
     path = folder / f"step-{step:06d}.jsonl"
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(x) + "\n" for x in rows))

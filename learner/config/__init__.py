@@ -6,6 +6,7 @@ strict base and ConfigError), `task` and `methods` (the sections), `run` (Tether
 `compose` (the one way layers merge), `load` (presets, files, `--set`).
 """
 from learner.config.base import ConfigError, Strict
+from learner.config.data import DatasetConfig, PreferenceConfig, ScorerConfig
 from learner.config.compose import ALGORITHM_SECTIONS, ALGORITHMS, compose_dict, deep_merge, nest, parse_overrides, without_other_algorithms
 from learner.config.load import PRESETS_DIR, load_config, preset_or_file, read_config_file
 from learner.config.methods import (
@@ -22,7 +23,7 @@ from learner.config.run import GuardConfig, LearnerResources, RoleResources, Run
 from learner.config.task import GoldConfig, PolicyConfig, ProxyConfig, TaskConfig, TokenizerConfig
 
 __all__ = [
-    "ALGORITHMS", "ALGORITHM_SECTIONS", "ConfigError", "ElasticResetConfig", "EnsembleConfig", "FDPGConfig",
+    "ALGORITHMS", "ALGORITHM_SECTIONS", "ConfigError", "DatasetConfig", "PreferenceConfig", "ScorerConfig", "ElasticResetConfig", "EnsembleConfig", "FDPGConfig",
     "GenerationConfig", "GoldConfig", "GuardConfig", "KLConfig", "LearnerResources", "PPOConfig", "PRESETS_DIR", "PolicyConfig", "ProxyConfig",
     "QuarkConfig", "ReferenceConfig", "RoleResources", "RuntimeConfig", "Strict", "TaskConfig", "TetherConfig",
     "TokenizerConfig", "TrainConfig", "compose_dict", "config_from_dump", "deep_merge", "load_config", "nest",

@@ -43,7 +43,7 @@ def check_scores(name: str, values: Any, n: int) -> np.ndarray:
         raise ScorerError(f"scorer {name}: returned {arr.shape[0]} values for {n} samples (one number per sample is required)")
     bad = np.flatnonzero(~np.isfinite(arr))
     if bad.size:
-        raise ScorerError(f"scorer {name}: non-finite reward {arr[bad[0]]!r} for sample {int(bad[0])} ({bad.size} of {n} non-finite); "
+        raise ScorerError(f"scorer {name}: non-finite reward {float(arr[bad[0]])} for sample {int(bad[0])} ({bad.size} of {n} non-finite); "
                           "a scorer must return finite numbers")
     return arr
 
