@@ -8,12 +8,23 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from learner.config import GuardConfig, TetherConfig
 from services.control import ParamUpdate  # noqa: F401 - re-exported: the PATCH /runs/{id}/params body
 
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+
+
+SCORER_TOKEN_PREFIX = "TETHER_SCORER_"
+_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".arrow")
+
+
+def _hub_dataset(name: str, field: str) -> str:
+    """A Hugging Face hub dataset name: the service reads no local data files or folders."""
+    if not _HUB_NAME.match(name) or ".." in name or name.lower().endswith(_DATA_SUFFIXES):
+        raise ValueError(f"{field} must be a hub dataset name like 'org/dataset' (the service reads no local files or folders), got {name!r}")
+    return name
 
 
 def _inside(value: str, field: str) -> str:
@@ -51,6 +62,33 @@ class ServiceRunConfig(TetherConfig):
         if name is not None and (not _HUB_NAME.match(name) or ".." in name):
             raise ValueError(f"{info.field_name}.name_or_path must be a model hub name like 'org/model' (local paths are refused), got {name!r}")
         return v
+
+    @field_validator("task")
+    @classmethod
+    def _dataset(cls, v):
+        d = v.data
+        for field, name in (("path", d and d.path), ("heldout_path", d and d.heldout_path)):
+            if name is not None:
+                _hub_dataset(name, f"task.data.{field}")
+        return v
+
+    @model_validator(mode="after")
+    def _scorers(self) -> "ServiceRunConfig":
+        specs = [("gold.scorer", self.gold.scorer)] + [(f"proxy.scorers[{i}]", s) for i, s in enumerate(self.proxy.scorers)]
+        for where, s in specs:
+            if s is None:
+                continue
+            if s.kind == "function":
+                raise ValueError(f"{where}: a function scorer would run code in the service's workers; the service accepts "
+                                 "hf_reward_model, http and profanity scorers (serve a function with `tether reward-server`, kind http)")
+            if s.name_or_path is not None and (not _HUB_NAME.match(s.name_or_path) or ".." in s.name_or_path):
+                raise ValueError(f"{where}.name_or_path must be a model hub name like 'org/model' (local paths are refused), got {s.name_or_path!r}")
+            if s.token_env is not None and not s.token_env.startswith(SCORER_TOKEN_PREFIX):
+                raise ValueError(f"{where}.token_env must name a variable starting with {SCORER_TOKEN_PREFIX} (the ones the operator set "
+                                 f"for scorers); other variables of the service are not sent anywhere; got {s.token_env!r}")
+        if self.proxy.preferences is not None:
+            _hub_dataset(self.proxy.preferences.path, "proxy.preferences.path")
+        return self
 
     @field_validator("runtime")
     @classmethod

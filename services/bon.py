@@ -114,14 +114,15 @@ def run_bon(cfg: TetherConfig, out_dir: Path, *, n_max: int, n_prompts: int, n_b
     bad = [a for a in aggregations if a not in AGGREGATIONS]
     if bad:
         raise ValueError(f"unknown aggregation {bad[0]!r}; accepted: {', '.join(AGGREGATIONS)}")
-    if cfg.task.objective != "sentiment":
-        raise ValueError(f"best-of-n needs learned proxies (task.objective=sentiment); {cfg.task.objective!r} scores with its gold itself")
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     set_threads(cfg.train.threads)
     task = get_task(cfg)
     paths = task.resolve(cfg_source=cfg_source)
+    if any(p == paths.gold for p in paths.proxies):
+        raise ValueError("best-of-n compares proxies against a held-out gold, and this config's gold is one of its proxies "
+                         "(e.g. task.objective toxicity); choose proxies other than the gold")
     clean_paths = get_task(clean_cfg).resolve(cfg_source=clean_cfg_source or cfg_source) if clean_cfg is not None else None
     prompts = task.prompts("heldout", n_prompts, seed=cfg.train.seed + PROMPT_SEED_OFFSET)
     timing: dict[str, float] = {}

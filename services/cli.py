@@ -222,13 +222,14 @@ def cmd_bon(args) -> int:
     if args.uwo_lambda < 0:
         sys.exit(f"tether: --uwo-lambda must be >= 0 (UWO = mean - lambda * variance), got {args.uwo_lambda}")
     cfg = _load(args)
-    if cfg.task.objective != "sentiment":
-        sys.exit(f"tether: bon compares learned proxy ensembles: it needs task.objective=sentiment, got {cfg.task.objective}")
     src = lambda sets: shlex.join([args.config, *[x for s in sets for x in ("--set", s)]])  # noqa: E731 - the prepare command to print
     try:
-        get_task(cfg).resolve(cfg_source=src(args.set))
+        paths = get_task(cfg).resolve(cfg_source=src(args.set))
     except AssetError as e:
         sys.exit(f"tether: {e}")
+    if any(p == paths.gold for p in paths.proxies):
+        sys.exit("tether: bon compares proxies against a held-out gold, and this config's gold is one of its proxies (e.g. "
+                 "task.objective toxicity, where alt-profanity-check is both); choose proxies other than the gold")
     clean_cfg = clean_src = None
     if args.no_clean:
         pass

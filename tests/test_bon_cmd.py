@@ -128,7 +128,7 @@ def test_bon_cli_rejects_bad_input(tiny_assets, tmp_path):
     assert "--prompts must be >= 1" in _exit_message([*base, "--prompts", "-3"])
     assert "--uwo-lambda must be >= 0" in _exit_message([*base, "--uwo-lambda", "-0.1"])
     assert "--n-best must be between 1 and --n-max (8" in _exit_message([*base, "--n-max", "8", "--n-best", "9"])
-    assert "task.objective=sentiment" in _exit_message([*base, "--set", "task.objective=toxicity"])
+    assert "gold is one of its proxies" in _exit_message([*base, "--set", "task.objective=toxicity"])
 
     # no assets at all: the noisy ensemble's prepare command, with the overrides that select it
     msg = _exit_message(["bon", "tiny", *_sets(cfg, tmp_path / "empty"), "--out", str(tmp_path / "never")])

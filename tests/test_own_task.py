@@ -257,3 +257,17 @@ def test_synthetic_gold_proxies_on_a_gpt2_policy_without_pad(own, tmp_path):
     assert all(-0.3 <= x["gold_a"] <= 0.7 and -0.3 <= x["gold_b"] <= 0.7 for x in sample)  # the user's gold (vowel_fraction's range)
     again = get_task(cfg).prepare()["proxy"]
     assert again["built_at"] == task.prepare()["proxy"]["built_at"]  # reused: a second prepare builds nothing
+
+
+def test_example_configs_validate_and_round_trip():
+    """configs/examples/: one per scorer kind; each validates, and its saved config.json loads back to the same config."""
+    from learner.config import PRESETS_DIR, config_from_dump
+
+    files = sorted((PRESETS_DIR / "examples").glob("*.yaml"))
+    kinds = set()
+    for f in files:
+        for cfg in load_config(str(f)).expand():
+            assert cfg.task.name == "dataset"
+            assert config_from_dump(json.loads(cfg.model_dump_json())) == cfg
+            kinds |= {s.kind for s in cfg.proxy.scorers} | ({cfg.gold.scorer.kind} if cfg.gold.scorer else set()) | {cfg.proxy.source}
+    assert {"hf_reward_model", "function", "http", "synthetic", "preferences", "scorers"} <= kinds

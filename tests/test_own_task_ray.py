@@ -119,7 +119,7 @@ def test_synthetic_gold_study_on_own_task_through_tether_sweep(tmp_path):
                                                           "methods": {"kl_a": {"config": {"kl": {"coef": 0.05}}},
                                                                       "kl_b": {"config": {"kl": {"coef": 0.2}}}}}))
     _tether("sweep", str(tmp_path / "sweep.yaml"), timeout=1200)
-    cells = sorted((tmp_path / "runs" / "sweep-own").glob("*/metrics.jsonl"))
+    cells = sorted((tmp_path / "runs" / "sweep-own").rglob("metrics.jsonl"))
     assert len(cells) == 2
     for f in cells:
         steps = [r for r in _rows(f.parent) if "loss/policy" in r]

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from learner.models.toxicity import PROFANITY_CHECK, ToxicityScorer
 
 TFIDF_KW = dict(ngram_range=(1, 2), sublinear_tf=True, min_df=2, strip_accents="unicode", lowercase=True)
 """The vectoriser settings of the TF-IDF gold: training (tasks/imdb/gold.py) and scoring share them."""
@@ -48,8 +47,6 @@ def load_gold(path, device=None):
         from learner.models.scorers import make_scorer
 
         return make_scorer(path, device=device)
-    if str(path) == PROFANITY_CHECK:
-        return ToxicityScorer()
     p = Path(path)
     if (p / "gold.json").exists():
         return ContextualGold(p, device=device)

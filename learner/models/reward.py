@@ -8,7 +8,6 @@ import torch
 
 from learner.methods.ensemble import aggregate
 from learner.models.device import model_device
-from learner.models.toxicity import PROFANITY_CHECK, ToxicityRewardMember
 from learner.types import Rollouts, ScoredRollouts
 
 
@@ -71,12 +70,10 @@ class ScorerMember:
 
 
 def make_member(spec, *, max_len: int, device=None):
-    """An ensemble member from its spec: a scorer config (a dict), the profanity scorer's name, or a reward-model folder that
-    tether trained (tasks/: synthetic gold labels or the user's preferences)."""
+    """An ensemble member from its spec: a scorer config (a dict: a pretrained reward model, a function, an HTTP server, the
+    profanity scorer), or a reward-model folder that tether trained (tasks/: synthetic gold labels or the user's preferences)."""
     if isinstance(spec, dict):
         return ScorerMember(spec, device=device)
-    if str(spec) == PROFANITY_CHECK:
-        return ToxicityRewardMember()
     return RewardModel.load(spec, max_len=max_len, device=device)
 
 

@@ -8,9 +8,7 @@ as Quark uses the Perspective API both to train and to evaluate.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-PROFANITY_CHECK = "alt-profanity-check"  # the path-like name that selects this scorer
 LOGIT_CLIP = 12.0
 
 
@@ -30,13 +28,3 @@ class ToxicityScorer:
     def score(self, texts: list[str]) -> np.ndarray:
         p = np.clip(self.prob(texts), 1e-12, 1 - 1e-12)
         return np.clip(np.log1p(-p) - np.log(p), -LOGIT_CLIP, LOGIT_CLIP)
-
-
-class ToxicityRewardMember:
-    """The scorer as a proxy-ensemble member: score(texts) -> (N,) float tensor."""
-
-    def __init__(self) -> None:
-        self.scorer = ToxicityScorer()
-
-    def score(self, texts: list[str]) -> torch.Tensor:
-        return torch.as_tensor(self.scorer.score(texts), dtype=torch.float32)

@@ -87,10 +87,9 @@ def resolve(cfg: TetherConfig, *, cfg_source: str = "<config>") -> TaskPaths:
         pol = f
     gold: Path | str
     proxies: list[Path | str]
-    if cfg.task.objective == "toxicity":
-        from learner.models.toxicity import PROFANITY_CHECK
-
-        gold, proxies = PROFANITY_CHECK, [PROFANITY_CHECK]
+    if cfg.task.objective == "toxicity":  # a scorer configuration: alt-profanity-check as the gold and the one proxy (Quark)
+        profanity = {"kind": "profanity", "name": "profanity"}
+        gold, proxies = dict(profanity), [dict(profanity)]
     else:
         if cfg.gold.scorer_spec() is not None:  # a Hugging Face classifier or any scorer of the user's
             gold = cfg.gold.scorer_spec().model_dump()  # type: ignore[union-attr]
