@@ -37,7 +37,7 @@ from starlette.routing import Match
 from actors.placement import job_env_vars
 from learner.config import TetherConfig, config_from_dump
 from services.api_models import (DEFAULT_LIMITS, Checkpoint, CommandAccepted, CommandInfo, Error, Health, MetricRow, ParamChange,
-                                 ParamUpdate, Run, RunCreate, Sample, SamplesPage, errors, over_limits)
+                                 ParamUpdate, Run, RunCreate, Sample, SamplesPage, errors, over_limits, resolve_data_refs)
 from services.api_schema import truthful_openapi
 from services.api_security import Gate
 from services.jobs import RayJobs
@@ -218,6 +218,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     def create_run(body: RunCreate):
         """Validate, store and queue a run; it is admitted in order when the cluster has room for what it declares."""
         cfg = TetherConfig.model_validate(body.config.model_dump(exclude_unset=True))
+        bad_refs = resolve_data_refs(cfg, data_dir)  # data:<path>: the operator's models and prompts inside the data directory
+        if bad_refs:
+            return _invalid(bad_refs)
         over = over_limits(cfg, settings.limits)
         if over:
             return _invalid(over)

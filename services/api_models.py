@@ -20,11 +20,61 @@ SCORER_TOKEN_PREFIX = "TETHER_SCORER_"
 _DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".arrow")
 
 
+DATA_REF = "data:"  # a model or dataset the operator put inside the service's data directory: data:<relative path>
+
+
 def _hub_dataset(name: str, field: str) -> str:
-    """A Hugging Face hub dataset name: the service reads no local data files or folders."""
+    """A Hugging Face hub dataset name, or ``data:<path>`` inside the service's data directory (no other local file or folder)."""
+    if name.startswith(DATA_REF):
+        return _inside(name[len(DATA_REF):], field)
     if not _HUB_NAME.match(name) or ".." in name or name.lower().endswith(_DATA_SUFFIXES):
-        raise ValueError(f"{field} must be a hub dataset name like 'org/dataset' (the service reads no local files or folders), got {name!r}")
+        raise ValueError(f"{field} must be a hub dataset name like 'org/dataset', or data:<path> inside the service's data directory "
+                         f"(no other local file or folder), got {name!r}")
     return name
+
+
+def _model_name(name: str, field: str) -> str:
+    """A model hub name, or ``data:<path>`` inside the service's data directory."""
+    if name.startswith(DATA_REF):
+        return _inside(name[len(DATA_REF):], field)
+    if not _HUB_NAME.match(name) or ".." in name:
+        raise ValueError(f"{field} must be a model hub name like 'org/model', or data:<folder> inside the service's data directory "
+                         f"(other local paths are refused), got {name!r}")
+    return name
+
+
+def data_refs(cfg) -> list[tuple[str, object, str]]:
+    """(dotted field, the section holding it, attribute) of every model or dataset name in a config."""
+    out = [("policy.name_or_path", cfg.policy, "name_or_path"), ("gold.name_or_path", cfg.gold, "name_or_path"),
+           ("proxy.name_or_path", cfg.proxy, "name_or_path")]
+    if cfg.gold.scorer is not None:
+        out.append(("gold.scorer.name_or_path", cfg.gold.scorer, "name_or_path"))
+    out += [(f"proxy.scorers.{i}.name_or_path", s, "name_or_path") for i, s in enumerate(cfg.proxy.scorers)]
+    if cfg.task.data is not None:
+        out += [("task.data.path", cfg.task.data, "path"), ("task.data.heldout_path", cfg.task.data, "heldout_path")]
+    if cfg.proxy.preferences is not None:
+        out.append(("proxy.preferences.path", cfg.proxy.preferences, "path"))
+    return out
+
+
+def resolve_data_refs(cfg, data_dir) -> list[tuple[str, str]]:
+    """Replace each ``data:<path>`` of ``cfg`` by its absolute path inside ``data_dir`` (in place); (field, message) for each
+    that does not exist or leaves the directory (a symbolic link out of it)."""
+    from pathlib import Path
+
+    root, errors = Path(data_dir).resolve(), []
+    for field, sec, attr in data_refs(cfg):
+        value = getattr(sec, attr)
+        if not isinstance(value, str) or not value.startswith(DATA_REF):
+            continue
+        target = (root / value[len(DATA_REF):]).resolve()
+        if not target.is_relative_to(root):
+            errors.append((f"config.{field}", f"{value!r} leaves the service's data directory"))
+        elif not target.exists():
+            errors.append((f"config.{field}", f"{value!r}: nothing at {value[len(DATA_REF):]!r} in the service's data directory"))
+        else:
+            setattr(sec, attr, str(target))
+    return errors
 
 
 def _inside(value: str, field: str) -> str:
@@ -59,8 +109,8 @@ class ServiceRunConfig(TetherConfig):
     @classmethod
     def _names(cls, v, info):
         name = getattr(v, "name_or_path", None)
-        if name is not None and (not _HUB_NAME.match(name) or ".." in name):
-            raise ValueError(f"{info.field_name}.name_or_path must be a model hub name like 'org/model' (local paths are refused), got {name!r}")
+        if name is not None:
+            _model_name(name, f"{info.field_name}.name_or_path")
         return v
 
     @field_validator("task")
@@ -81,8 +131,8 @@ class ServiceRunConfig(TetherConfig):
             if s.kind == "function":
                 raise ValueError(f"{where}: a function scorer would run code in the service's workers; the service accepts "
                                  "hf_reward_model, http and profanity scorers (serve a function with `tether reward-server`, kind http)")
-            if s.name_or_path is not None and (not _HUB_NAME.match(s.name_or_path) or ".." in s.name_or_path):
-                raise ValueError(f"{where}.name_or_path must be a model hub name like 'org/model' (local paths are refused), got {s.name_or_path!r}")
+            if s.name_or_path is not None:
+                _model_name(s.name_or_path, f"{where}.name_or_path")
             if s.token_env is not None and not s.token_env.startswith(SCORER_TOKEN_PREFIX):
                 raise ValueError(f"{where}.token_env must name a variable starting with {SCORER_TOKEN_PREFIX} (the ones the operator set "
                                  f"for scorers); other variables of the service are not sent anywhere; got {s.token_env!r}")

@@ -242,3 +242,38 @@ def test_a_run_whose_driver_is_killed_is_resumed_from_its_checkpoint(ray_head, t
         assert steps == [1, 2, 3, 4, 5, 6, 6]  # resumed where the checkpoint was: no iteration lost or logged twice
         logs = ray_head["jobs"].logs(done["job_id"])
         assert "resumed" in logs or "--resume" in logs or "RolloutActor" in logs
+
+
+def test_an_own_task_through_post_runs(ray_head, tether_redis, tmp_path):
+    """A user's own task through the service, in the default mode: a Llama-style chat policy, prompts and reward models that
+    the operator put in the service's data directory (data:<path>), a mixed ensemble (a reward model + the profanity scorer)
+    and a two-label classifier as the gold, in a Ray job with vLLM; the run's exported policy at the end."""
+    import own_task as o
+
+    svc = tmp_path / "svc"
+    own = svc / "own"
+    own.mkdir(parents=True)
+    o.llama_policy(own / "llama"), o.reward_model(own / "rm"), o.gold_classifier(own / "gold")
+    o.write_jsonl(own / "prompts.jsonl", o.prompt_rows())
+    body = {"name": "own-svc", "data_dir": "data", "runs_dir": "service-runs",
+            "task": {"name": "dataset", "data": {"path": "data:own/prompts.jsonl", "chat_template": True, "max_prompt_tokens": 48}},
+            "policy": {"name_or_path": "data:own/llama"},
+            "gold": {"kind": "scorer", "scorer": {"kind": "hf_reward_model", "name_or_path": "data:own/gold", "label": "POSITIVE", "max_len": 64}},
+            "proxy": {"source": "scorers", "scorers": [{"kind": "hf_reward_model", "name_or_path": "data:own/rm", "chat_template": True, "max_len": 64},
+                                                       {"kind": "profanity"}]},
+            "generation": {"max_new_tokens": 10}, "ppo": {"batch_size": 8, "minibatch_size": 4, "epochs": 2, "lr": 1e-3},
+            "train": {"iterations": 2, "eval_every": 1, "eval_prompts": 8, "threads": 1}, "runtime": {"checkpoint_every": 0}}
+    client = TestClient(create_app(ServiceSettings(data_dir=svc, redis_url=tether_redis.url, token="tok", jobs=ray_head["jobs"])))
+    with client:
+        r = client.post("/runs", json={"config": body}, headers=AUTH)
+        assert r.status_code == 201, r.text
+        run = _wait_done(client, r.json()["id"])
+        logs = ray_head["jobs"].logs(run["job_id"])
+        assert run["status"] == "finished" and run["job_status"] == "SUCCEEDED", logs[-3000:]
+        rows = client.get(f"/runs/{run['id']}/metrics", headers=AUTH).json()
+        steps = [x for x in rows if "loss/policy" in x]
+        assert len(steps) == 2 and all(x["rollout/behaviour_logp_gap"] < 1e-3 for x in steps)
+        assert {"reward/proxy_member_0", "reward/proxy_member_1", "reward/gold_mean"} <= set(steps[-1])
+        samples = client.get(f"/runs/{run['id']}/samples", headers=AUTH)
+        assert samples.status_code == 200 and "<|assistant|>" in samples.text
+        assert (Path(run["run_dir"]) / "policy" / "model.safetensors").exists()

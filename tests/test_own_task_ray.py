@@ -136,7 +136,7 @@ def test_a_scorer_outage_stops_the_run_and_resume_finishes_it(tmp_path):
     port = o.free_port()
     server, url = o.start_reward_server("tasks.dataset.example_rewards:vowel_fraction", port=port)
     cfg = {"name": "outage", "data_dir": str(tmp_path / "data"), "runs_dir": str(tmp_path / "runs"),
-           "task": {"name": "dataset", "data": {"path": str(prompts)}}, "policy": {"name_or_path": str(llama)},
+           "task": {"name": "dataset", "data": {"path": str(prompts), "max_prompt_tokens": 48}}, "policy": {"name_or_path": str(llama)},
            "gold": {"kind": "scorer", "scorer": {"kind": "function", "function": "tasks.dataset.example_rewards:distinct_words"}},
            "proxy": {"source": "scorers", "scorers": [{"kind": "http", "url": url, "retries": 2, "backoff_s": 0.2, "timeout_s": 5, "name": "remote"}]},
            **{**SMALL, "train": {**SMALL["train"], "iterations": 6, "eval_every": 3}, "runtime": {"mode": "local", "engine": "transformers",
