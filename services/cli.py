@@ -233,13 +233,15 @@ def cmd_bon(args) -> int:
     clean_cfg = clean_src = None
     if args.no_clean:
         pass
+    elif cfg.proxy.source != "synthetic":
+        print(f"proxy.source is {cfg.proxy.source}: label noise applies to synthetic proxies only; no clean-label ensemble")
     elif cfg.proxy.label_noise == 0:
         print("proxy.label_noise is 0 already: the proxies are the clean ones; no second ensemble")
     else:
         clean_sets = [*args.set, "proxy.label_noise=0"]
         try:
             clean_cfg = load_config(args.config, clean_sets)
-            resolve(clean_cfg, cfg_source=src(clean_sets))
+            get_task(clean_cfg).resolve(cfg_source=src(clean_sets))
         except ConfigError as e:
             sys.exit(f"tether: {e}")
         except AssetError as e:

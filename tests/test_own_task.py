@@ -318,3 +318,23 @@ def test_the_service_takes_an_own_task_from_its_data_directory_only(tmp_path, te
         assert "model hub name" in refused(["proxy", "scorers", 0, "name_or_path"], "/etc")
         assert "function scorer" in refused(["gold", "scorer"], {"kind": "function", "function": "os:getcwd"})
         assert "TETHER_SCORER_" in refused(["proxy", "scorers", 1, "token_env"], "AWS_SECRET_ACCESS_KEY")
+
+
+def test_best_of_n_on_an_own_task(own, tmp_path):
+    """`tether bon`'s estimator on the user's task (in-process, transformers engine): the task's held-out prompts with
+    their metadata, every member of a mixed ensemble, the user's gold."""
+    from services.bon import run_bon
+
+    cfg = _cfg(own, tmp_path, **{"runtime.mode": "local", "runtime.engine": "transformers", "task.data.metadata_keys": "[answer]",
+                                 "proxy.scorers": json.dumps([{"kind": "function", "function": "tasks.dataset.example_rewards:word_count"},
+                                                              {"kind": "hf_reward_model", "name_or_path": str(own["rm"]), "max_len": 64}])})
+    get_task(cfg).prepare()
+    res = run_bon(cfg, tmp_path / "bon", n_max=4, n_prompts=3, progress=False)
+    assert {"noisy/mean", "noisy/wco", "noisy/uwo", "noisy/single"} <= set(res["curves"])
+    z = np.load(tmp_path / "bon" / "samples.npz")
+    assert z["gold"].shape == (3, 4) and np.isfinite(z["gold"]).all()
+    same = _cfg(own, tmp_path, **{"runtime.mode": "local", "runtime.engine": "transformers",
+                                  "proxy.scorers": json.dumps([{"kind": "function", "function": "tasks.dataset.example_rewards:distinct_words"}])})
+    get_task(same).prepare()
+    with pytest.raises(ValueError, match="gold is one of its proxies"):
+        run_bon(same, tmp_path / "bon2", n_max=2, n_prompts=2, progress=False)

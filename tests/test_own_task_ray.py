@@ -56,7 +56,7 @@ def test_own_chat_task_with_a_mixed_ensemble_through_tether_train(tmp_path):
         path.write_text(yaml.safe_dump(cfg))
         prep = _tether("prepare", str(path))
         assert "prompts:" in prep.stdout and "dropped as too long" in prep.stdout
-        out = _tether("train", str(path), env={"TETHER_TEST_RM_TOKEN": "t0ken"})
+        _tether("train", str(path), env={"TETHER_TEST_RM_TOKEN": "t0ken"})
     finally:
         server.kill()
         server.wait()
@@ -64,6 +64,8 @@ def test_own_chat_task_with_a_mixed_ensemble_through_tether_train(tmp_path):
     steps = [r for r in _rows(run) if "loss/policy" in r]
     assert len(steps) == 2 and all(r["rollout/behaviour_logp_gap"] < 1e-3 for r in steps)  # vLLM sampled the learner's weights
     assert steps[-1]["kl/from_init"] > 0 and all(f"reward/proxy_member_{i}" in steps[-1] for i in range(3))
+    evals = [r for r in _rows(run) if "eval/gold_mean" in r]  # the gold-free guard reads the mixed ensemble too
+    assert evals and all("guard/disagreement" in r and "guard/rank_agreement" in r for r in evals)
     # every evaluation's samples: the chat-rendered prompt, the user's prompt and metadata, each member's own score
     from tasks.dataset.example_rewards import vowel_fraction, word_count
 

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 from learner.config import TetherConfig
-from tasks import set_threads  # noqa: F401 - kept importable from here
 from tasks import store
 from tasks.contract import TaskPaths
 from tasks.imdb.data import ImdbSplit, load_imdb

@@ -17,7 +17,7 @@ import numpy as np
 
 from learner.config import TetherConfig
 from tasks.imdb.data import ImdbSplit, make_prompts
-from tasks.reward_models import new_member, bradley_terry_loss, pair_accuracy, train_member  # noqa: F401 - bradley_terry_loss: its old import path
+from tasks.reward_models import new_member, pair_accuracy, train_member
 
 log = logging.getLogger(__name__)
 
