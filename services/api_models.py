@@ -23,10 +23,17 @@ _DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".arrow")
 DATA_REF = "data:"  # a model or dataset the operator put inside the service's data directory: data:<relative path>
 
 
+def _data_ref(name: str, field: str) -> str:
+    rel = name[len(DATA_REF):]
+    if not rel or "\x00" in rel or len(rel) > 1024:
+        raise ValueError(f"{field}: data:<path> needs a relative path (at most 1024 characters, no NUL byte) inside the service's data directory")
+    return _inside(rel, field) and name
+
+
 def _hub_dataset(name: str, field: str) -> str:
     """A Hugging Face hub dataset name, or ``data:<path>`` inside the service's data directory (no other local file or folder)."""
     if name.startswith(DATA_REF):
-        return _inside(name[len(DATA_REF):], field)
+        return _data_ref(name, field)
     if not _HUB_NAME.match(name) or ".." in name or name.lower().endswith(_DATA_SUFFIXES):
         raise ValueError(f"{field} must be a hub dataset name like 'org/dataset', or data:<path> inside the service's data directory "
                          f"(no other local file or folder), got {name!r}")
@@ -36,7 +43,7 @@ def _hub_dataset(name: str, field: str) -> str:
 def _model_name(name: str, field: str) -> str:
     """A model hub name, or ``data:<path>`` inside the service's data directory."""
     if name.startswith(DATA_REF):
-        return _inside(name[len(DATA_REF):], field)
+        return _data_ref(name, field)
     if not _HUB_NAME.match(name) or ".." in name:
         raise ValueError(f"{field} must be a model hub name like 'org/model', or data:<folder> inside the service's data directory "
                          f"(other local paths are refused), got {name!r}")
@@ -67,7 +74,11 @@ def resolve_data_refs(cfg, data_dir) -> list[tuple[str, str]]:
         value = getattr(sec, attr)
         if not isinstance(value, str) or not value.startswith(DATA_REF):
             continue
-        target = (root / value[len(DATA_REF):]).resolve()
+        try:
+            target = (root / value[len(DATA_REF):]).resolve()
+        except (OSError, ValueError, RuntimeError) as e:  # a symlink loop, an unreadable path
+            errors.append((f"config.{field}", f"{value!r} cannot be resolved ({type(e).__name__})"))
+            continue
         if not target.is_relative_to(root):
             errors.append((f"config.{field}", f"{value!r} leaves the service's data directory"))
         elif not target.exists():
