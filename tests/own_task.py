@@ -149,6 +149,14 @@ def slow_reward(prompts, responses, **_):
     return [0.0] * len(responses)
 
 
+def paced_vowels(prompts, responses, **_):
+    """vowel_fraction, one second per call: a run is still going when a test stops the server."""
+    from tasks.dataset.example_rewards import vowel_fraction
+
+    time.sleep(1.0)
+    return vowel_fraction(prompts, responses)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

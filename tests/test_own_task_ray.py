@@ -136,12 +136,12 @@ def test_a_scorer_outage_stops_the_run_and_resume_finishes_it(tmp_path):
     llama = o.llama_policy(tmp_path / "llama")
     prompts = o.write_jsonl(tmp_path / "prompts.jsonl", o.prompt_rows())
     port = o.free_port()
-    server, url = o.start_reward_server("tasks.dataset.example_rewards:vowel_fraction", port=port)
+    server, url = o.start_reward_server("own_task:paced_vowels", port=port)  # 1 s a call: the run is mid-way when the server goes
     cfg = {"name": "outage", "data_dir": str(tmp_path / "data"), "runs_dir": str(tmp_path / "runs"),
            "task": {"name": "dataset", "data": {"path": str(prompts), "max_prompt_tokens": 48}}, "policy": {"name_or_path": str(llama)},
            "gold": {"kind": "scorer", "scorer": {"kind": "function", "function": "tasks.dataset.example_rewards:distinct_words"}},
            "proxy": {"source": "scorers", "scorers": [{"kind": "http", "url": url, "retries": 2, "backoff_s": 0.2, "timeout_s": 5, "name": "remote"}]},
-           **{**SMALL, "train": {**SMALL["train"], "iterations": 6, "eval_every": 3}, "runtime": {"mode": "local", "engine": "transformers",
+           **{**SMALL, "train": {**SMALL["train"], "iterations": 8, "eval_every": 4}, "runtime": {"mode": "local", "engine": "transformers",
                                                                                                     "checkpoint_every": 1}}}
     path = tmp_path / "outage.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -160,12 +160,12 @@ def test_a_scorer_outage_stops_the_run_and_resume_finishes_it(tmp_path):
     assert train.returncode != 0 and "scorer remote:" in err and "tether train --resume" in err
     run = next((tmp_path / "runs").glob("*-outage/main"))
     logged = [r["step"] for r in _rows(run) if "loss/policy" in r]
-    assert 2 <= len(logged) < 6 and json.loads((run / "status.json").read_text())["state"] == "failed"
-    server, _ = o.start_reward_server("tasks.dataset.example_rewards:vowel_fraction", port=port)
+    assert 2 <= len(logged) < 8 and json.loads((run / "status.json").read_text())["state"] == "failed"
+    server, _ = o.start_reward_server("own_task:paced_vowels", port=port)
     try:
         _tether("train", "--resume", str(run.parent))
     finally:
         server.kill()
         server.wait()
     steps = [r["step"] for r in _rows(run) if "loss/policy" in r]
-    assert steps == [1, 2, 3, 4, 5, 6] and json.loads((run / "status.json").read_text())["state"] == "finished"
+    assert steps == list(range(1, 9)) and json.loads((run / "status.json").read_text())["state"] == "finished"
