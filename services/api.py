@@ -196,6 +196,17 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         rec = get_record(run_id)
         if rec.get("state") in TERMINAL:
             raise HTTPException(409, f"run {run_id} is {rec['state']}: it takes no more commands")
+        if rec.get("state") == "queued":  # not started: a command kept until then would act on a run nobody watches
+            raise HTTPException(409, f"run {run_id} is queued (not started): {type_} applies once it runs; stop takes it off the queue")
+        if type_ in ("pause", "resume"):
+            # what the run will be once the commands it has not taken yet are applied: a command that changes nothing is a conflict
+            paused = rec.get("state") == "paused"
+            for c in store.commands(run_id):
+                if not c.get("ack") and c.get("type") in ("pause", "resume"):
+                    paused = c["type"] == "pause"
+            if paused == (type_ == "pause"):
+                raise HTTPException(409, f"run {run_id} is {'paused' if paused else 'not paused'} already (counting the commands it has not "
+                                         f"taken yet): {type_} would change nothing")
         cid = store.send_command(run_id, type_, args or {})
         return CommandAccepted(run_id=run_id, command_id=cid, type=type_, args=args or {})
 
@@ -217,7 +228,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                          **errors(503)})
     def create_run(body: RunCreate):
         """Validate, store and queue a run; it is admitted in order when the cluster has room for what it declares."""
-        cfg = TetherConfig.model_validate(body.config.model_dump(exclude_unset=True))
+        data = body.config.model_dump(exclude_unset=True)
+        data["guard"] = body.config.guard.model_dump()  # the service's guard default (on) reaches the saved config whole
+        cfg = TetherConfig.model_validate(data)
         bad_refs = resolve_data_refs(cfg, data_dir)  # data:<path>: the operator's models and prompts inside the data directory
         if bad_refs:
             return _invalid(bad_refs)

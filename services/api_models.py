@@ -104,6 +104,14 @@ class ServiceRunConfig(TetherConfig):
 
     guard: GuardConfig = Field(default_factory=lambda: GuardConfig(enabled=True))
 
+    @field_validator("guard")
+    @classmethod
+    def _guard_on(cls, v: GuardConfig) -> GuardConfig:
+        """On unless the config says ``enabled``: a guard section that sets only its action or threshold keeps it on."""
+        if "enabled" not in v.model_fields_set:
+            return v.model_copy(update={"enabled": True})
+        return v
+
     @field_validator("data_dir", "runs_dir")
     @classmethod
     def _paths(cls, v: str, info) -> str:

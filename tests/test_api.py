@@ -69,7 +69,11 @@ def test_create_without_ray_queues_the_run_inside_the_data_dir(api, tmp_path):
     stored = yaml.safe_load(open(run["config_path"]))
     svc = str((tmp_path / "svc").resolve())
     assert stored["data_dir"] == f"{svc}/data" and stored["runs_dir"] == f"{svc}/runs/{run['id']}"
-    assert client.post(f"/runs/{run['id']}/pause", headers=AUTH).status_code == 202  # kept for the trainer when it starts
+    # a queued run has not started: pause / resume / reset / params answer 409 (before: 202, replayed when it started)
+    for method, path, body in (("post", "pause", None), ("post", "resume", None), ("patch", "params", {"kl_coef": 0.1})):
+        r = client.request(method.upper(), f"/runs/{run['id']}/{path}", json=body, headers=AUTH)
+        assert r.status_code == 409 and "queued (not started)" in r.json()["detail"], (path, r.text)
+    assert client.get(f"/runs/{run['id']}/commands", headers=AUTH).json() == []
     assert client.post(f"/runs/{run['id']}/stop", headers=AUTH).json()["command_id"] == "cancelled"
     assert client.get(f"/runs/{run['id']}", headers=AUTH).json()["state"] == "cancelled"
     assert client.get(f"/runs/{r2['id']}", headers=AUTH).json()["queue_position"] == 1
@@ -187,3 +191,37 @@ def test_samples_endpoint_orders_and_rejects_bad_steps(api, tmp_path):
         assert client.get("/runs/r-s/samples", params=bad, headers=AUTH).status_code == 422, bad
     store.create_run("r-out", {"name": "o", "config": {}, "state": "running", "run_dir": "/etc"})
     assert client.get("/runs/r-out/samples", headers=AUTH).status_code == 404  # a folder outside the data directory is never read
+
+
+def test_the_service_guard_default_reaches_the_saved_and_loaded_config(api):
+    """Before: create_run re-validated only the fields the client set, so the service's guard default (on) never reached
+    tether.yaml and the trainer loaded guard.enabled False; a guard section with only an action turned it off too."""
+    from learner.config import load_config
+
+    client, _ = api
+    for guard, enabled in ((None, True), ({"action": "stop"}, True), ({"enabled": False}, False)):
+        cfg = {"name": "g"} if guard is None else {"name": "g", "guard": guard}
+        r = client.post("/runs", json={"config": cfg}, headers=AUTH)
+        assert r.status_code == 201, r.text
+        path = client.get(f"/runs/{r.json()['id']}", headers=AUTH).json()["config_path"]
+        saved = yaml.safe_load(open(path))
+        assert saved["guard"]["enabled"] is enabled and load_config(path).guard.enabled is enabled, (guard, saved.get("guard"))
+        if guard == {"action": "stop"}:
+            assert load_config(path).guard.action == "stop"
+
+
+def test_commands_that_change_nothing_answer_409(api):
+    """pause on a paused run, resume on a running one (counting commands not yet taken): 409, nothing queued (before: 202)."""
+    client, store = api
+    store.create_run("r-run", {"name": "r", "state": "running", "config": {}})
+    assert client.post("/runs/r-run/resume", headers=AUTH).status_code == 409
+    assert client.post("/runs/r-run/pause", headers=AUTH).status_code == 202
+    r = client.post("/runs/r-run/pause", headers=AUTH)  # the first pause is not taken yet: a second changes nothing
+    assert r.status_code == 409 and "paused already" in r.json()["detail"]
+    assert client.post("/runs/r-run/resume", headers=AUTH).status_code == 202  # undoes the pending pause
+    assert [c["type"] for c in store.commands("r-run")] == ["pause", "resume"]
+    store.update_run("r-run", state="paused")
+    store.ack_command("r-run", store.commands("r-run")[0]["id"], ok=True, step=1, result="paused")
+    store.ack_command("r-run", store.commands("r-run")[1]["id"], ok=True, step=1, result="running")
+    assert client.post("/runs/r-run/pause", headers=AUTH).status_code == 409
+    assert client.post("/runs/r-run/resume", headers=AUTH).status_code == 202
