@@ -24,15 +24,18 @@ U64 = 2**64 - 1
 
 
 def parse_stream_id(value: str, *, where: str) -> str:
-    """A Redis stream id as a client may send it ('$', '0', '<step>' or '<step>-<k>'), or ValueError naming ``where``."""
+    """A Redis stream id as a client may send it ('$', '0', '<step>' or '<step>-<k>', numbers of up to 20 digits: the API's
+    schema), or ValueError naming ``where``. A number above 2^64 - 1, which no stream id reaches, is read as 2^64 - 1: after
+    it there is nothing yet (before, the schema allowed such an id and the parser answered 400)."""
     v = value.strip()
     if v == "$":
         return v
     m = _ID.match(v)
-    if not m or int(m.group(1)) > U64 or (m.group(2) is not None and int(m.group(2)) > U64):
+    if not m:
         raise ValueError(f"{where} must be a metrics stream id: '$' (only new rows), '0' (everything), '<step>' or '<step>-<k>' "
-                         f"with numbers below 2^64 (the 'id:' of a received event), got {value[:60]!r}")
-    return v
+                         f"with numbers of at most 20 digits (the 'id:' of a received event), got {value[:60]!r}")
+    ms = min(int(m.group(1)), U64)
+    return str(ms) if m.group(2) is None else f"{ms}-{min(int(m.group(2)), U64)}"
 
 
 def _row(entry_id: str, f: dict[str, str]) -> dict:

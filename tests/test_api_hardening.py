@@ -91,6 +91,22 @@ def test_ids_and_query_numbers_are_validated_before_redis(api):
     assert [m["step"] for m in api.get("/runs/r-ids/metrics", params={"to_step": 2**53}, headers=AUTH).json()] == [1]
 
 
+def test_every_stream_id_the_schema_allows_is_accepted(api):
+    """Schemathesis found `after=52727-78297190311141076720`: allowed by the schema (20 digits), answered 400 by the parser
+    (above 2^64). Now such a number reads as 2^64 - 1: nothing after it, the stream of a finished run just ends."""
+    from services.streams import U64, parse_stream_id
+
+    assert parse_stream_id("52727-78297190311141076720", where="after") == f"52727-{U64}"
+    assert parse_stream_id("99999999999999999999", where="after") == str(U64)
+    store = api.app.state.store
+    store.create_run("r-big", {"name": "x", "config": {}, "state": "finished"})
+    store.add_metrics("r-big", "1-1", 1, {"reward/gold_mean": 0.5})
+    for after in ("52727-78297190311141076720", "99999999999999999999", "0"):
+        r = api.get("/runs/r-big/metrics/stream", params={"after": after}, headers=AUTH)
+        assert r.status_code == 200, (after, r.text)
+        assert "event: end" in r.text and ("event: metrics" in r.text) == (after == "0")
+
+
 # -- 5. authentication before work; a body limit for everyone ---------------------------------------
 def test_the_gate_answers_401_without_reading_the_body():
     """At the ASGI level: a protected path without a token is refused before `receive` is called once."""
