@@ -88,8 +88,13 @@ def resolve_data_refs(cfg, data_dir) -> list[tuple[str, str]]:
     return errors
 
 
+SERVICE_OWN = ("redis", "service", "api_token")  # the service's own files in its data directory: no run writes there
+
+
 def _inside(value: str, field: str) -> str:
     """A path relative to the service's data directory that cannot leave it."""
+    if not value.strip() or "\x00" in value:
+        raise ValueError(f"{field} must be a non-empty relative path without NUL bytes, got {value!r}")
     if value.startswith(("/", "~", "\\")) or re.match(r"^[A-Za-z]:", value):
         raise ValueError(f"{field} must be a relative path inside the service's data directory, got {value!r}")
     if any(part == ".." for part in re.split(r"[\\/]", value)):
@@ -115,7 +120,12 @@ class ServiceRunConfig(TetherConfig):
     @field_validator("data_dir", "runs_dir")
     @classmethod
     def _paths(cls, v: str, info) -> str:
-        return _inside(v, info.field_name)
+        _inside(v, info.field_name)
+        first = next((p for p in re.split(r"[\\/]", v) if p not in ("", ".")), "")
+        if not first or first in SERVICE_OWN:
+            raise ValueError(f"{info.field_name} must name a folder of its own inside the service's data directory, not the directory itself "
+                             f"or the service's own files ({', '.join(SERVICE_OWN)}); got {v!r}")
+        return v
 
     @field_validator("variants")
     @classmethod
@@ -185,6 +195,9 @@ DEFAULT_LIMITS: dict[str, float] = {
     "proxy.n_pairs": 20_000, "proxy.n_eval_pairs": 5_000, "proxy.epochs": 20,
     "reference.sft_tokens": 5_000_000,
     "task.max_reviews": 25_000,
+    # what one actor of a role may ask for (a run that cannot fit is refused by the admission check where the cluster is known;
+    # without Ray, a number like 1e300 would otherwise wait at the head of the strict queue for ever)
+    **{f"runtime.{role}.{res}": cap for role in ("rollout", "reward", "gold", "learner") for res, cap in (("num_cpus", 1024), ("num_gpus", 64))},
 }
 
 

@@ -284,3 +284,18 @@ def test_bad_limit_flags_are_refused_with_what_is_accepted(item, needle):
     with pytest.raises(ValueError, match=needle):
         parse_limits([item])
     assert parse_limits(["train.iterations=7"])["train.iterations"] == 7.0
+
+
+def test_run_folders_cannot_be_the_services_own_and_resources_are_bounded(api):
+    """Before: data_dir / runs_dir could name the service's Redis folder, its token file, the run configs' folder, '' or a
+    NUL byte (201); runtime.rollout.num_cpus 1e300 was queued (and would hold the strict queue); 90,000 resource keys were
+    accepted."""
+    for field, value in (("data_dir", "redis"), ("runs_dir", "api_token"), ("runs_dir", "./service/r-1"), ("data_dir", ""),
+                         ("runs_dir", "."), ("data_dir", "a\x00b")):
+        r = api.post("/runs", json={"config": {field: value}}, headers=AUTH)
+        assert r.status_code == 422 and field in r.text, (field, value, r.text)
+    r = api.post("/runs", json={"config": {"runtime": {"rollout": {"num_cpus": 1e300}}}}, headers=AUTH)
+    assert r.status_code == 422 and "runtime.rollout.num_cpus" in r.text and "limit" in r.text
+    r = api.post("/runs", json={"config": {"runtime": {"reward": {"resources": {f"r{i}": 1 for i in range(90)}}}}}, headers=AUTH)
+    assert r.status_code == 422 and "at most 16 custom Ray resources" in r.text
+    assert api.post("/runs", json={"config": {"runs_dir": "runs/mine", "runtime": {"rollout": {"num_cpus": 2}}}}, headers=AUTH).status_code == 201

@@ -3,9 +3,10 @@ validation with readable errors."""
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from learner.config.base import ConfigError, Strict, format_errors
 from learner.config.compose import ALGORITHM_SECTIONS, compose_dict, without_other_algorithms
@@ -59,6 +60,13 @@ class RoleResources(Strict):
     resources: dict[str, float] = Field(
         default_factory=dict, description="Custom Ray resources each actor of this role needs, e.g. {node_b: 1} to put it on the nodes "
         "started with `ray start --resources '{\"node_b\": 1}'` (placement across nodes).")
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, v: dict[str, float]) -> dict[str, float]:
+        if len(v) > 16 or any(not re.match(r"^[A-Za-z0-9_.:-]{1,64}$", k) for k in v) or any(not 0 <= x <= 1e6 for x in v.values()):
+            raise ValueError("resources: at most 16 custom Ray resources, names of 1-64 letters, digits and _.:- , amounts 0..1e6")
+        return v
+
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where the role's models and batches live: auto = the GPU Ray assigned when num_gpus > 0 and CUDA is "
         "present, else the CPU; cuda = the assigned GPU (an error without one); cpu. vLLM rollouts pick their device themselves.")
