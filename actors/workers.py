@@ -56,9 +56,7 @@ class RolloutWorker:
             self.sync = make_weight_sync(file_backend(cfg), run_id=f"{run_id}-r{index}")
 
     def generate(self, prompts: list[str], seed: int, prefix_ids: list[int] | None = None, prompt_ids: list[list[int]] | None = None):
-        if prompt_ids is None:  # the imdb task: the engine encodes the prompts (and a caller without ids keeps working)
-            return self.engine.generate(prompts, seed=seed, prefix_ids=prefix_ids)
-        return self.engine.generate(prompts, seed=seed, prefix_ids=prefix_ids, prompt_ids=prompt_ids)
+        return self.engine.generate(prompts, seed=seed, prefix_ids=prefix_ids, prompt_ids=prompt_ids)  # None: the engine encodes (imdb)
 
     def load(self, handle, version: int) -> float:
         """Receive weights published by the learner; returns the seconds it took."""

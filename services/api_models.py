@@ -27,7 +27,8 @@ def _data_ref(name: str, field: str) -> str:
     rel = name[len(DATA_REF):]
     if not rel or "\x00" in rel or len(rel) > 1024:
         raise ValueError(f"{field}: data:<path> needs a relative path (at most 1024 characters, no NUL byte) inside the service's data directory")
-    return _inside(rel, field) and name
+    _inside(rel, field)
+    return name
 
 
 def _hub_dataset(name: str, field: str) -> str:

@@ -49,10 +49,7 @@ def sample_and_score(roles, prompts, n_max: int, *, chunk: int = 256, progress: 
     try:
         for c, s in enumerate(range(0, len(flat), chunk)):
             part = PromptSet(flat.texts[s : s + chunk], None if flat.ids is None else flat.ids[s : s + chunk], flat.meta[s : s + chunk])
-            if part.ids is None:
-                r = roles.generate(part.texts, BON_SEED + c)
-            else:
-                r = roles.generate(part.texts, BON_SEED + c, None, part.ids)
+            r = roles.generate(part.texts, BON_SEED + c, None, part.ids)
             if part.meta:
                 r.meta = list(part.meta)
             scored, drift = roles.score_and_drift(r, "bon")

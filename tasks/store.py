@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "tether_manifest.json"
 # Bump a stage's version when its build code changes in a way that changes the artefact.
@@ -86,3 +89,28 @@ def update_index(task_dir: Path, stage: str, manifest: dict, folder: Path) -> No
     idx = json.loads(idx_path.read_text()) if idx_path.exists() else {}
     idx[stage] = {**manifest, "path": str(folder)}
     idx_path.write_text(json.dumps(idx, indent=2, default=str))
+
+
+def reuse(folder: Path, stage: str, key: str, required: list[str]) -> dict | None:
+    """The manifest of an up-to-date artefact at ``folder``, or None when it must be (re)built."""
+    try:
+        m = check_artefact(folder, stage, key, required, "")
+    except AssetError:
+        return None
+    log.info("%s: up to date (%s)", stage, folder)
+    return m
+
+
+def build_stage(folder: Path, stage: str, key: str, parts: dict, required: list[str], build: Callable[[Path], dict], *,
+                rebuild: bool, index_dir: Path) -> dict:
+    """Every task's stage: reuse an up-to-date artefact, or run ``build(tmp_dir) -> metrics`` in a fresh sibling folder and
+    commit it with its manifest (a stage exists whole or not at all) and its line in ``index_dir``'s manifest.json."""
+    if not rebuild and (m := reuse(folder, stage, key, required)) is not None:
+        return m
+    t0 = time.time()
+    tmp = fresh_dir(folder)
+    metrics = build(tmp)
+    m = write_manifest(tmp, stage, key, parts, metrics, time.time() - t0)
+    commit_dir(tmp, folder)
+    update_index(index_dir, stage, m, folder)
+    return m

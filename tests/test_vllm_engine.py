@@ -12,7 +12,7 @@ import torch
 
 from actors.weight_sync import WEIGHTS_FILE, TmpfsWeightSync, make_weight_sync
 from learner.config import GenerationConfig
-from learner.models.engine import cut_at_eos
+from learner.models.tokenizer import cut_at_stop
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +95,7 @@ def hf_greedy(model, tok) -> list[list[int]]:
             input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW_TOKENS, pad_token_id=tok.pad_token_id,
         )
         resp = seq[0, len(p):].tolist()
-        out.append(resp[: cut_at_eos(resp, tok.eos_token_id)])
+        out.append(resp[: cut_at_stop(resp, [tok.eos_token_id])])
     return out
 
 

@@ -156,6 +156,12 @@ class ProxyConfig(Strict):
     )
     name_or_path: str | None = Field(None, description="Hugging Face sequence-classification model to start from instead (e.g. on a GPU cluster).")
     max_len: int = Field(96, ge=16, description="Tokens scored per text (prompt + response).")
+    pooling: Literal["mean", "last"] = Field(
+        "mean",
+        description="Readout of locally built members: mean of the last hidden states, or the last token (HF's default). "
+        "Mean generalises far better at this scale (held-out agreement with gold 0.71 vs 0.54 on clean labels).",
+    )
+
     @model_validator(mode="after")
     def _source(self) -> "ProxyConfig":
         if self.source == "scorers" and not 1 <= len(self.scorers) <= 32:
@@ -165,14 +171,3 @@ class ProxyConfig(Strict):
         if (self.source == "preferences") != (self.preferences is not None):
             raise ValueError("proxy.preferences is required when proxy.source is 'preferences', and applies only then")
         return self
-
-    @property
-    def k(self) -> int:
-        """Members of the ensemble."""
-        return len(self.scorers) if self.source == "scorers" else self.n_members
-
-    pooling: Literal["mean", "last"] = Field(
-        "mean",
-        description="Readout of locally built members: mean of the last hidden states, or the last token (HF's default). "
-        "Mean generalises far better at this scale (held-out agreement with gold 0.71 vs 0.54 on clean labels).",
-    )

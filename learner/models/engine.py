@@ -12,11 +12,6 @@ from learner.models.tokenizer import cut_at_stop, encode_prompts, pad_token_id, 
 from learner.types import Rollouts
 
 
-def cut_at_eos(ids: list[int], eos_id: int) -> int:
-    """Length of a response up to and including its first EOS (the EOS is an action the policy took)."""
-    return cut_at_stop(ids, [eos_id])
-
-
 class TransformersEngine:
     name = "transformers"
 

@@ -35,8 +35,9 @@ class RewardModel:
         return cls(model, tok, max_len)
 
     def _enc(self, texts: list[str]):
-        if self.tok.pad_token is None:  # a GPT-2-style tokenizer: pad with EOS (padded positions are masked out)
-            self.tok.pad_token = self.tok.eos_token
+        from learner.models.tokenizer import with_padding
+
+        with_padding(self.tok)  # a GPT-2-style tokenizer pads with EOS (padded positions are masked out)
         self.tok.padding_side = "right"
         return self.tok([self.tok.bos_token + t if self.tok.bos_token else t for t in texts], return_tensors="pt", padding=True, truncation=True, max_length=self.max_len, add_special_tokens=False)
 

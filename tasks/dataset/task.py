@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import time
 from pathlib import Path
 
 from tasks import store
@@ -45,6 +44,7 @@ class DatasetTask:
     def __init__(self, cfg):
         self.cfg = cfg
         self._prompts: dict[str, list[dict]] = {}
+        self._tok = None  # the policy tokenizer, loaded on first use (render_prompt)
 
     # -- stages ------------------------------------------------------------------------------------
     def _parts(self, stage: str) -> dict:
@@ -79,18 +79,7 @@ class DatasetTask:
 
     def _build(self, stage: str, rebuild: bool, build) -> dict:
         folder, key = self.folder(stage)
-        if not rebuild:
-            try:
-                return store.check_artefact(folder, stage, key, self._required(stage), "")
-            except store.AssetError:
-                pass
-        t0 = time.time()
-        tmp = store.fresh_dir(folder)
-        metrics = build(tmp)
-        m = store.write_manifest(tmp, stage, key, self._parts(stage), metrics, time.time() - t0)
-        store.commit_dir(tmp, folder)
-        store.update_index(folder.parent, stage, m, folder)
-        return m
+        return store.build_stage(folder, stage, key, self._parts(stage), self._required(stage), build, rebuild=rebuild, index_dir=folder.parent)
 
     def prepare(self, *, rebuild: bool = False, cfg_source: str = "<config>") -> dict:
         from tasks.dataset.prompts import build_prompts
@@ -116,7 +105,7 @@ class DatasetTask:
 
         from tasks.dataset.prompts import render
 
-        if not hasattr(self, "_tok"):
+        if self._tok is None:
             self._tok = AutoTokenizer.from_pretrained(str(self.cfg.policy.name_or_path))
         return render(prompt, self._tok, self.cfg, row=row)[0]
 

@@ -136,15 +136,7 @@ def prepare(cfg: TetherConfig, *, rebuild: bool = False, cfg_source: str = "<con
 def _built_stage(cfg: TetherConfig, stage: str, rebuild: bool, build) -> dict:
     """Reuse an up-to-date artefact, or run ``build(tmp_dir) -> metrics`` and commit it with its manifest."""
     folder, key = stage_folder(cfg, stage)
-    if (m := _reuse(cfg, stage, rebuild)) is not None:
-        return m
-    t0 = time.time()
-    tmp = store.fresh_dir(folder)
-    metrics = build(tmp)
-    m = store.write_manifest(tmp, stage, key, _parts(cfg, stage), metrics, time.time() - t0)
-    store.commit_dir(tmp, folder)
-    store.update_index(task_dir(cfg), stage, m, folder)
-    return m
+    return store.build_stage(folder, stage, key, _parts(cfg, stage), required(cfg, stage), build, rebuild=rebuild, index_dir=task_dir(cfg))
 
 
 def _sft_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
@@ -161,12 +153,7 @@ def _reuse(cfg: TetherConfig, stage: str, rebuild: bool) -> dict | None:
     if rebuild:
         return None
     folder, key = stage_folder(cfg, stage)
-    try:
-        m = store.check_artefact(folder, stage, key, required(cfg, stage), "")
-        log.info("%s: up to date (%s)", stage, folder)
-        return m
-    except store.AssetError:
-        return None
+    return store.reuse(folder, stage, key, required(cfg, stage))
 
 
 def _policy_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
