@@ -28,18 +28,23 @@ import redis
 import yaml
 from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from actors.placement import job_env_vars
 from learner.config import TetherConfig, config_from_dump
-from services.api_models import (DEFAULT_LIMITS, Checkpoint, CommandAccepted, CommandInfo, Error, Health, MetricRow, ParamChange,
-                                 ParamUpdate, Run, RunCreate, Sample, SamplesPage, errors, over_limits, resolve_data_refs)
+from services.api_models import (DEFAULT_LIMITS, PRESETS, Checkpoint, CommandAccepted, CommandInfo, Error, Health, MetricRow, ParamChange,
+                                 ParamUpdate, Preset, Run, RunCreate, RunsPage, RunSummary, Sample, SamplesPage, errors, local_shadows,
+                                 over_limits, resolve_data_refs)
 from services.api_schema import truthful_openapi
-from services.api_security import Gate
+from services.api_security import Gate, HeadAsGet
+from services.presets import Presets
 from services.jobs import RayJobs
 from services.redis_store import TERMINAL, RunStore
 from services.runlog import finite_number, read_samples, sample_steps
@@ -66,6 +71,8 @@ class ServiceSettings:
     limits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     max_body_bytes: int = 1024 * 1024  # a full config dump is about 6 KB
     scheduler_poll_s: float = 1.0
+    presets_dir: Path | None = None  # `tether serve --presets DIR`: more presets (DIR/*.yaml) beside the built-in ones
+    cors_origins: list[str] = field(default_factory=list)  # `--cors-origin`: browser origins (scheme://host:port) allowed to call the API
 
 
 def load_or_create_token(data_dir: Path) -> tuple[str, str]:
@@ -90,6 +97,32 @@ def combined_status(state: str, job_status: str | None) -> str:
     return state
 
 
+class _PresetsScope:
+    """Makes this app's presets the ones a request body's ``preset`` is looked up in (validation runs before the endpoint)."""
+
+    def __init__(self, app, presets: Presets):
+        self.app, self.presets = app, presets
+
+    async def __call__(self, scope, receive, send):
+        token = PRESETS.set(self.presets)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            PRESETS.reset(token)
+
+
+def relative_to(obj: Any, root: Path) -> Any:
+    """``obj`` with every absolute path inside ``root`` written relative to it (what a client sees: no server layout)."""
+    prefix = str(root).rstrip("/") + "/"
+    if isinstance(obj, str):
+        return obj.replace(prefix, "") if prefix in obj else ("." if obj == prefix[:-1] else obj)
+    if isinstance(obj, dict):
+        return {k: relative_to(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [relative_to(v, root) for v in obj]
+    return obj
+
+
 def _invalid(fields: list[tuple[str, str]]) -> JSONResponse:
     """A 422 in the shape of request validation errors, for rules checked after parsing (limits, the cluster's size)."""
     message = "; ".join(f"{f}: {m}" for f, m in fields)
@@ -100,17 +133,21 @@ def _invalid(fields: list[tuple[str, str]]) -> JSONResponse:
 def create_app(settings: ServiceSettings) -> FastAPI:
     data_dir = Path(settings.data_dir).resolve()
     store = RunStore(settings.redis_url)
+    presets = Presets(settings.presets_dir)
     q = shlex.quote
 
     def submit(rec: dict[str, Any]) -> None:
         cfg_path, run_id = rec["config_path"], rec["id"]
-        entrypoint = (f"{q(settings.tether_bin)} prepare {q(cfg_path)} && "
+        # in the run's own service folder (only its tether.yaml there): a model name can only be a hub name or an absolute path
+        # the service wrote, never a folder relative to wherever the job happens to start
+        entrypoint = (f"cd {q(str(Path(cfg_path).parent))} && {q(settings.tether_bin)} prepare {q(cfg_path)} && "
                       f"{q(settings.tether_bin)} train {q(cfg_path)} --run-id {run_id} --redis-url {q(settings.redis_url)}")
         settings.jobs.submit(entrypoint, job_id=rec["job_id"], env=settings.job_env)
 
     def resume(rec: dict[str, Any]) -> None:  # a job whose driver died: continue its run folder from the checkpoint
         root = str(Path(rec["run_dir"]).parent)  # the trainer reports <run folder>/main; --resume takes the run folder
-        entrypoint = f"{q(settings.tether_bin)} train --resume {q(root)} --run-id {rec['id']} --redis-url {q(settings.redis_url)}"
+        entrypoint = (f"cd {q(str(Path(rec['config_path']).parent))} && "
+                      f"{q(settings.tether_bin)} train --resume {q(root)} --run-id {rec['id']} --redis-url {q(settings.redis_url)}")
         settings.jobs.submit(entrypoint, job_id=rec["job_id"], env=settings.job_env)
 
     # Without Ray (--no-ray) this replica stores and queues runs; a replica with Ray on the same Redis admits them.
@@ -132,13 +169,20 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     # Documented for every endpoint by the app: the gate's answers, validation errors, Redis outages.
     common = errors(400, 401, 403, 413, 422, 503)
     app = FastAPI(
-        title="tether", version="0.2.0", lifespan=lifespan, responses=common,
+        title="tether", version="0.2.0", lifespan=lifespan, responses=common, docs_url=None, redoc_url=None,
         description="Runs of RL alignment with drift control (PPO+KL, Elastic Reset, reward ensembles): create, watch, steer. "
-        "Send `Authorization: Bearer <token>` on every endpoint but /healthz, / and the API docs.",
+        "Send `Authorization: Bearer <token>` on every endpoint but /healthz, /, /static/ and the API docs. HEAD is answered "
+        "wherever GET is. Request bodies are JSON (`Content-Type: application/json`; 415 otherwise).",
     )
+    # outermost last: CORS answers preflights (no token on them), then the gate, then HEAD as GET, then the request's presets
+    app.add_middleware(_PresetsScope, presets=presets)
+    app.add_middleware(HeadAsGet)
     app.add_middleware(Gate, token=settings.token, max_body=settings.max_body_bytes)
+    app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=False,
+                       allow_methods=["GET", "HEAD", "POST", "PATCH"], allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+                       expose_headers=["Retry-After"], max_age=600)
     app.openapi = truthful_openapi(app, settings.limits)
-    app.state.store, app.state.settings, app.state.scheduler = store, settings, scheduler
+    app.state.store, app.state.settings, app.state.scheduler, app.state.presets = store, settings, scheduler, presets
     # The token is checked by the Gate before the body is read; this dependency only declares the scheme in OpenAPI.
     bearer = HTTPBearer(auto_error=False, description="The service token: env TETHER_API_TOKEN or <data_dir>/api_token.")
     auth = [Depends(bearer)]
@@ -158,7 +202,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         if exc.status_code == 405:  # Starlette names only the first route matching the path; list every method of the path
             allowed = sorted({m for r in app.routes if isinstance(r, APIRoute) and r.matches(request.scope)[0] != Match.NONE
                               for m in r.methods})
-            headers["Allow"] = ", ".join(allowed)
+            headers["Allow"] = ", ".join(sorted({*allowed, "HEAD"} if "GET" in allowed else allowed))
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail}, headers=headers)
 
     @app.exception_handler(redis.RedisError)
@@ -180,7 +224,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         # a record written only by a trainer (fields missing) is still served whole, never a 500
         base = {"id": rec.get("id") or "", "name": rec.get("name") or rec.get("id") or "", "state": "submitted",
                 "created": rec.get("updated") or 0.0, "updated": 0.0}
-        rec = {**base, **rec}
+        rec = relative_to({**base, **rec}, data_dir)
         return Run(**{**rec, "queue_position": pos, "status": combined_status(rec["state"], rec.get("job_status"))})
 
     def run_dir(rec: dict[str, Any]) -> Path:
@@ -210,6 +254,37 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         cid = store.send_command(run_id, type_, args or {})
         return CommandAccepted(run_id=run_id, command_id=cid, type=type_, args=args or {})
 
+    docs_assets = Path(__import__("fastapi_offline").__file__).resolve().parent / "static"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_docs():  # Swagger UI from fastapi-offline's copy (no CDN: an offline cluster gets the docs too)
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="tether API", swagger_js_url="/static/docs/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/docs/swagger-ui.css", swagger_favicon_url="/static/docs/favicon.png",
+                                   oauth2_redirect_url="/docs/oauth2-redirect")
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    def swagger_redirect():
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc_docs():
+        return get_redoc_html(openapi_url="/openapi.json", title="tether API", redoc_js_url="/static/docs/redoc.standalone.js",
+                              redoc_favicon_url="/static/docs/favicon.png", with_google_fonts=False)
+
+    plotly_js = Path(__import__("plotly").__file__).resolve().parent / "package_data" / "plotly.min.js"
+
+    @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
+    def plotly_asset():  # the page's charting library, from the plotly package itself
+        return FileResponse(plotly_js, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"})
+
+    app.mount("/static/docs", StaticFiles(directory=docs_assets), name="docs-assets")
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/presets", response_model=list[Preset], tags=["runs"], dependencies=auth)
+    def list_presets() -> list[dict]:
+        """Named starting configs: POST /runs {"preset": name, "config": overrides}."""
+        return presets.listing()
+
     @app.get("/healthz", response_model=Health, tags=["service"], responses={503: {"model": Health, "description": "Redis is unreachable."}})
     def healthz():
         try:
@@ -231,6 +306,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         data = body.config.model_dump(exclude_unset=True)
         data["guard"] = body.config.guard.model_dump()  # the service's guard default (on) reaches the saved config whole
         cfg = TetherConfig.model_validate(data)
+        shadowed = local_shadows(cfg, [Path.cwd(), data_dir])  # 'org/model' that names a folder on this server is a path, not a hub name
+        if shadowed:
+            return _invalid(shadowed)
         bad_refs = resolve_data_refs(cfg, data_dir)  # data:<path>: the operator's models and prompts inside the data directory
         if bad_refs:
             return _invalid(bad_refs)
@@ -251,7 +329,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         cfg_path = folder / "tether.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg.dump(), sort_keys=False))
         store.create_run(run_id, {"name": cfg.name, "config": cfg.dump(), "job_id": f"tether-{run_id}", "config_path": str(cfg_path),
-                                  "state": "queued", "resources": need})
+                                  "state": "queued", "resources": need, "algorithm": cfg.algorithm})
         scheduler.enqueue(run_id)
         scheduler.tick(reconcile=False)  # admit now if there is room: the client learns a submission failure at once
         rec = get_record(run_id)
@@ -259,10 +337,22 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             raise HTTPException(503, f"{rec.get('error')}; the run was stored (state submit_failed), not started")
         return view(rec)
 
-    @app.get("/runs", response_model=list[Run], tags=["runs"], dependencies=auth)
-    def list_runs() -> list[Run]:
+    @app.get("/runs", response_model=RunsPage, tags=["runs"], dependencies=auth)
+    def list_runs(offset: int = Query(0, ge=0, le=10**9, description="Skip this many (newest first)."),
+                  limit: int = Query(50, ge=1, le=500, description="At most this many runs."),
+                  state: str | None = Query(None, max_length=200, pattern=r"^[a-z_]+(,[a-z_]+)*$",
+                                            description="Only runs in these states (comma-separated, e.g. running,paused)."),
+                  q: str | None = Query(None, max_length=200, description="Only runs whose id or name contains this (case-insensitive).")) -> RunsPage:
+        """Run summaries, newest first, a page at a time (GET /runs/{id} has a run's config)."""
         positions = scheduler.positions()
-        return [view(r, positions) for r in store.list_runs()]
+        states = set(state.split(",")) if state else None
+        rows = store.summaries(states=states, text=q)
+        page = [RunSummary(**{**relative_to(r, data_dir), "name": r.get("name") or r["id"], "state": r.get("state") or "submitted",
+                              "created": r.get("created") or r.get("updated") or 0.0, "updated": r.get("updated") or 0.0,
+                              "status": combined_status(r.get("state") or "submitted", r.get("job_status")),
+                              "queue_position": positions.get(r["id"]) if r.get("state") == "queued" else None})
+                for r in rows[offset:offset + limit]]
+        return RunsPage(total=len(rows), offset=offset, limit=limit, runs=page)
 
     @app.get("/runs/{run_id}", response_model=Run, tags=["runs"], dependencies=auth, responses=errors(404))
     def get_run(run_id: str = RUN_ID) -> Run:
@@ -394,7 +484,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         for p in sorted(root.glob("step-*")):
             if (p / "driver.json").exists():
                 t = json.loads((p / "driver.json").read_text()).get("time")
-                out.append(Checkpoint(name=p.name, step=int(p.name.split("-")[1]), path=str(p), time=t))
+                out.append(Checkpoint(name=p.name, step=int(p.name.split("-")[1]), path=str(p.relative_to(data_dir)), time=t))
         return out
 
     return app

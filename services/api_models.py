@@ -5,6 +5,7 @@ stay inside the service's data directory and model names cannot point at local f
 """
 from __future__ import annotations
 
+import contextvars
 import re
 from typing import Any, Literal
 
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from learner.config import GuardConfig, TetherConfig
 from services.control import ParamUpdate  # noqa: F401 - re-exported: the PATCH /runs/{id}/params body
+from services.presets import Presets, merge
 
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 
@@ -28,6 +30,9 @@ def _data_ref(name: str, field: str) -> str:
     if not rel or "\x00" in rel or len(rel) > 1024:
         raise ValueError(f"{field}: data:<path> needs a relative path (at most 1024 characters, no NUL byte) inside the service's data directory")
     _inside(rel, field)
+    first = next((p for p in re.split(r"[\\/]", rel) if p not in ("", ".")), "")
+    if first in SERVICE_OWN:
+        raise ValueError(f"{field}: data:<path> may not point at the service's own files ({', '.join(SERVICE_OWN)}), got {name!r}")
     return name
 
 
@@ -65,6 +70,29 @@ def data_refs(cfg) -> list[tuple[str, object, str]]:
     return out
 
 
+def local_shadows(cfg, roots) -> list[tuple[str, str]]:
+    """(field, message) for each model or dataset name of ``cfg`` that is not ``data:`` but names an existing file or folder under
+    one of ``roots`` (the server's working directory, its data directory): from_pretrained and load_dataset would read that local
+    path, not the hub."""
+    from pathlib import Path
+
+    out = []
+    for field, sec, attr in data_refs(cfg):
+        value = getattr(sec, attr)
+        if not isinstance(value, str) or value.startswith(DATA_REF):
+            continue
+        for root in roots:
+            try:
+                hit = (Path(root) / value).exists()
+            except (OSError, ValueError):
+                hit = True
+            if hit:
+                out.append((f"config.{field}", f"{value!r} names a file or folder on the server, not a hub name; a model or dataset the "
+                                               "operator put in the service's data directory is data:<path>"))
+                break
+    return out
+
+
 def resolve_data_refs(cfg, data_dir) -> list[tuple[str, str]]:
     """Replace each ``data:<path>`` of ``cfg`` by its absolute path inside ``data_dir`` (in place); (field, message) for each
     that does not exist or leaves the directory (a symbolic link out of it)."""
@@ -89,7 +117,8 @@ def resolve_data_refs(cfg, data_dir) -> list[tuple[str, str]]:
     return errors
 
 
-SERVICE_OWN = ("redis", "service", "api_token")  # the service's own files in its data directory: no run writes there
+SERVICE_OWN = ("redis", "service", "api_token")  # the service's own files in its data directory: no run reads or writes there
+RUNS = "runs"  # <data dir>/runs/<run id>: each run's folder, chosen by the service
 
 
 def _inside(value: str, field: str) -> str:
@@ -118,14 +147,22 @@ class ServiceRunConfig(TetherConfig):
             return v.model_copy(update={"enabled": True})
         return v
 
-    @field_validator("data_dir", "runs_dir")
+    @field_validator("data_dir")
     @classmethod
     def _paths(cls, v: str, info) -> str:
         _inside(v, info.field_name)
         first = next((p for p in re.split(r"[\\/]", v) if p not in ("", ".")), "")
-        if not first or first in SERVICE_OWN:
-            raise ValueError(f"{info.field_name} must name a folder of its own inside the service's data directory, not the directory itself "
-                             f"or the service's own files ({', '.join(SERVICE_OWN)}); got {v!r}")
+        if not first or first in SERVICE_OWN or first == RUNS:
+            raise ValueError(f"{info.field_name} must name a folder of its own inside the service's data directory, not the directory itself, "
+                             f"its run folders ({RUNS}/) or the service's own files ({', '.join(SERVICE_OWN)}); got {v!r}")
+        return v
+
+    @field_validator("runs_dir")
+    @classmethod
+    def _runs_dir(cls, v: str) -> str:
+        if v != RUNS:
+            raise ValueError(f"runs_dir is chosen by the service: each run is written to <data dir>/{RUNS}/<run id>; leave it out "
+                             f"(or {RUNS!r}), got {v[:200]!r}")
         return v
 
     @field_validator("variants")
@@ -243,11 +280,56 @@ RUN_EXAMPLE = {
 }
 
 
-class RunCreate(BaseModel):
-    """Start a run: a (partial) config; unspecified fields take TetherConfig's defaults."""
+# The presets of the service handling this request (set per request by services/api.py; validation runs before the endpoint).
+PRESETS: contextvars.ContextVar[Presets] = contextvars.ContextVar("tether_presets", default=Presets())
+MAX_CONFIG_VALUES = 4_096  # keys and list items in a submitted config (a full config dump has about 300)
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [RUN_EXAMPLE]})
-    config: ServiceRunConfig = Field(description="The run's configuration (the schema of configs/*.yaml).")
+
+def count_values(x: Any) -> int:
+    if isinstance(x, dict):
+        return len(x) + sum(count_values(v) for v in x.values())
+    if isinstance(x, list):
+        return len(x) + sum(count_values(v) for v in x)
+    return 0
+
+
+class RunCreate(BaseModel):
+    """Start a run: a (partial) config, optionally on top of a preset (GET /presets); unspecified fields take
+    TetherConfig's defaults. Types are strict: "0.1" is not a number, true is not 1."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [RUN_EXAMPLE, {"preset": "elastic-reset", "config": {"kl": {"coef": 0.02}}}]})
+    preset: str | None = Field(None, max_length=64, description="A preset's name (GET /presets); `config` is merged into it key by key.")
+    config: ServiceRunConfig = Field(default_factory=ServiceRunConfig, description="The run's configuration (the schema of configs/*.yaml), "
+                                     "or the overrides of the preset.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("preset"), str) and data["preset"] in PRESETS.get().items:
+            over = data.get("config", {})
+            if isinstance(over, dict):  # anything else is refused by the config's own validation
+                data = {**data, "config": merge(PRESETS.get().config(data["preset"]), over)}
+        return data
+
+    @field_validator("preset")
+    @classmethod
+    def _known(cls, v: str | None) -> str | None:
+        names = PRESETS.get().names()
+        if v is not None and v not in names:
+            raise ValueError(f"no preset named {v[:64]!r}; this service has: {', '.join(names)} (GET /presets)")
+        return v
+
+    @field_validator("config", mode="wrap")
+    @classmethod
+    def _strict(cls, v: Any, handler):
+        """Strict types everywhere in the config (pydantic's strict mode reaches every nested section only this way)."""
+        if isinstance(v, dict):
+            n = count_values(v)
+            if n > MAX_CONFIG_VALUES:
+                raise ValueError(f"the config has {n} keys and list items; a run's config has at most {MAX_CONFIG_VALUES} "
+                                 "(a full dump has about 300): is something repeated?")
+            return ServiceRunConfig.model_validate(v, strict=True)
+        return handler(v)
 
 
 class Run(BaseModel):
@@ -277,6 +359,40 @@ class Run(BaseModel):
     error: str | None = None
     guard: dict[str, Any] | None = Field(None, description="The gold-free guard's alarm, once raised: iteration, the rule, the action, "
                                          "the evaluation it judges best (pick_iteration, pick_checkpoint).")
+
+
+class RunSummary(BaseModel):
+    """A run as GET /runs lists it: no config (GET /runs/{id} has it)."""
+
+    id: str
+    name: str
+    state: str
+    status: str
+    queue_position: int | None = None
+    algorithm: str | None = Field(None, description="ppo, fdpg, quark, ... (from the config).")
+    iteration: int = 0
+    created: float
+    updated: float
+    job_status: str | None = None
+    error: str | None = None
+    guard: dict[str, Any] | None = None
+    summary: dict[str, Any] | None = None
+
+
+class RunsPage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"total": 1, "offset": 0, "limit": 50, "runs": [{
+        "id": "r-1a2b3c4d", "name": "imdb-kl", "state": "running", "status": "running", "algorithm": "ppo", "iteration": 12,
+        "created": 1795500000.0, "updated": 1795500100.0}]}]})
+    total: int = Field(description="Runs matching the filter (all pages).")
+    offset: int
+    limit: int
+    runs: list[RunSummary] = Field(description="Newest first.")
+
+
+class Preset(BaseModel):
+    name: str
+    description: str
+    config: dict[str, Any] = Field(description="The preset's config (the keys it sets; the rest are TetherConfig's defaults).")
 
 
 class CommandAccepted(BaseModel):

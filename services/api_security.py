@@ -6,9 +6,12 @@ before it is told 401. This pure ASGI middleware runs first: a request to a prot
 right token is answered 401/403 from its headers alone, and every request's body is cut off at
 ``max_body`` bytes (413), whether it declares a Content-Length or streams chunks.
 
-Public paths (no token): the health check, the web page (it asks for the token itself) and the API's
-own documentation (``/docs``, ``/redoc``, ``/openapi.json``: the schema holds no data and no secret, so
-a person can read it before having a token).
+Public paths (no token): the health check, the web page (it asks for the token itself), its static
+assets (``/static/...``) and the API's own documentation (``/docs``, ``/redoc``, ``/openapi.json``: the
+schema holds no data and no secret, so a person can read it before having a token).
+
+A request that has a body must say it is JSON (``Content-Type: application/json``): 415 otherwise,
+before the body is read. ``HeadAsGet`` answers HEAD wherever GET is answered (headers, no body).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 
 PUBLIC = frozenset({"/healthz", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+PUBLIC_PREFIXES = ("/static/",)
 MISSING = ("missing bearer token: send 'Authorization: Bearer <token>' (the token is in env TETHER_API_TOKEN "
            "or <data_dir>/api_token of the server)")
 WRONG = "invalid bearer token: it does not match the server's token"
@@ -66,7 +70,7 @@ class Gate:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
-        if scope["path"] not in self.public:
+        if scope["path"] not in self.public and not scope["path"].startswith(PUBLIC_PREFIXES):
             bad = check_token(headers.get(b"authorization", b"").decode("latin-1") or None, self.token)
             if bad is not None:
                 return await _answer(send, bad[0], bad[1], [(b"www-authenticate", b"Bearer")] if bad[0] == 401 else None)
@@ -79,6 +83,11 @@ class Gate:
                 return await _answer(send, 400, f"Content-Length must be a number of bytes, got {declared[:40]!r}")
             if n > self.max_body:
                 return await _answer(send, 413, too_large)
+        if _has_body(headers, declared):
+            ctype = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+            if not (ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json"))):
+                return await _answer(send, 415, f"the request body must be JSON: send Content-Type: application/json (got "
+                                                f"{ctype[:60] or 'no Content-Type'!r})")
         seen = 0
         started = False
 
@@ -102,3 +111,37 @@ class Gate:
         except BodyTooLarge:
             if not started:
                 await _answer(send, 413, too_large)
+
+
+def _has_body(headers: dict[bytes, bytes], declared: bytes | None) -> bool:
+    if declared is not None:
+        return declared.strip() not in (b"", b"0")
+    return b"transfer-encoding" in headers  # chunked: a body whatever its length
+
+
+class HeadAsGet:
+    """HEAD on a path with a GET route: run the GET, send its status and headers, no body (RFC 9110 9.3.2). The app is told
+    the client went away as soon as the headers are out, so an event stream ends instead of running on unseen."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+        done = False
+
+        async def head_send(msg: dict) -> None:
+            nonlocal done
+            if msg["type"] == "http.response.start":
+                await send(msg)
+            elif msg["type"] == "http.response.body" and not done:
+                done = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        async def head_receive() -> dict:
+            if done:
+                return {"type": "http.disconnect"}
+            return await receive()
+
+        await self.app({**scope, "method": "GET"}, head_receive, head_send)

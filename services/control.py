@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -43,14 +43,17 @@ def _no_nulls(schema: dict) -> None:
 class ParamUpdate(BaseModel):
     """Parameters that are safe to change while a run is going. Give at least one."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra=lambda s: _no_nulls(s))
+    # strict: "0.1" or true is not a number here (a client's type error is refused, never coerced)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True, json_schema_extra=lambda s: _no_nulls(s))
 
     kl_coef: float | None = Field(None, ge=0, description="KL penalty beta from now on (the adaptive controller continues from it).")
     kl_target: float | None = Field(None, gt=0, description="Target KL (nats per sequence) of the adaptive controller; kl.mode must be 'adaptive'.")
     uwo_lambda: float | None = Field(None, ge=0, description="UWO lambda of the proxy ensemble; ensemble.aggregation must be 'uwo'.")
     eval_every: int | None = Field(None, ge=1, description="Gold evaluation on held-out prompts every N iterations.")
+    guard_action: Literal["alert", "stop", "reset"] | None = Field(
+        None, description="What the gold-free guard does at its next alarm (alert, stop, reset); guard.enabled must be true.")
 
-    @field_validator("kl_coef", "kl_target", "uwo_lambda", "eval_every", mode="before")
+    @field_validator("kl_coef", "kl_target", "uwo_lambda", "eval_every", "guard_action", mode="before")
     @classmethod
     def _given(cls, v, info):
         if v is None:  # leaving a field out keeps it; an explicit null would be ambiguous
@@ -60,7 +63,7 @@ class ParamUpdate(BaseModel):
     @model_validator(mode="after")
     def _some(self) -> "ParamUpdate":
         if not self.model_dump(exclude_none=True):
-            raise ValueError("give at least one of kl_coef, kl_target, uwo_lambda, eval_every")
+            raise ValueError("give at least one of kl_coef, kl_target, uwo_lambda, eval_every, guard_action")
         return self
 
     def check_against(self, cfg) -> None:
@@ -71,6 +74,8 @@ class ParamUpdate(BaseModel):
             raise ValueError("kl_target: applies only to kl.mode 'adaptive'; this run uses a fixed beta (change kl_coef instead)")
         if self.uwo_lambda is not None and cfg.ensemble.aggregation != "uwo":
             raise ValueError(f"uwo_lambda: applies only to ensemble.aggregation 'uwo'; this run uses '{cfg.ensemble.aggregation}'")
+        if self.guard_action is not None and not cfg.guard.enabled:
+            raise ValueError("guard_action: this run's guard is off (guard.enabled: false); its signals are logged but it takes no action")
 
 
 class RunControl:
@@ -234,6 +239,9 @@ class RunControl:
         if upd.eval_every is not None:
             changes["eval_every"] = (trainer.cfg.train.eval_every, upd.eval_every)
             trainer.cfg.train.eval_every = upd.eval_every
+        if upd.guard_action is not None:  # read at the next alarm (services/train.Trainer._guard_act)
+            changes["guard_action"] = (trainer.cfg.guard.action, upd.guard_action)
+            trainer.cfg.guard.action = upd.guard_action
         for param, (old, new) in changes.items():
             try:
                 self.store.log_change(self.run_id, param=param, old=old, new=new, step=step, command_id=cmd["id"])

@@ -188,6 +188,27 @@ class RunStore:
         ids = self.r.zrange(runs_key(), 0, -1)
         return [rec for rec in (self.get_run(i) for i in ids) if rec is not None]
 
+    SUMMARY_FIELDS = ("name", "state", "algorithm", "iteration", "created", "updated", "job_status", "error", "guard", "summary")
+
+    def summaries(self, *, states: set[str] | None = None, text: str | None = None) -> list[dict[str, Any]]:
+        """Every run's summary fields (no config: HMGET of a few fields, whatever a config's size), newest first, filtered by
+        state and by a case-insensitive substring of the id or name."""
+        ids = self.r.zrevrange(runs_key(), 0, -1)
+        pipe = self.r.pipeline()
+        for i in ids:
+            pipe.hmget(run_key(i), self.SUMMARY_FIELDS)
+        out, needle = [], (text or "").lower()
+        for i, values in zip(ids, pipe.execute() if ids else []):
+            if all(v is None for v in values):
+                continue  # listed but its record is gone
+            rec = {"id": i, **{k: json.loads(v) for k, v in zip(self.SUMMARY_FIELDS, values) if v is not None}}
+            if states is not None and rec.get("state") not in states:
+                continue
+            if needle and needle not in i.lower() and needle not in str(rec.get("name") or "").lower():
+                continue
+            out.append(rec)
+        return out
+
     # -- metrics ---------------------------------------------------------------------------------
     def add_metrics(self, run_id: str, entry_id: str, step: int, metrics: dict[str, Any], t: float | None = None) -> bool:
         """XADD with an explicit id; False when that id (or a later one) is already there (a retry)."""

@@ -38,7 +38,7 @@ def test_auth_401_403_and_health(api):
     for method, path in (("post", "/runs"), ("post", "/runs/x/pause"), ("patch", "/runs/x/params"), ("get", "/runs/x/metrics"),
                          ("get", "/runs/x/metrics/stream"), ("get", "/runs/x/report"), ("get", "/runs/x/checkpoints"), ("get", "/runs/x/samples")):
         assert getattr(client, method)(path).status_code == 401, path
-    assert client.get("/runs", headers=AUTH).json() == []
+    assert client.get("/runs", headers=AUTH).json()["runs"] == []
     assert client.get("/runs/nope", headers=AUTH).status_code == 404
 
 
@@ -66,8 +66,9 @@ def test_create_without_ray_queues_the_run_inside_the_data_dir(api, tmp_path):
     r2 = client.post("/runs", json={"config": {"name": "t2"}}, headers=AUTH).json()
     assert r2["queue_position"] == 2 and r2["resources"] == {"CPU": 2.0, "GPU": 0.0}
     run = client.get(f"/runs/{r.json()['id']}", headers=AUTH).json()
-    stored = yaml.safe_load(open(run["config_path"]))
+    assert not run["config_path"].startswith("/") and not run["config"]["data_dir"].startswith("/")  # no server layout shown
     svc = str((tmp_path / "svc").resolve())
+    stored = yaml.safe_load(open(f"{svc}/{run['config_path']}"))
     assert stored["data_dir"] == f"{svc}/data" and stored["runs_dir"] == f"{svc}/runs/{run['id']}"
     # a queued run has not started: pause / resume / reset / params answer 409 (before: 202, replayed when it started)
     for method, path, body in (("post", "pause", None), ("post", "resume", None), ("patch", "params", {"kl_coef": 0.1})):
@@ -203,7 +204,7 @@ def test_the_service_guard_default_reaches_the_saved_and_loaded_config(api):
         cfg = {"name": "g"} if guard is None else {"name": "g", "guard": guard}
         r = client.post("/runs", json={"config": cfg}, headers=AUTH)
         assert r.status_code == 201, r.text
-        path = client.get(f"/runs/{r.json()['id']}", headers=AUTH).json()["config_path"]
+        path = tmp_path / "svc" / client.get(f"/runs/{r.json()['id']}", headers=AUTH).json()["config_path"]
         saved = yaml.safe_load(open(path))
         assert saved["guard"]["enabled"] is enabled and load_config(path).guard.enabled is enabled, (guard, saved.get("guard"))
         if guard == {"action": "stop"}:

@@ -42,7 +42,7 @@ def _fields(resp) -> list[str]:
 def test_non_finite_and_huge_numbers_in_a_config_are_422(api, raw, field):
     r = api.post("/runs", content=raw, headers={**AUTH, "Content-Type": "application/json"})
     assert r.status_code == 422 and field in _fields(r), r.text
-    assert api.get("/runs", headers=AUTH).json() == []  # nothing stored
+    assert api.get("/runs", headers=AUTH).json()["runs"] == []  # nothing stored
 
 
 def test_non_finite_params_are_422(api):
@@ -65,7 +65,7 @@ def test_non_finite_params_are_422(api):
 def test_configs_beyond_the_service_bounds_are_422(api, config, field, needle):
     r = api.post("/runs", json={"config": config}, headers=AUTH)
     assert r.status_code == 422 and field in _fields(r) and needle in r.json()["message"], r.text
-    assert api.get("/runs", headers=AUTH).json() == []
+    assert api.get("/runs", headers=AUTH).json()["runs"] == []
 
 
 def test_limits_are_configurable(tmp_path, tether_redis):
@@ -145,13 +145,13 @@ def test_body_limit_413_with_and_without_content_length(api):
     assert r.status_code == 413 and "larger than this service accepts" in r.json()["detail"]
     r = api.post("/runs", content=big, headers={"Content-Type": "application/json"})  # no token: 401 comes first
     assert r.status_code == 401
-    assert api.get("/runs", headers=AUTH).json() == []
+    assert api.get("/runs", headers=AUTH).json()["runs"] == []
 
 
 def test_docs_are_public_and_say_so(api):
     for path in ("/docs", "/redoc", "/openapi.json"):
         assert api.get(path).status_code == 200, path
-    assert "but /healthz, / and the API docs" in api.get("/openapi.json").json()["info"]["description"]
+    assert "but /healthz, /, /static/ and the API docs" in api.get("/openapi.json").json()["info"]["description"]
 
 
 # -- 6. outages --------------------------------------------------------------------------------------
@@ -235,7 +235,7 @@ def test_a_run_known_only_from_its_trainer_is_served_whole(api):
     ctl = RunControl(store, "r-hand")
     ctl.register(name="by-hand", config={"name": "by-hand"})
     ctl.register(name="again", config={})  # an existing record is kept
-    runs = {x["id"]: x for x in api.get("/runs", headers=AUTH).json()}
+    runs = {x["id"]: x for x in api.get("/runs", headers=AUTH).json()["runs"]}
     assert runs["r-hand"]["name"] == "by-hand" and runs["r-hand"]["state"] == "submitted"
 
 
@@ -298,4 +298,4 @@ def test_run_folders_cannot_be_the_services_own_and_resources_are_bounded(api):
     assert r.status_code == 422 and "runtime.rollout.num_cpus" in r.text and "limit" in r.text
     r = api.post("/runs", json={"config": {"runtime": {"reward": {"resources": {f"r{i}": 1 for i in range(90)}}}}}, headers=AUTH)
     assert r.status_code == 422 and "at most 16 custom Ray resources" in r.text
-    assert api.post("/runs", json={"config": {"runs_dir": "runs/mine", "runtime": {"rollout": {"num_cpus": 2}}}}, headers=AUTH).status_code == 201
+    assert api.post("/runs", json={"config": {"runs_dir": "runs", "runtime": {"rollout": {"num_cpus": 2}}}}, headers=AUTH).status_code == 201

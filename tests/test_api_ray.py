@@ -90,7 +90,7 @@ AUTH = {"Authorization": "Bearer tok"}
 
 def _tiny_body(cfg, name: str, **runtime) -> dict:
     body = cfg.model_dump(mode="json")
-    body.update(data_dir=Path(cfg.data_dir).name, runs_dir="service-runs", name=name)
+    body.update(data_dir=Path(cfg.data_dir).name, runs_dir="runs", name=name)
     body["runtime"].update(runtime)
     return body
 
@@ -124,7 +124,7 @@ def test_create_run_in_the_default_mode_runs_a_ray_job_with_vllm_to_finished(ray
         rows = client.get(f"/runs/{run['id']}/metrics", headers=AUTH).json()
         assert [r["step"] for r in rows] == [1, 2, 3, 3] and "eval/gold_mean" in rows[-1]
         assert all(abs(r["rollout/behaviour_logp_gap"]) < 1e-3 for r in rows[:3])  # vLLM's log-probs are the learner's
-        assert Path(run["run_dir"]).resolve().is_relative_to(svc / "service-runs" / run["id"])
+        assert (svc / run["run_dir"]).resolve().is_relative_to(svc / "runs" / run["id"]) and not run["run_dir"].startswith("/")
         assert client.get(f"/runs/{run['id']}/report", headers=AUTH).status_code == 200
         assert [c["step"] for c in client.get(f"/runs/{run['id']}/checkpoints", headers=AUTH).json()] == [3]
 
@@ -145,13 +145,13 @@ def test_a_failed_job_carries_its_reason(ray_head, tiny_assets, tether_redis):
         err = run["error"]
         assert "exit code 1" in err and ("org/missing-model" in err or "huggingface" in err), err
         assert "last lines of the job's log" in run["error"]
-        assert client.get("/runs", headers=AUTH).json()[0]["error"] == run["error"]
+        assert client.get("/runs", headers=AUTH).json()["runs"][0]["error"] == run["error"]
 
 
 def test_runs_beyond_the_cluster_wait_queued_and_run_in_order(ray_head, tiny_assets, tether_redis):
     """Admission: each run declares 2 CPUs (train.threads=2, local mode: quick), the cluster has 2: one at a time, in order."""
     cfg = tiny_assets[0]
-    client, _ = _client(cfg, tether_redis, ray_head["jobs"], scheduler_poll_s=0.5)
+    client, svc = _client(cfg, tether_redis, ray_head["jobs"], scheduler_poll_s=0.5)
     with client:
         too_big = _tiny_body(cfg, "huge", learner={"num_cpus": 8})
         r = client.post("/runs", json={"config": too_big}, headers=AUTH)
@@ -184,7 +184,7 @@ def test_wrong_ray_auth_mode_is_reported(ray_head, tiny_assets, tether_redis):
     client, _ = _client(tiny_assets[0], tether_redis, RayJobs(ray_head["url"], auth="disabled"))
     r = client.post("/runs", json={"config": {"name": "x"}}, headers=AUTH)
     assert r.status_code == 503 and "Ray job submission failed" in r.json()["detail"]
-    (run,) = client.get("/runs", headers=AUTH).json()
+    (run,) = client.get("/runs", headers=AUTH).json()["runs"]
     assert run["state"] == "submit_failed" and run["error"]
 
 
@@ -219,7 +219,7 @@ def test_a_run_whose_driver_is_killed_is_resumed_from_its_checkpoint(ray_head, t
     from services.runlog import read_metrics
 
     cfg = tiny_assets[0]
-    client, _ = _client(cfg, tether_redis, ray_head["jobs"], scheduler_poll_s=0.5)
+    client, svc = _client(cfg, tether_redis, ray_head["jobs"], scheduler_poll_s=0.5)
     body = _tiny_body(cfg, "killed-driver", checkpoint_every=1)
     body["train"]["iterations"] = 6
     with client:
@@ -238,7 +238,7 @@ def test_a_run_whose_driver_is_killed_is_resumed_from_its_checkpoint(ray_head, t
         assert done["status"] == "finished" and done["job_status"] == "SUCCEEDED", done
         assert done["retries"] == 1 and done["job_id"] == f"tether-{run['id']}-retry1"
         assert "resumed from its checkpoint" in done["retry_reason"] and done["error"] is None
-        steps = [r["step"] for r in read_metrics(Path(done["run_dir"]))]
+        steps = [r["step"] for r in read_metrics(svc / done["run_dir"])]
         assert steps == [1, 2, 3, 4, 5, 6, 6]  # resumed where the checkpoint was: no iteration lost or logged twice
         logs = ray_head["jobs"].logs(done["job_id"])
         assert "resumed" in logs or "--resume" in logs or "RolloutActor" in logs
@@ -255,7 +255,7 @@ def test_an_own_task_through_post_runs(ray_head, tether_redis, tmp_path):
     own.mkdir(parents=True)
     o.llama_policy(own / "llama"), o.reward_model(own / "rm"), o.gold_classifier(own / "gold")
     o.write_jsonl(own / "prompts.jsonl", o.prompt_rows())
-    body = {"name": "own-svc", "data_dir": "data", "runs_dir": "service-runs",
+    body = {"name": "own-svc", "data_dir": "data",
             "task": {"name": "dataset", "data": {"path": "data:own/prompts.jsonl", "chat_template": True, "max_prompt_tokens": 48}},
             "policy": {"name_or_path": "data:own/llama"},
             "gold": {"kind": "scorer", "scorer": {"kind": "hf_reward_model", "name_or_path": "data:own/gold", "label": "POSITIVE", "max_len": 64}},
@@ -276,4 +276,4 @@ def test_an_own_task_through_post_runs(ray_head, tether_redis, tmp_path):
         assert {"reward/proxy_member_0", "reward/proxy_member_1", "reward/gold_mean"} <= set(steps[-1])
         samples = client.get(f"/runs/{run['id']}/samples", headers=AUTH)
         assert samples.status_code == 200 and "<|assistant|>" in samples.text
-        assert (Path(run["run_dir"]) / "policy" / "model.safetensors").exists()
+        assert (svc / run["run_dir"] / "policy" / "model.safetensors").exists()
