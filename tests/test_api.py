@@ -194,7 +194,7 @@ def test_samples_endpoint_orders_and_rejects_bad_steps(api, tmp_path):
     assert client.get("/runs/r-out/samples", headers=AUTH).status_code == 404  # a folder outside the data directory is never read
 
 
-def test_the_service_guard_default_reaches_the_saved_and_loaded_config(api):
+def test_the_service_guard_default_reaches_the_saved_and_loaded_config(api, tmp_path):
     """Before: create_run re-validated only the fields the client set, so the service's guard default (on) never reached
     tether.yaml and the trainer loaded guard.enabled False; a guard section with only an action turned it off too."""
     from learner.config import load_config

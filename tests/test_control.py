@@ -21,6 +21,8 @@ def _cfg(tiny_assets, *, iterations: int, elastic: bool = True):
         "train": base.train.model_copy(update={"iterations": iterations, "eval_every": 1}),
         "elastic_reset": base.elastic_reset.model_copy(update={"enabled": elastic, "every": 1000}),
         "runtime": base.runtime.model_copy(update={"mode": "local", "engine": "transformers", "checkpoint_every": 0}),
+        # the guard on, with an alarm that cannot fire (KL never reaches min_kl here): its action can be changed live
+        "guard": base.guard.model_copy(update={"enabled": True, "action": "alert", "min_kl": 1e6}),
     })
 
 
@@ -65,6 +67,11 @@ def test_commands_pause_set_reset_resume_stop(tiny_assets, tmp_path, tether_redi
     # refused: uwo_lambda needs aggregation uwo; training goes on
     bad = _acked(store, "r1", store.send_command("r1", "set", {"uwo_lambda": 0.3}))
     assert not bad["ok"] and "uwo_lambda" in bad["result"]
+    # the guard's action, live (before: not a parameter): what the next alarm does
+    ack = _acked(store, "r1", store.send_command("r1", "set", {"guard_action": "stop"}))
+    assert ack["ok"] and ack["result"]["guard_action"] == {"old": "alert", "new": "stop"} and trainer.cfg.guard.action == "stop"
+    assert _acked(store, "r1", store.send_command("r1", "set", {"guard_action": "alert"}))["ok"] and trainer.cfg.guard.action == "alert"
+    assert [c["new"] for c in store.changes("r1") if c["param"] == "guard_action"] == ["stop", "alert"]
 
     # pause: the loop blocks, no new metrics, state "paused"
     ack = _acked(store, "r1", store.send_command("r1", "pause"))
