@@ -1,4 +1,5 @@
-"""Per-run metric log: one JSON line per iteration (metrics.jsonl) plus TensorBoard event files."""
+"""Per-run metric log: one JSON line per iteration (metrics.jsonl) plus TensorBoard event files, and every row to the
+run's opt-in experiment trackers (services/trackers.py)."""
 from __future__ import annotations
 
 import json
@@ -8,8 +9,12 @@ from pathlib import Path
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, *, tensorboard: bool = True):
+    """``trackers``: a services.trackers.Trackers each row is also handed to (it returns at once); its owner closes it,
+    with the run's summary, after this log is closed."""
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool = True, trackers=None):
         self.run_dir = Path(run_dir)
+        self.trackers = trackers
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
         self._f = self.path.open("a", buffering=1)
@@ -29,6 +34,8 @@ class RunLog:
             for k, v in clean.items():
                 if v is not None:
                     self._tb.add_scalar(k, v, step)
+        if self.trackers is not None:
+            self.trackers.log(step, clean)
 
     def close(self) -> None:
         self._f.close()

@@ -21,10 +21,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from actors.recovery import LearnerLost
-from learner.config import TetherConfig
+from learner.config import TetherConfig, without_other_algorithms
 from learner.learners import learner_class
 from learner.types import Rollouts
 from services.runlog import RunLog, latest_checkpoint, read_metrics, run_state
+from services.trackers import Trackers, require_packages
 from tasks import get_task, set_threads
 from tasks.contract import PromptSet
 
@@ -76,6 +77,7 @@ class Trainer:
     def __init__(self, cfg: TetherConfig, run_dir: Path, *, cfg_source: str = "<config>", progress: bool = True, roles=None):
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        require_packages(cfg.tracking)  # an enabled tracker without its package fails here, before the task and the roles are built
         set_threads(cfg.train.threads)
         self.task = get_task(cfg)  # prompts, the policy and the scorers (tasks/contract.py)
         self.paths = self.task.resolve(cfg_source=cfg_source)
@@ -357,7 +359,10 @@ class Trainer:
         (self.run_dir / "policy_source.json").write_text(json.dumps({"policy": str(self.paths.policy)}))
         if resume:
             self.restore()
-        runlog = RunLog(self.run_dir)
+        # MLflow / W&B (opt-in): a resumed run continues the tracker runs recorded in trackers.json
+        trackers = Trackers.open(cfg.tracking, self.run_dir, config=without_other_algorithms(cfg.model_dump(mode="json"), cfg.algorithm),
+                                 run_name=cfg.name, resume=resume and self.iteration > 0)
+        runlog = RunLog(self.run_dir, trackers=trackers)
         status = self.run_dir / "status.json"
         status.write_text(json.dumps({"state": "running", "iteration": self.iteration, "pid": os.getpid()}))
         bar = tqdm(total=cfg.train.iterations, initial=self.iteration, desc=f"train {cfg.name}", unit="it", disable=not self.progress)
@@ -389,6 +394,7 @@ class Trainer:
             if ctl is not None:
                 ctl.set_state("failed", iteration=self.iteration)
                 ctl.drain(timeout_s=30)
+            trackers.close(state="failed")
             raise
         finally:
             bar.close()
@@ -397,6 +403,7 @@ class Trainer:
         if self.guard_alarm is not None:
             summary["guard"] = self.guard_alarm
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        trackers.close(summary=summary, state=state)
         status.write_text(json.dumps({"state": state, "iteration": self.iteration}))
         if ctl is not None:
             ctl.set_state(state, iteration=self.iteration, summary=summary)

@@ -2,7 +2,7 @@
 
 Every field carries a description; defaults follow the papers (summarised in docs/methods.md) and cite them.
 Unknown fields are rejected so a typo never silently falls back to a default. The package: `base` (the
-strict base and ConfigError), `task` and `methods` (the sections), `run` (TetherConfig, validation),
+strict base and ConfigError), `task`, `methods` and `tracking` (the sections), `run` (TetherConfig, validation),
 `compose` (the one way layers merge), `load` (presets, files, `--set`).
 """
 from learner.config.base import ConfigError, Strict
@@ -21,11 +21,12 @@ from learner.config.methods import (
 )
 from learner.config.run import GuardConfig, LearnerResources, RoleResources, RuntimeConfig, TetherConfig, TrainConfig, config_from_dump, validate_dict
 from learner.config.task import GoldConfig, PolicyConfig, ProxyConfig, TaskConfig, TokenizerConfig
+from learner.config.tracking import MLflowTrackingConfig, TrackingConfig, WandbTrackingConfig
 
 __all__ = [
     "ALGORITHMS", "ALGORITHM_SECTIONS", "ConfigError", "DatasetConfig", "PreferenceConfig", "ScorerConfig", "ElasticResetConfig", "EnsembleConfig", "FDPGConfig",
     "GenerationConfig", "GoldConfig", "GuardConfig", "KLConfig", "LearnerResources", "PPOConfig", "PRESETS_DIR", "PolicyConfig", "ProxyConfig",
     "QuarkConfig", "ReferenceConfig", "RoleResources", "RuntimeConfig", "Strict", "TaskConfig", "TetherConfig",
-    "TokenizerConfig", "TrainConfig", "compose_dict", "config_from_dump", "deep_merge", "load_config", "nest",
+    "TokenizerConfig", "TrackingConfig", "MLflowTrackingConfig", "WandbTrackingConfig", "TrainConfig", "compose_dict", "config_from_dump", "deep_merge", "load_config", "nest",
     "parse_overrides", "preset_or_file", "read_config_file", "validate_dict", "without_other_algorithms",
 ]

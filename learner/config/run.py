@@ -21,6 +21,7 @@ from learner.config.methods import (
     ReferenceConfig,
 )
 from learner.config.task import GoldConfig, PolicyConfig, ProxyConfig, TaskConfig, TokenizerConfig
+from learner.config.tracking import TrackingConfig
 
 
 GUARD_SIGNALS = ("disagreement", "rank_agreement", "gain_per_kl", "gain_per_kl_ratio", "distinct2_ratio", "ppl_ratio", "repetition", "proxy_fit_beta")
@@ -159,6 +160,8 @@ class TetherConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Opt-in experiment trackers (MLflow, Weights & Biases) "
+                                     "beside metrics.jsonl and TensorBoard.")
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Named partial overrides run one after another as a comparison (e.g. ppo_kl vs elastic_reset). Empty = a single run.",
