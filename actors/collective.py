@@ -21,7 +21,10 @@ from collections.abc import Iterator
 
 import torch
 
+from actors import vllm_logging
+
 log = logging.getLogger(__name__)
+vllm_logging.install()  # imported by every vLLM worker (worker_extension_cls): its known-harmless warnings filtered there too
 
 Meta = list[tuple[str, tuple[int, ...], str]]  # (name, shape, dtype name) of every tensor, in send order
 

@@ -52,6 +52,9 @@ class VLLMEngine:
         from transformers import AutoTokenizer
         from vllm import LLM
 
+        from actors import vllm_logging
+
+        vllm_logging.install()  # in this process; the workers install it when they import actors.collective
         self.gen, self.seed = gen, seed
         self.tok = AutoTokenizer.from_pretrained(str(model_path))
         # every stop token of the model (its tokenizer's EOS and its generation config's): the same list TransformersEngine
