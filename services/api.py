@@ -73,6 +73,8 @@ class ServiceSettings:
     scheduler_poll_s: float = 1.0
     presets_dir: Path | None = None  # `tether serve --presets DIR`: more presets (DIR/*.yaml) beside the built-in ones
     cors_origins: list[str] = field(default_factory=list)  # `--cors-origin`: browser origins (scheme://host:port) allowed to call the API
+    mlflow_uri: str | None = None  # `--mlflow-uri`: the MLflow tracking server of runs with tracking.mlflow.enabled (else a store in the run folder)
+    wandb_online: bool = False  # `--wandb-online`: runs may use tracking.wandb.mode online (with the service's W&B credentials)
 
 
 def load_or_create_token(data_dir: Path) -> tuple[str, str]:
@@ -306,6 +308,11 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         data = body.config.model_dump(exclude_unset=True)
         data["guard"] = body.config.guard.model_dump()  # the service's guard default (on) reaches the saved config whole
         cfg = TetherConfig.model_validate(data)
+        if cfg.tracking.wandb.enabled and cfg.tracking.wandb.mode == "online" and not settings.wandb_online:
+            return _invalid([("config.tracking.wandb.mode", "online would send this run to W&B with the service's credentials; this "
+                                                           "service allows offline and disabled (the operator enables online with tether serve --wandb-online)")])
+        if cfg.tracking.mlflow.enabled and settings.mlflow_uri:
+            cfg.tracking.mlflow.tracking_uri = settings.mlflow_uri
         shadowed = local_shadows(cfg, [Path.cwd(), data_dir])  # 'org/model' that names a folder on this server is a path, not a hub name
         if shadowed:
             return _invalid(shadowed)

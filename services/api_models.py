@@ -207,6 +207,18 @@ class ServiceRunConfig(TetherConfig):
             _hub_dataset(self.proxy.preferences.path, "proxy.preferences.path")
         return self
 
+    @field_validator("tracking")
+    @classmethod
+    def _trackers(cls, v):
+        """Where a run's metrics and config go is the operator's choice: an MLflow URI or a wandb folder chosen by a client would
+        send them to any host or write them anywhere."""
+        if v.mlflow.tracking_uri is not None:
+            raise ValueError("tracking.mlflow.tracking_uri is chosen by the service (tether serve --mlflow-uri; without it, a local "
+                             "store in the run's folder); leave it out")
+        if v.wandb.dir is not None:
+            raise ValueError("tracking.wandb.dir is chosen by the service (the run's folder); leave it out")
+        return v
+
     @field_validator("runtime")
     @classmethod
     def _cluster(cls, v):
@@ -285,6 +297,18 @@ PRESETS: contextvars.ContextVar[Presets] = contextvars.ContextVar("tether_preset
 MAX_CONFIG_VALUES = 4_096  # keys and list items in a submitted config (a full config dump has about 300)
 
 
+def integral_floats_as_ints(x: Any) -> Any:
+    """JSON Schema's integer includes 10.0: strict validation would refuse it for an int field, so integral floats become ints
+    first (a float field takes an int as well). Strings and booleans stay what they are, and strict validation refuses them."""
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    if isinstance(x, dict):
+        return {k: integral_floats_as_ints(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [integral_floats_as_ints(v) for v in x]
+    return x
+
+
 def count_values(x: Any) -> int:
     if isinstance(x, dict):
         return len(x) + sum(count_values(v) for v in x.values())
@@ -328,7 +352,7 @@ class RunCreate(BaseModel):
             if n > MAX_CONFIG_VALUES:
                 raise ValueError(f"the config has {n} keys and list items; a run's config has at most {MAX_CONFIG_VALUES} "
                                  "(a full dump has about 300): is something repeated?")
-            return ServiceRunConfig.model_validate(v, strict=True)
+            return ServiceRunConfig.model_validate(integral_floats_as_ints(v), strict=True)
         return handler(v)
 
 

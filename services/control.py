@@ -53,6 +53,14 @@ class ParamUpdate(BaseModel):
     guard_action: Literal["alert", "stop", "reset"] | None = Field(
         None, description="What the gold-free guard does at its next alarm (alert, stop, reset); guard.enabled must be true.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _integral(cls, data: Any) -> Any:
+        """JSON Schema's integer includes 3.0 (strict mode alone would refuse it for eval_every); strings and booleans stay refused."""
+        if isinstance(data, dict):
+            return {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in data.items()}
+        return data
+
     @field_validator("kl_coef", "kl_target", "uwo_lambda", "eval_every", "guard_action", mode="before")
     @classmethod
     def _given(cls, v, info):

@@ -103,13 +103,21 @@ def test_merge_is_key_by_key():
     ({"kl": {"coef": "0.1"}}, "config.kl.coef"),
     ({"kl": {"coef": True}}, "config.kl.coef"),
     ({"train": {"iterations": "10"}}, "config.train.iterations"),
-    ({"train": {"iterations": 10.0}}, "config.train.iterations"),
+    ({"train": {"iterations": 10.5}}, "config.train.iterations"),
     ({"elastic_reset": {"enabled": 1}}, "config.elastic_reset.enabled"),
     ({"elastic_reset": {"enabled": "true"}}, "config.elastic_reset.enabled"),
 ])
 def test_types_are_strict(api, config, field):
     r = api.post("/runs", json={"config": config}, headers=AUTH)
     assert r.status_code == 422 and _fields(r) == [field], r.text
+
+
+def test_integral_numbers_are_integers(api, tmp_path):
+    """JSON Schema's integer includes 10.0 (schemathesis sends such values): accepted as 10, as the schema promises."""
+    r = api.post("/runs", json={"config": {"train": {"iterations": 10.0}, "kl": {"coef": 1}}}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    saved = load_config(tmp_path / "svc" / r.json()["config_path"])
+    assert saved.train.iterations == 10 and isinstance(saved.train.iterations, int) and saved.kl.coef == 1.0
 
 
 def test_parameter_changes_are_strict(api, tether_redis):
@@ -121,8 +129,8 @@ def test_parameter_changes_are_strict(api, tether_redis):
                         ({"guard_action": "explode"}, "guard_action")):
         r = api.patch("/runs/r-live/params", json=body, headers=AUTH)
         assert r.status_code == 422 and _fields(r) == [field], r.text
-    r = api.patch("/runs/r-live/params", json={"kl_coef": 1}, headers=AUTH)
-    assert r.status_code == 202, r.text  # an integer is a number
+    r = api.patch("/runs/r-live/params", json={"kl_coef": 1, "eval_every": 3.0}, headers=AUTH)
+    assert r.status_code == 202 and r.json()["args"] == {"kl_coef": 1.0, "eval_every": 3}, r.text  # an integer is a number
     r = api.patch("/runs/r-live/params", json={"guard_action": "stop"}, headers=AUTH)
     assert r.status_code == 202 and r.json()["args"] == {"guard_action": "stop"}
     store.create_run("r-noguard", {"name": "n", "state": "running", "config": ServiceRunConfig(guard={"enabled": False}).dump()})
@@ -257,3 +265,21 @@ def test_api_docs_need_no_cdn(api):
     assert api.get("/static/vendor/plotly.min.js").headers["content-type"].startswith("text/javascript")
     for path in ("/static/../api_token", "/static/%2e%2e/%2e%2e/tests/conftest.py", "/static/..%2f..%2fapi.py"):
         assert api.get(path).status_code in (401, 404), path
+
+
+# -- trackers: where a run's metrics go is the operator's choice -----------------------------------
+def test_tracker_destinations_are_the_services(tmp_path, tether_redis):
+    with TestClient(_app(tmp_path, tether_redis.url, mlflow_uri="http://mlflow.lab.internal:5000")) as api:
+        for tracking, field in (({"mlflow": {"enabled": True, "tracking_uri": "http://attacker.example"}}, "config.tracking"),
+                                ({"mlflow": {"tracking_uri": "file:/etc"}}, "config.tracking"),
+                                ({"wandb": {"enabled": True, "dir": "/tmp"}}, "config.tracking"),
+                                ({"wandb": {"enabled": True, "mode": "online"}}, "config.tracking.wandb.mode")):
+            r = api.post("/runs", json={"config": {"tracking": tracking}}, headers=AUTH)
+            assert r.status_code == 422 and _fields(r) == [field], (tracking, r.text)
+        r = api.post("/runs", json={"config": {"tracking": {"mlflow": {"enabled": True}, "wandb": {"enabled": True}}}}, headers=AUTH)
+        assert r.status_code == 201, r.text
+        saved = load_config(tmp_path / "svc" / r.json()["config_path"])
+        assert saved.tracking.mlflow.tracking_uri == "http://mlflow.lab.internal:5000" and saved.tracking.wandb.mode == "offline"
+    with TestClient(_app(tmp_path, tether_redis.url, wandb_online=True)) as api:
+        r = api.post("/runs", json={"config": {"tracking": {"wandb": {"enabled": True, "mode": "online"}}}}, headers=AUTH)
+        assert r.status_code == 201 and load_config(tmp_path / "svc" / r.json()["config_path"]).tracking.mlflow.tracking_uri is None
