@@ -22,7 +22,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import redis
 import yaml
@@ -71,6 +71,7 @@ class ServiceSettings:
     limits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     max_body_bytes: int = 1024 * 1024  # a full config dump is about 6 KB
     scheduler_poll_s: float = 1.0
+    redis_problem: Callable[[], str | None] | None = None  # why the embedded Redis is away: restarting, gave up (services/embedded_redis.py)
     presets_dir: Path | None = None  # `tether serve --presets DIR`: more presets (DIR/*.yaml) beside the built-in ones
     cors_origins: list[str] = field(default_factory=list)  # `--cors-origin`: browser origins (scheme://host:port) allowed to call the API
     mlflow_uri: str | None = None  # `--mlflow-uri`: the MLflow tracking server of runs with tracking.mlflow.enabled (else a store in the run folder)
@@ -210,8 +211,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @app.exception_handler(redis.RedisError)
     async def _redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
         if isinstance(exc, REDIS_DOWN):
-            return JSONResponse(status_code=503, content={"detail": f"Redis is unreachable ({type(exc).__name__}: {exc}); the service's state "
-                                                                    "is there: try again when it is back"}, headers={"Retry-After": "5"})
+            why = (settings.redis_problem and settings.redis_problem()) or "the service's state is there: try again when it is back"
+            return JSONResponse(status_code=503, content={"detail": f"Redis is unreachable ({type(exc).__name__}: {exc}); {why}"},
+                                headers={"Retry-After": "5"})
         log.exception("Redis error")
         return JSONResponse(status_code=503, content={"detail": f"Redis answered an error ({type(exc).__name__}: {exc})"})
 
@@ -292,7 +294,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         try:
             store.r.ping()
         except Exception as e:  # noqa: BLE001 - health reports, never raises
-            return JSONResponse(status_code=503, content=Health(ok=False, redis=False, reason=f"Redis is unreachable ({type(e).__name__})").model_dump())
+            why = settings.redis_problem and settings.redis_problem()
+            return JSONResponse(status_code=503, content=Health(ok=False, redis=False, reason=f"Redis is unreachable ({type(e).__name__})"
+                                                                + (f": {why}" if why else "")).model_dump())
         return Health(ok=True, redis=True)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -411,7 +415,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
              responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"},
                                                                "example": 'id: 12-1\nevent: metrics\ndata: {"step": 12, "reward/gold_mean": 0.4}\n\n'}},
                               "description": "Server-sent events: 'state' at the start and on every change, 'metrics' per row, "
-                                             "'end' when the run is over, 'error' if Redis goes away; ': keep-alive' comments."},
+                                             "'end' when the run is over, 'error' if Redis goes away or the server shuts down "
+                                             "({reason: redis | shutdown, detail, last_event_id}); ': keep-alive' comments."},
                         **errors(400, 404)})
     def stream(request: Request, run_id: str = RUN_ID,
                after: str = Query("0", max_length=64, pattern=r"^(\$|\d{1,20}(-\d{1,20})?)$",

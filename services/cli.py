@@ -156,14 +156,14 @@ def cmd_serve(args) -> int:
     """Run the REST API (and the web page) until interrupted; an embedded Redis server unless --redis-url."""
     import os
 
-    import uvicorn
-
+    from services import serving
     from services.api import ServiceSettings, create_app, load_or_create_token
+    from services.embedded_redis import EmbeddedRedis, RedisStartError
     from services.jobs import RayJobs
-    from services.redis_store import EmbeddedRedis
 
-    # uvicorn handles SIGTERM/SIGINT itself, shuts down, then re-raises the signal under the handler found
-    # before it started: ours, so the finally below stops the embedded server (Ctrl+C: KeyboardInterrupt).
+    # uvicorn handles SIGTERM/SIGINT itself (services/serving.py: ending the open metric streams first), shuts down, then
+    # re-raises the signal under the handler found before it started: ours, so the finally below stops the embedded server.
+    # A SIGKILLed server takes the embedded server with it (its parent-death signal, services/embedded_redis.py).
     exit_on_sigterm()
     from services.api_models import parse_limits
 
@@ -177,25 +177,33 @@ def cmd_serve(args) -> int:
         sys.exit(f"tether: --max-runs must be >= 1 (or left out: as many runs as the cluster's CPUs/GPUs hold), got {args.max_runs}")
     if not 0 < args.max_body_mb <= 1024:
         sys.exit(f"tether: --max-body-mb must be in (0, 1024], got {args.max_body_mb}")
+    if args.redis_restarts < 0:
+        sys.exit(f"tether: --redis-restarts must be >= 0 (0: an embedded Redis that dies stays down), got {args.redis_restarts}")
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     embedded = None
     url = args.redis_url or os.environ.get("TETHER_REDIS_URL")
     if not url:
-        embedded = EmbeddedRedis(data_dir)
-        url = embedded.start()
+        embedded = EmbeddedRedis(data_dir, restarts=args.redis_restarts)
+        try:
+            url = embedded.start()
+        except (OSError, RedisStartError) as e:
+            sys.exit(f"tether: the embedded Redis server did not start: {e}")
     token, source = load_or_create_token(data_dir)
     jobs = None if args.no_ray else RayJobs(args.ray_address, auth=args.ray_auth)
     app = create_app(ServiceSettings(data_dir=data_dir, redis_url=url, token=token, jobs=jobs, max_runs=args.max_runs, job_retries=args.job_retries, limits=limits,
-                                     max_body_bytes=int(args.max_body_mb * 1024 * 1024)))
+                                     max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+                                     redis_problem=None if embedded is None else (lambda: embedded.problem)))
     print(f"tether serve: http://{args.host}:{args.port}/  (API docs /docs)")
-    print(f"  redis: {url} ({'embedded, data in ' + str(embedded.dir) if embedded else 'external'})")
+    where = "external" if embedded is None else f"embedded, data in {embedded.dir}" + (
+        f", restarted up to {args.redis_restarts} times a minute" if embedded.owned else ", started by another tether serve: not supervised")
+    print(f"  redis: {url} ({where})")
     print(f"  ray jobs: {'disabled' if jobs is None else args.ray_address + ' (auth ' + args.ray_auth + ')'}")
     print(f"  API token: {source}")
     print(f"  admission: {'at most ' + str(args.max_runs) + ' runs at once, and ' if args.max_runs else ''}what the cluster's CPUs/GPUs hold; "
           f"request bodies up to {args.max_body_mb:g} MB")
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+        serving.run(app, host=args.host, port=args.port, log_level="info")
     finally:
         if embedded is not None:
             embedded.stop()
@@ -447,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--limit", action="append", default=[], metavar="FIELD=MAX",
                     help="largest value a submitted config may ask for, e.g. --limit train.iterations=10000 (defaults: services/api_models.py)")
     sp.add_argument("--max-body-mb", type=float, default=1.0, help="largest request body accepted, in MB (default 1; 413 above)")
+    sp.add_argument("--redis-restarts", type=int, default=5,
+                    help="restart the embedded Redis server when it dies, at most this many times a minute (backoff from 0.5 s, "
+                         "doubling); then every endpoint answers 503 saying so (default 5; 0: never)")
     sp.set_defaults(fn=cmd_serve)
 
     sp = sub.add_parser("bon", help="best-of-n gold and proxy curves vs KL from the initial policy, per ensemble aggregation, noisy vs clean labels")

