@@ -5,7 +5,9 @@ FastAPI's generated document needs three corrections, applied once when it is fi
   stream; FastAPI would file them under the route's own media type;
 - the service's limits (`tether serve --limit`) are part of the contract: each limited config field gets
   its ``maximum``, so a client (or a fuzzer) can see what will be accepted;
-- the metrics stream documents its events (``event``, ``data``, ``id``), as SSE clients parse them.
+- the metrics stream documents its events (``event``, ``data``, ``id``), as SSE clients parse them;
+- OpenAPI links from the run POST /runs created to every operation on ``/runs/{run_id}...`` (its ``id``
+  as ``run_id``): what a client does next, and what schemathesis' stateful phase follows.
 """
 from __future__ import annotations
 
@@ -48,6 +50,19 @@ def add_limits(doc: dict, root: str, limits: dict[str, float]) -> None:
                                                    f" At most {value:g} on this service (tether serve --limit {dotted}=MAX).").strip()
 
 
+def add_run_links(doc: dict) -> None:
+    created = doc["paths"]["/runs"]["post"]["responses"]["201"]
+    links = {}
+    for path, methods in doc["paths"].items():
+        if not path.startswith("/runs/{run_id}"):
+            continue
+        for method, op in methods.items():
+            name = f"{method.upper()} {path.removeprefix('/runs/{run_id}') or '/'}".replace("/", "_").replace(" ", "").strip("_")
+            links[name or "run"] = {"operationId": op["operationId"], "parameters": {"run_id": "$response.body#/id"},
+                                    "description": f"{method.upper()} {path} of the created run."}
+    created["links"] = links
+
+
 def truthful_openapi(app: FastAPI, limits: dict[str, float]):
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -62,6 +77,7 @@ def truthful_openapi(app: FastAPI, limits: dict[str, float]):
                 if path.endswith("/metrics/stream"):
                     op["responses"]["200"]["content"]["text/event-stream"]["schema"] = SSE_EVENT
         add_limits(doc, "ServiceRunConfig", limits)
+        add_run_links(doc)
         app.openapi_schema = doc
         return doc
 

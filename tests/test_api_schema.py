@@ -30,4 +30,6 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(server, tmp_
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-12000:]
-    assert "Tested: 16" in text and "Stateful" in text and "generated" in text, text[-3000:]
+    assert "Tested: 17" in text and "Stateful" in text and "generated" in text, text[-3000:]
+    # the stateful phase follows the document's links from POST /runs (services/api_schema.add_run_links) and those it infers
+    assert "API Links:" in text and "Scenarios:" in text, text[-3000:]
