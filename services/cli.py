@@ -179,6 +179,23 @@ def cmd_serve(args) -> int:
         sys.exit(f"tether: --max-body-mb must be in (0, 1024], got {args.max_body_mb}")
     if args.redis_restarts < 0:
         sys.exit(f"tether: --redis-restarts must be >= 0 (0: an embedded Redis that dies stays down), got {args.redis_restarts}")
+    import re
+
+    origins = []
+    for o in args.cors_origin:  # an origin is scheme://host[:port], exactly as a browser sends it; '*' would allow every page
+        if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?", o):
+            sys.exit(f"tether: --cors-origin takes an origin like https://console.lab.example or http://localhost:3000 (scheme, host, "
+                     f"optional port; no path, no '*'), got {o!r}")
+        origins.append(o)
+    presets_dir = None
+    if args.presets:
+        from services.presets import Presets
+
+        presets_dir = Path(args.presets).resolve()
+        try:
+            Presets(presets_dir)
+        except (ValueError, OSError) as e:
+            sys.exit(f"tether: --presets: {e}")
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     embedded = None
@@ -193,7 +210,8 @@ def cmd_serve(args) -> int:
     jobs = None if args.no_ray else RayJobs(args.ray_address, auth=args.ray_auth)
     app = create_app(ServiceSettings(data_dir=data_dir, redis_url=url, token=token, jobs=jobs, max_runs=args.max_runs, job_retries=args.job_retries, limits=limits,
                                      max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-                                     redis_problem=None if embedded is None else (lambda: embedded.problem)))
+                                     redis_problem=None if embedded is None else (lambda: embedded.problem),
+                                     presets_dir=presets_dir, cors_origins=origins, mlflow_uri=args.mlflow_uri, wandb_online=args.wandb_online))
     print(f"tether serve: http://{args.host}:{args.port}/  (API docs /docs)")
     where = "external" if embedded is None else f"embedded, data in {embedded.dir}" + (
         f", restarted up to {args.redis_restarts} times a minute" if embedded.owned else ", started by another tether serve: not supervised")
@@ -455,6 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--limit", action="append", default=[], metavar="FIELD=MAX",
                     help="largest value a submitted config may ask for, e.g. --limit train.iterations=10000 (defaults: services/api_models.py)")
     sp.add_argument("--max-body-mb", type=float, default=1.0, help="largest request body accepted, in MB (default 1; 413 above)")
+    sp.add_argument("--presets", metavar="DIR", help="a folder of YAML configs offered as presets (GET /presets) beside the built-in ones")
+    sp.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                    help="a browser origin allowed to call the API from another page (repeatable; default none: only this server's own page)")
+    sp.add_argument("--mlflow-uri", help="the MLflow tracking server of runs with tracking.mlflow.enabled (default: a local store in each run's folder)")
+    sp.add_argument("--wandb-online", action="store_true", help="let runs use tracking.wandb.mode online (with this service's W&B credentials)")
     sp.add_argument("--redis-restarts", type=int, default=5,
                     help="restart the embedded Redis server when it dies, at most this many times a minute (backoff from 0.5 s, "
                          "doubling); then every endpoint answers 503 saying so (default 5; 0: never)")

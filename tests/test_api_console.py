@@ -283,3 +283,16 @@ def test_tracker_destinations_are_the_services(tmp_path, tether_redis):
     with TestClient(_app(tmp_path, tether_redis.url, wandb_online=True)) as api:
         r = api.post("/runs", json={"config": {"tracking": {"wandb": {"enabled": True, "mode": "online"}}}}, headers=AUTH)
         assert r.status_code == 201 and load_config(tmp_path / "svc" / r.json()["config_path"]).tracking.mlflow.tracking_uri is None
+
+
+def test_serve_refuses_bad_console_flags(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tether = str(Path(sys.executable).with_name("tether"))
+    for flags, says in ((["--cors-origin", "*"], "--cors-origin takes an origin"), (["--cors-origin", "https://a.example/path"], "no path"),
+                        (["--presets", str(tmp_path / "none")], "--presets")):
+        out = subprocess.run([tether, "serve", "--no-ray", "--data-dir", str(tmp_path / "svc"), *flags], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode != 0 and says in out.stderr, (flags, out.stderr[-500:])
