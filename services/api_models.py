@@ -137,7 +137,8 @@ class ServiceRunConfig(TetherConfig):
     model names restricted to hub names (no local folders), and no variants (submit each as its own run).
     The gold-free guard is on by default here (``guard.enabled: true``, action alert): a deployment has no gold."""
 
-    guard: GuardConfig = Field(default_factory=lambda: GuardConfig(enabled=True))
+    guard: GuardConfig = Field(default_factory=lambda: GuardConfig(enabled=True), json_schema_extra={"default": {"enabled": True}},
+                               description="The gold-free guard (on by default for service runs: a deployment has no gold).")
 
     @field_validator("guard")
     @classmethod

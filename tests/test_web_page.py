@@ -191,6 +191,8 @@ def test_console_create_watch_steer_compare_stop(server, browser, tiny_assets, t
     _wait(lambda: browser.js("document.querySelector('#runs tr[data-id=\"r-base\"]') !== null"), what="the finished run listed")
     # create from the preset 'tiny': first with a bad override, shown next to its field by the server's 422
     browser.type("#c-preset", "tiny")
+    # the service arms the guard by default, and its published schema says so (the form shows that default, not GuardConfig's)
+    assert "true (default)" in browser.js("document.querySelector('[data-field=\"guard.enabled\"]').textContent")
     browser.type("#c-kl-coef", "-1")
     browser.click("#c-submit")
     _wait(lambda: "greater than or equal to 0" in (browser.text('[data-error-for="kl.coef"]') or ""), what="the 422 next to kl.coef")

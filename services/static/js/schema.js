@@ -33,13 +33,23 @@ export function fieldSchema(path) {
   return node;
 }
 
-// Defaults of the service's run config that its schema does not show: ServiceRunConfig arms the guard by default
-// (a default_factory, absent from the JSON schema, whose GuardConfig.enabled default is the library's false).
-const SERVICE_DEFAULTS = { "guard.enabled": true };
-
-/** The schema's default of a field as the service applies it (undefined when unknown). */
+/** The schema's default of a field as the service applies it (undefined when unknown): a section's own default in the
+ * service's schema wins over the section model's field defaults (ServiceRunConfig's guard defaults to enabled: true while
+ * GuardConfig.enabled defaults to false). */
 export function fieldDefault(path) {
-  return path in SERVICE_DEFAULTS ? SERVICE_DEFAULTS[path] : fieldSchema(path)?.default;
+  if (!schemas) return undefined;
+  const parts = path.split(".");
+  let node = deref(schemas.ServiceRunConfig || schemas.TetherConfig);
+  for (let i = 0; i < parts.length; i++) {
+    const raw = node && node.properties && node.properties[parts[i]];
+    if (!raw) return undefined;
+    if (i < parts.length - 1 && raw.default && typeof raw.default === "object") {
+      const v = getPath(raw.default, parts.slice(i + 1).join("."));
+      if (v !== undefined) return v;
+    }
+    node = deref(raw);
+  }
+  return node?.default;
 }
 
 /** A config's value of a field, else its default (undefined when neither is known). */
