@@ -192,6 +192,8 @@ class EmbeddedRedis:
                 proc = subprocess.Popen([str(get_binary_path()), str(conf)], stdout=out, stderr=subprocess.STDOUT, cwd=self.dir,
                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent())
             self._proc, self._port = proc, port
+            # written before it answers PING: whoever sees the new server answer (the API's /healthz) finds its pid here
+            self.port_file.write_text(json.dumps({"port": port, "pid": proc.pid}))
         deadline = time.monotonic() + START_TIMEOUT_S
         while not ping(self.host, port, timeout=0.5):
             if proc.poll() is not None:
