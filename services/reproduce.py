@@ -91,12 +91,11 @@ def plan(runs_dir: Path) -> list[dict]:
 
 
 def _prepare_assets(cells) -> None:
-    """Build every asset the cells need that is missing (cached stages are reused)."""
-    from services.sweep.run import asset_cells
+    """Build every asset the cells need that is missing (cached stages are reused; each cell resolved by its task's keys)."""
     from tasks import get_task
     from tasks.store import AssetError
 
-    for c in asset_cells(cells):
+    for c in cells:
         task = get_task(c.config)
         try:
             task.resolve()

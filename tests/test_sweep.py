@@ -244,6 +244,24 @@ def _write_tiny_base(cfg, tmp_path) -> None:
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
 
 
+@pytest.mark.slow
+def test_a_sweep_over_generation_checks_the_assets_of_every_cell(tiny_assets, tmp_path):
+    """The proxy stage's key includes `generation` (its preference pairs are sampled): before, the sweep checked one cell per
+    distinct set of the other sections only, so a cell whose proxy was never built passed the check and failed later."""
+    from services.sweep.run import _check_assets
+    from tasks.store import AssetError
+
+    _write_tiny_base(tiny_assets[0], tmp_path)
+    spec = tmp_path / "spec.yaml"
+    built = tiny_assets[0].generation.max_new_tokens
+    spec.write_text(yaml.safe_dump({"name": "gen", "base": "base.yaml", "seeds": [0], "methods": {
+        "ppo_kl": {"grid": {"generation.max_new_tokens": [built, built + 1]}}}}, sort_keys=False))
+    sw = load_sweep(spec, tmp_path / "sw")
+    _check_assets(sw.cells[:1])  # the built one
+    with pytest.raises(AssetError, match="tether prepare"):
+        _check_assets(sw.cells)
+
+
 # -- a real sweep on the tiny task -------------------------------------------------------------------
 @pytest.mark.slow
 def test_sweep_runs_skips_and_resumes_on_the_tiny_task(tiny_assets, tmp_path, capsys):

@@ -69,23 +69,14 @@ def cell_entrypoint(cell_dir: str | Path, *, python: str | None = None, run_id: 
     return cmd
 
 
-def asset_cells(cells: list[Cell]) -> list[Cell]:
-    """One cell per distinct set of task assets (the config sections the assets are built from)."""
-    seen, out = set(), []
-    for c in cells:
-        key = json.dumps(c.config.model_dump(mode="json", include={"data_dir", "task", "tokenizer", "policy", "gold", "proxy", "reference"}),
-                         sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            out.append(c)
-    return out
-
-
 def _check_assets(cells: list[Cell]) -> None:
+    """Every cell's task assets, by the task's own stage keys (AssetError with the `tether prepare` command). Each cell is
+    resolved: a dedupe by config sections kept here once left out `generation`, which the proxy stage's key includes, so
+    a sweep over generation.* never checked its later cells (resolving is a few stat calls and manifest reads per cell)."""
     from tasks import get_task
 
-    for c in asset_cells(cells):
-        get_task(c.config).resolve(cfg_source=str(c.dir / "cell.yaml"))  # AssetError with the `tether prepare` command
+    for c in cells:
+        get_task(c.config).resolve(cfg_source=str(c.dir / "cell.yaml"))
 
 
 def run_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None, *, submit: str | None = None, progress: bool = True,
