@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench.run_all import table  # noqa: E402
+from bench.tables import table  # noqa: E402
 
 
 def main(argv=None) -> tuple[str, dict]:

@@ -25,12 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def table(title: str, rows: list[tuple], header: tuple) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))
-    return "\n".join([f"\n## {title}", line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
+from bench.tables import table  # noqa: E402
 
 
 def measure_rollout(cfg, policy_path: Path, repeats: int = 3) -> tuple[dict, dict]:

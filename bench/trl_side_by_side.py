@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench.run_all import table  # noqa: E402
+from bench.tables import table  # noqa: E402
 
 BATCH, MINIBATCH, EPOCHS = 64, 16, 4
 

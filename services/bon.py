@@ -27,10 +27,11 @@ from learner.analysis.best_of_n import bon_ns, ensemble_bon_curves
 from learner.analysis.scaling_laws import bon_form, fit_bon_curve
 from learner.config import TetherConfig
 from learner.methods.ensemble import AGGREGATIONS
+from tasks.contract import HELDOUT_SEED_OFFSET
 
 log = logging.getLogger(__name__)
 BON_SEED = 20_000_003  # sampling seed of chunk c is BON_SEED + c: a rerun draws the same samples
-PROMPT_SEED_OFFSET = 99991  # services/train.py's held-out eval prompts (a prefix of ours): BoN(1) ~ eval/gold_mean at step 0
+PROMPT_SEED_OFFSET = HELDOUT_SEED_OFFSET  # the driver's held-out eval prompts (a prefix of ours): BoN(1) ~ eval/gold_mean at step 0
 
 
 def sample_and_score(roles, prompts, n_max: int, *, chunk: int = 256, progress: bool = True) -> dict:

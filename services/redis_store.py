@@ -150,10 +150,6 @@ class RunStore:
                 return False
             raise
 
-    def last_metrics_id(self, run_id: str) -> str | None:
-        last = self.r.xrevrange(metrics_key(run_id), count=1)
-        return last[0][0] if last else None
-
     @staticmethod
     def _metric_row(entry_id: str, f: dict[str, str]) -> dict[str, Any]:
         return {"id": entry_id, "step": int(f["step"]), "time": float(f["time"]), **json.loads(f["metrics"])}

@@ -27,7 +27,7 @@ from learner.types import Rollouts
 from services.runlog import RunLog, latest_checkpoint, read_metrics, run_state
 from services.trackers import Trackers, require_packages
 from tasks import get_task, set_threads
-from tasks.contract import PromptSet
+from tasks.contract import HELDOUT_SEED_OFFSET, PromptSet
 
 log = logging.getLogger(__name__)
 EVAL_SEED = 10_000_019  # the same seed at every evaluation: correlated samples, lower-variance curves
@@ -92,7 +92,7 @@ class Trainer:
         base = self.paths.base_policy or start
         drift = policy if str(base) == str(start) else self.algorithm.prepare_policy(cfg, base, self.run_dir / "drift")[0]
         self.paths = dataclasses.replace(self.paths, policy=policy, drift_policy=drift)
-        self.eval_prompts = self.task.prompts("heldout", cfg.train.eval_prompts, seed=cfg.train.seed + 99991)
+        self.eval_prompts = self.task.prompts("heldout", cfg.train.eval_prompts, seed=cfg.train.seed + HELDOUT_SEED_OFFSET)
         if roles is None:
             from actors.roleset import make_roleset
 

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+# The held-out prompts a run evaluates on are task.prompts("heldout", n, seed=train.seed + HELDOUT_SEED_OFFSET): the driver's
+# gold evaluation and `tether bon` draw the same ones (so BoN(1) ~ eval/gold_mean at step 0).
+HELDOUT_SEED_OFFSET = 99991
+
 
 @dataclass(frozen=True)
 class TaskPaths:

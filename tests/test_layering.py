@@ -39,7 +39,7 @@ def _project_imports() -> dict[str, set[str]]:
     import ast
 
     mods = {}
-    for layer in ("learner", "tasks", "actors", "services"):
+    for layer in ("learner", "tasks", "actors", "services", "bench"):  # bench too: it had learn_phase <-> run_all <-> trl_side_by_side
         for p in (ROOT / layer).rglob("*.py"):
             name = ".".join(p.relative_to(ROOT).with_suffix("").parts)
             mods[name.removesuffix(".__init__")] = p

@@ -121,11 +121,6 @@ class TrigramLM:
         p3 = np.where(c2_tot > 0, np.maximum(tric - D, 0) / safe2 + D * c2_n1 / safe2 * p2, p2)
         return np.log(p3), np.log(p1)
 
-    def mean_logprob(self, texts: list[str]) -> np.ndarray:
-        """Mean log-probability per word of each text (0 for a text with no words)."""
-        return np.asarray([float(lp.mean()) if len(lp := self.token_logprobs(t)) else 0.0 for t in texts])
-
-
     def coherence(self, texts: list[str]) -> np.ndarray:
         """Mean over words of log P3(w|u,v) - log P1(w): how much the word order itself is worth, in nats per word.
         Controls for rare words, so a natural review of rare words keeps a high score; shuffling the same
