@@ -25,12 +25,17 @@ _DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".arrow")
 DATA_REF = "data:"  # a model or dataset the operator put inside the service's data directory: data:<relative path>
 
 
+def _first_part(path: str) -> str:
+    """The first folder a relative path names ('' for the directory itself): what the service's own-files rules look at."""
+    return next((p for p in re.split(r"[\\/]", path) if p not in ("", ".")), "")
+
+
 def _data_ref(name: str, field: str) -> str:
     rel = name[len(DATA_REF):]
     if not rel or "\x00" in rel or len(rel) > 1024:
         raise ValueError(f"{field}: data:<path> needs a relative path (at most 1024 characters, no NUL byte) inside the service's data directory")
     _inside(rel, field)
-    first = next((p for p in re.split(r"[\\/]", rel) if p not in ("", ".")), "")
+    first = _first_part(rel)
     if first in SERVICE_OWN:
         raise ValueError(f"{field}: data:<path> may not point at the service's own files ({', '.join(SERVICE_OWN)}), got {name!r}")
     return name
@@ -152,7 +157,7 @@ class ServiceRunConfig(TetherConfig):
     @classmethod
     def _paths(cls, v: str, info) -> str:
         _inside(v, info.field_name)
-        first = next((p for p in re.split(r"[\\/]", v) if p not in ("", ".")), "")
+        first = _first_part(v)
         if not first or first in SERVICE_OWN or first == RUNS:
             raise ValueError(f"{info.field_name} must name a folder of its own inside the service's data directory, not the directory itself, "
                              f"its run folders ({RUNS}/) or the service's own files ({', '.join(SERVICE_OWN)}); got {v!r}")
