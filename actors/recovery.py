@@ -3,7 +3,7 @@
 
 Rollout, reward and gold actors are restarted by Ray (runtime.max_restarts); a lost call is repeated with its own
 inputs (seeds included) once the actor is back with the current weights and settings. A lost learner rank brings
-every rank back and raises LearnerLost: the driver restores the latest checkpoint (services/train.py).
+every rank back and raises LearnerLost: the driver restores the latest checkpoint (services/driver/train.py).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _node(actor_self) -> str:
 
 class LearnerLost(RuntimeError):
     """The learner (a rank of its group) died; Ray restarted it from scratch. The driver restores the latest
-    checkpoint and redoes the iterations since (services/train.py)."""
+    checkpoint and redoes the iterations since (services/driver/train.py)."""
 
 
 class RoleLost(RuntimeError):

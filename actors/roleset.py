@@ -1,7 +1,7 @@
 """The four roles behind one small interface: the plain workers of actors/workers.py in this process
 (LocalRoleSet, runtime.mode=local) or the Ray actors that wrap them, on one placement group (RayRoleSet).
 
-The training loop (services/train.py) sees only this interface, so the same loop runs both ways.
+The training loop (services/driver/train.py) sees only this interface, so the same loop runs both ways.
 """
 from __future__ import annotations
 

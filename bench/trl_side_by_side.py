@@ -298,7 +298,7 @@ def main() -> int:
 def job_medians(runs_dir: Path) -> list[tuple[str, dict]]:
     """Per run of a finished job: the median of each phase over iterations 2.. and of the iteration without its
     held-out evaluation (the first iteration is left out: it includes warm-up)."""
-    from services.runlog import read_metrics
+    from services.state.runlog import read_metrics
 
     out = []
     for run in sorted(p for p in runs_dir.glob("*/*") if (p / "metrics.jsonl").exists()):

@@ -17,7 +17,7 @@ score of every sample, the samples' text, KL from pi_0 and the samples' perplexi
 The rule (``GuardRule``): after KL from pi_0 exceeds ``min_kl``, raise the alarm at the first evaluation
 where the chosen signal has crossed its threshold (below it for the ratios and rank agreement, above for
 disagreement) on ``patience`` consecutive evaluations. Thresholds are calibrated on one set of seeds and
-graded on another (services/guard_grade.py).
+graded on another (services/experiments/guard_grade.py).
 """
 from __future__ import annotations
 

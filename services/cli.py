@@ -94,8 +94,8 @@ def cmd_train(args) -> int:
 
     from actors.placement import RuntimeSetupError
     from learner.config import ConfigError, load_config
-    from services.report import write_comparison_report
-    from services.train import run_or_resume
+    from services.driver.report import write_comparison_report
+    from services.driver.train import run_or_resume
     from tasks.store import AssetError
 
     exit_on_sigterm()  # the trainer's finally closes the roles, which removes their /dev/shm weight folders
@@ -117,8 +117,8 @@ def cmd_train(args) -> int:
     if args.run_id:
         if len(runs) > 1:
             sys.exit("tether: --run-id reports one run; this config has variants: submit each variant as its own run")
-        from services.control import RunControl
-        from services.redis_store import default_redis_url
+        from services.driver.control import RunControl
+        from services.state.redis_store import default_redis_url
 
         url = args.redis_url or default_redis_url()
         if not url:
@@ -156,16 +156,16 @@ def cmd_serve(args) -> int:
     """Run the REST API (and the web page) until interrupted; an embedded Redis server unless --redis-url."""
     import os
 
-    from services import serving
-    from services.api import ServiceSettings, create_app, load_or_create_token
-    from services.embedded_redis import EmbeddedRedis, RedisStartError
-    from services.jobs import RayJobs
+    from services.server import serving
+    from services.server.api import ServiceSettings, create_app, load_or_create_token
+    from services.state.embedded_redis import EmbeddedRedis, RedisStartError
+    from services.state.jobs import RayJobs
 
-    # uvicorn handles SIGTERM/SIGINT itself (services/serving.py: ending the open metric streams first), shuts down, then
+    # uvicorn handles SIGTERM/SIGINT itself (services/server/serving.py: ending the open metric streams first), shuts down, then
     # re-raises the signal under the handler found before it started: ours, so the finally below stops the embedded server.
-    # A SIGKILLed server takes the embedded server with it (its parent-death signal, services/embedded_redis.py).
+    # A SIGKILLed server takes the embedded server with it (its parent-death signal, services/state/embedded_redis.py).
     exit_on_sigterm()
-    from services.api_models import parse_limits
+    from services.server.api_models import parse_limits
 
     try:
         limits = parse_limits(args.limit)
@@ -189,7 +189,7 @@ def cmd_serve(args) -> int:
         origins.append(o)
     presets_dir = None
     if args.presets:
-        from services.presets import Presets
+        from services.server.presets import Presets
 
         presets_dir = Path(args.presets).resolve()
         try:
@@ -234,8 +234,8 @@ def cmd_bon(args) -> int:
 
     from actors.placement import RuntimeSetupError
     from learner.config import ConfigError, load_config
-    from services.bon import fit_rows, run_bon
-    from services.bon import fmt_num as f
+    from services.experiments.bon import fit_rows, run_bon
+    from services.experiments.bon import fmt_num as f
     from tasks import get_task
     from tasks.store import AssetError
 
@@ -295,7 +295,7 @@ def cmd_sweep(args) -> int:
 
     from actors.placement import RuntimeSetupError
     from learner.config import ConfigError
-    from services.sweep import (
+    from services.experiments.sweep import (
         format_table,
         load_sweep,
         run_sweep,
@@ -338,7 +338,7 @@ def cmd_reproduce(args) -> int:
     """Every paper's claim on the default task: the reproduction's stages (resumable), then claims.md with CIs."""
     from actors.placement import RuntimeSetupError
     from learner.config import ConfigError
-    from services.reproduce import STAGE_NAMES, claims_table, plan, plan_table, run_reproduction, write_claims
+    from services.experiments.reproduce import STAGE_NAMES, claims_table, plan, plan_table, run_reproduction, write_claims
     from tasks.store import AssetError
     from tqdm.auto import tqdm
 
@@ -373,7 +373,7 @@ def cmd_reproduce(args) -> int:
         print(f"tether: left out of the claims, could not be read: {d} ({why})", file=sys.stderr)
     print(f"claims: {out / 'claims.md'}")
     if args.readme:
-        from services.reproduce import update_readme
+        from services.experiments.reproduce import update_readme
 
         if not update_readme(Path(args.readme), result["rows"]):
             sys.exit(f"tether: {args.readme} has no '<!-- claims:start -->' ... '<!-- claims:end -->' markers; the table was not written there")
@@ -471,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="at most this many runs at once (default: as many as the cluster's CPUs/GPUs hold for what each run declares); "
                          "the others wait as 'queued', in order")
     sp.add_argument("--limit", action="append", default=[], metavar="FIELD=MAX",
-                    help="largest value a submitted config may ask for, e.g. --limit train.iterations=10000 (defaults: services/api_models.py)")
+                    help="largest value a submitted config may ask for, e.g. --limit train.iterations=10000 (defaults: services/server/api_models.py)")
     sp.add_argument("--max-body-mb", type=float, default=1.0, help="largest request body accepted, in MB (default 1; 413 above)")
     sp.add_argument("--presets", metavar="DIR", help="a folder of YAML configs offered as presets (GET /presets) beside the built-in ones")
     sp.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
@@ -494,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.set_defaults(fn=cmd_bon)
 
     sp = sub.add_parser("sweep", help="methods x coefficient grids x seeds from a sweep spec (configs/sweeps/imdb.yaml), resumable; report with scaling-law fits")
-    sp.add_argument("spec", help="a sweep spec YAML (format: services/sweep/__init__.py)")
+    sp.add_argument("spec", help="a sweep spec YAML (format: services/experiments/sweep/__init__.py)")
     sp.add_argument("--dir", help="sweep folder (default <runs_dir>/sweep-<name>; the same folder resumes: finished cells are skipped)")
     sp.add_argument("--submit", metavar="DASHBOARD_ADDR", help="run each unfinished cell as a Ray job on this dashboard (e.g. http://127.0.0.1:8265) and wait")
     sp.add_argument("--ray-auth", choices=["token", "disabled"], default=os.environ.get("TETHER_RAY_AUTH", "token"),

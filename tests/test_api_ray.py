@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from services.api import ServiceSettings, create_app
-from services.jobs import RayJobs
+from services.server.api import ServiceSettings, create_app
+from services.state.jobs import RayJobs
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -207,7 +207,7 @@ def test_ray_job_submit_cli_runs_tether_train_in_the_default_mode(ray_head, tiny
     assert "Failed to load weights" not in out.stdout + out.stderr
     (run,) = list(tmp_path.glob("*-tiny"))
     assert len((run / "main" / "metrics.jsonl").read_text().splitlines()) == cfg.train.iterations + 1
-    from services.redis_store import RunStore
+    from services.state.redis_store import RunStore
 
     store = RunStore(tether_redis.url)  # `--run-id/--redis-url`: the job reported to a service's Redis
     assert store.get_run("r-cli")["state"] == "finished" and [m["step"] for m in store.metrics("r-cli")] == [1, 2, 3, 3]
@@ -219,7 +219,7 @@ def test_a_run_whose_driver_is_killed_is_resumed_from_its_checkpoint(ray_head, t
     latest checkpoint to `finished` (each iteration in the run folder's log once)."""
     import psutil
 
-    from services.runlog import read_metrics
+    from services.state.runlog import read_metrics
 
     cfg = tiny_assets[0]
     client, svc = _client(cfg, tether_redis, ray_head["jobs"], scheduler_poll_s=0.5)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from waiting import serve
 
-from services.api import ServiceSettings, create_app
+from services.server.api import ServiceSettings, create_app
 
 pytestmark = pytest.mark.slow
 TOKEN = "schema-token"

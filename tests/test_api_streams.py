@@ -8,7 +8,7 @@ import httpx
 import pytest
 from waiting import serve
 
-from services.api import ServiceSettings, create_app
+from services.server.api import ServiceSettings, create_app
 
 TOKEN = "stream-token"
 N_CLIENTS, N_ROWS = 50, 5

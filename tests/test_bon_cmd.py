@@ -147,7 +147,7 @@ def test_bon_ns_and_small_n_max_report(tmp_path):
     """n_max 1 and 2 give curves but no fit (fewer than two distinct d > 0); the report is still written. Pure numpy inputs."""
     from learner.analysis.best_of_n import bon_ns, ensemble_bon_curves
     from learner.analysis.scaling_laws import fit_bon_curve
-    from services.bon import fit_rows, write_bon_report
+    from services.experiments.bon import fit_rows, write_bon_report
 
     ns = bon_ns(1000)
     assert ns[0] == 1 and ns[-1] == 1000 and ns == sorted(set(ns)) and 512 in ns and 30 <= len(ns) <= 60

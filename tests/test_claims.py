@@ -1,4 +1,4 @@
-"""learner.analysis.claims (effects, the two-level bootstrap, verdicts) and services.reproduce's reading of run folders."""
+"""learner.analysis.claims (effects, the two-level bootstrap, verdicts) and services.experiments.reproduce's reading of run folders."""
 from __future__ import annotations
 
 import json
@@ -151,7 +151,7 @@ def test_run_curve_rejects_bad_input():
         C.RunCurve("x", 0, [0, 1], [0.0], np.zeros((2, 2)), np.zeros((2, 2)), [0, 1])
 
 
-# -- services.reproduce: run folders -> RunCurves -> claims --------------------------------------------------
+# -- services.experiments.reproduce: run folders -> RunCurves -> claims --------------------------------------------------
 def _write_cell(d: Path, gold_curve, kl, *, seed=0, n=8, finished=True, before_reset=()):
     d.mkdir(parents=True, exist_ok=True)
     (d / "samples").mkdir()
@@ -185,7 +185,7 @@ def _write_sweep(root: Path, cells: dict[str, list]):
 
 
 def test_read_run_pairs_samples_with_evaluations_and_checks_prompts(tmp_path):
-    from services.reproduce import read_run
+    from services.experiments.reproduce import read_run
 
     _write_cell(tmp_path / "r", [0.0, 1.0, 2.0, 1.5], [0.0, 1.0, 2.0, 3.0], before_reset=(2,))
     r = read_run(tmp_path / "r", name="r", seed=0)
@@ -205,7 +205,7 @@ def test_read_run_pairs_samples_with_evaluations_and_checks_prompts(tmp_path):
 
 
 def test_write_claims_measures_what_has_run_and_names_the_stage_for_the_rest(tmp_path, monkeypatch):
-    import services.reproduce as R
+    import services.experiments.reproduce as R
 
     runs = tmp_path / "runs"
     kl = [0.0, 2, 4, 6, 8, 10, 12, 14]
@@ -244,7 +244,7 @@ def test_cli_reproduce_rejects_unknown_stages_and_plans(capsys):
 
 
 def test_update_readme_rewrites_only_between_the_markers(tmp_path):
-    from services.reproduce import update_readme
+    from services.experiments.reproduce import update_readme
 
     rows = [{"paper": "P", "claim": "c1", "verdict": C.HOLDS, "effect": {"point": 0.5, "lo": 0.1, "hi": 0.9}, "direction": "above", "threshold": 0.0},
             {"paper": "Q", "claim": "c2", "verdict": "not measured", "direction": "above", "threshold": 0.0}]
@@ -281,7 +281,7 @@ def test_loss_after_peak_to_kl_stops_at_the_kl_budget():
 def test_the_kl_matched_loss_removes_the_slower_optimisers_advantage():
     """Two arms with one gold-vs-KL curve; one drifts half as fast per iteration. By a fixed iteration the slow arm has
     lost less gold (it is nearer its peak), which is the confound; up to a common KL both have lost the same."""
-    from services.reproduce import _Diff, _LossAtKL
+    from services.experiments.reproduce import _Diff, _LossAtKL
 
     def run(speed: float, seed: int) -> C.RunView:
         steps = np.arange(0, 31, 2.0)
@@ -304,7 +304,7 @@ def test_a_damaged_run_folder_is_named_and_left_out_not_fatal(tmp_path, monkeypa
     """A finished run whose samples and metrics no longer pair (a torn metrics line, a lost samples file) made
     `tether reproduce --report-only` die with a traceback, losing every other claim. Now that run is left out,
     named in claims.md with the reason, and the claims it belonged to say why they are not measured."""
-    import services.reproduce as R
+    import services.experiments.reproduce as R
 
     runs = tmp_path / "runs"
     kl = [0.0, 2, 4, 6, 8, 10, 12, 14]

@@ -111,7 +111,7 @@ def test_bad_override_items_name_the_form_accepted(item):
 def test_a_sweep_cell_and_a_variant_compose_the_same_config():
     """The same layers through `--set` (load_config), a variant (expand) and a sweep cell give one config."""
     from learner.config import load_config
-    from services.sweep.spec import load_sweep
+    from services.experiments.sweep.spec import load_sweep
 
     via_set = load_config("tiny", ["algorithm=quark", "quark.batch_size=8", "train.seed=3"])
     via_variant = load_config("tiny", ["variants={v: {algorithm: quark, quark: {batch_size: 8}, train: {seed: 3}}}"]).expand()[0]

@@ -7,10 +7,10 @@ import pytest
 from waiting import wait_for as _wait
 
 from tasks.imdb.build import resolve
-from services.control import RunControl
-from services.redis_store import EmbeddedRedis, RunStore
+from services.driver.control import RunControl
+from services.state.redis_store import EmbeddedRedis, RunStore
 from actors.roleset import LocalRoleSet
-from services.train import Trainer
+from services.driver.train import Trainer
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,8 @@ import pytest
 import ray
 import torch
 
-from services.runlog import read_metrics
-from services.train import Trainer
+from services.state.runlog import read_metrics
+from services.driver.train import Trainer
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ import time
 import pytest
 import ray
 
-from services.runlog import read_metrics
-from services.train import Trainer
+from services.state.runlog import read_metrics
+from services.driver.train import Trainer
 
 pytestmark = pytest.mark.slow
 ITERATIONS = 9  # an iteration takes ~0.3 s on the tiny task; each restart holds the run, so the kills land apart

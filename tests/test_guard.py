@@ -1,4 +1,4 @@
-"""learner.guard (gold-free signals, the alarm rule) and services.guard_grade (calibration on some seeds, grading on others)."""
+"""learner.guard (gold-free signals, the alarm rule) and services.experiments.guard_grade (calibration on some seeds, grading on others)."""
 from __future__ import annotations
 
 import json
@@ -84,7 +84,7 @@ def _synthetic_run(seed: int, *, overopt: bool):
 
 
 def test_calibration_on_some_seeds_and_grading_on_the_others():
-    from services.guard_grade import grade, guard_markdown
+    from services.experiments.guard_grade import grade, guard_markdown
 
     runs = [_synthetic_run(s, overopt=True) for s in range(3)] + [_synthetic_run(10 + s, overopt=False) for s in range(3)]
     for r in runs[3:]:
@@ -102,7 +102,7 @@ def test_calibration_on_some_seeds_and_grading_on_the_others():
 
 
 def test_guard_plot_of_the_grading(tmp_path):
-    from services.guard_grade import grade, guard_plots
+    from services.experiments.guard_grade import grade, guard_plots
 
     runs = [_synthetic_run(s, overopt=True) for s in range(3)]
     g = grade(runs, calib_seeds=(0, 1))
@@ -112,7 +112,7 @@ def test_guard_plot_of_the_grading(tmp_path):
 
 
 def test_replay_reads_a_run_folder(tmp_path):
-    from services.guard_grade import replay
+    from services.experiments.guard_grade import replay
 
     d = tmp_path / "run"
     (d / "samples").mkdir(parents=True)

@@ -4,8 +4,8 @@ import json
 import pytest
 
 from actors.roleset import LocalRoleSet
-from services.runlog import read_metrics
-from services.train import Trainer, train
+from services.state.runlog import read_metrics
+from services.driver.train import Trainer, train
 from tasks.imdb.build import resolve
 
 
@@ -74,8 +74,8 @@ def test_reset_returns_to_the_picked_checkpoint_and_rearms(tiny_assets, tmp_path
 
 
 def test_alert_reaches_the_service_record(tiny_assets, tmp_path, tether_redis):
-    from services.control import RunControl
-    from services.redis_store import RunStore
+    from services.driver.control import RunControl
+    from services.state.redis_store import RunStore
 
     cfg = _cfg(tiny_assets[0], iterations=4, enabled=True, action="alert", signal="distinct2_ratio", threshold=5.0, min_kl=0.01)
     store = RunStore(tether_redis.url)

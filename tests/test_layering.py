@@ -96,3 +96,39 @@ def test_local_mode_needs_no_ray():
     code = "import sys, actors.workers, actors.roleset\nprint('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stdout + out.stderr[-2000:]
+
+
+# services/ has three rooms and the state they share (README "Architecture"): each room may import only what is listed.
+ROOMS = {
+    # the run's Redis record, its folder's files, the Ray Jobs client and what a run declares of the cluster: no ML, no room
+    "services.state": ("services.state", "learner.config", "actors.placement"),
+    "services.server": ("services.state", "services.server", "learner.config", "actors.placement"),  # no torch, no driver
+    "services.driver": ("services.state", "services.driver", "learner", "tasks", "actors"),
+    "services.experiments": ("services.state", "services.driver", "services.experiments", "learner", "tasks", "actors"),
+}
+
+
+def test_each_room_of_services_imports_only_what_it_may():
+    bad = []
+    for name, deps in _project_imports().items():
+        room = next((r for r in ROOMS if name == r or name.startswith(r + ".")), None)
+        if room is None:
+            continue
+        bad += [f"{name} imports {d}" for d in deps if not any(d == a or d.startswith(a + ".") for a in ROOMS[room])]
+    assert not bad, "\n".join(bad)
+
+
+def test_services_top_level_holds_only_the_cli_and_its_tools():
+    loose = sorted(p.name for p in (ROOT / "services").glob("*.py"))
+    assert loose == ["__init__.py", "cli.py", "reward_server.py"], loose
+
+
+def test_the_server_loads_no_torch_and_no_learner_beyond_the_config_schema():
+    mods = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+                  for room in ("server", "state") for p in (ROOT / "services" / room).rglob("*.py"))
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in mods)
+            + "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'vllm', 'tasks')"
+              " or (m.startswith('learner.') and not m.startswith('learner.config'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout

@@ -83,8 +83,8 @@ def test_two_ranks_hold_the_parameters_of_one_rank(tiny_assets, ray_cluster, tmp
 
 @pytest.mark.slow
 def test_a_run_with_a_two_rank_learner_group_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):
-    from services.runlog import read_metrics
-    from services.train import Trainer
+    from services.state.runlog import read_metrics
+    from services.driver.train import Trainer
 
     base = tiny_assets[0]
     rt = base.runtime.model_copy(update={"mode": "ray", "engine": "vllm", "checkpoint_every": 1,

@@ -18,8 +18,8 @@ from learner.models.policy import pad_batch, response_logprobs
 from learner.learners.quark import QuarkLearner, expand_policy
 from learner.models.engine import TransformersEngine
 from learner.types import ScoredRollouts
-from services.runlog import read_metrics
-from services.train import train
+from services.state.runlog import read_metrics
+from services.driver.train import train
 
 
 def _cfg(tiny_cfg, *overrides):
@@ -251,7 +251,7 @@ def test_salsa_prepares_sft_models_and_trains_against_their_soup(tiny_assets, ti
     soup = (a[k] + b[k]) / 2
     # SALSA, Algorithm 1: policy, KL reference and value network all start from the soup; drift is measured from pi_0
     from actors.roleset import LocalRoleSet
-    from services.train import Trainer
+    from services.driver.train import Trainer
 
     tr = Trainer(cfg, tmp_path / "salsa", progress=False, roles=None)
     try:

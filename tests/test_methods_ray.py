@@ -3,8 +3,8 @@ import pytest
 
 from tasks.imdb.build import prepare
 from learner.config import load_config
-from services.runlog import read_metrics
-from services.train import Trainer
+from services.state.runlog import read_metrics
+from services.driver.train import Trainer
 
 pytestmark = pytest.mark.slow
 

@@ -25,8 +25,8 @@ def two_nodes():
 
 
 def test_rollouts_on_another_node_sync_through_the_collective_group(tiny_assets, two_nodes, tmp_path):
-    from services.runlog import read_metrics
-    from services.train import Trainer
+    from services.state.runlog import read_metrics
+    from services.driver.train import Trainer
 
     cluster, node_b = two_nodes
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2

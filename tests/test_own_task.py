@@ -280,7 +280,7 @@ def test_the_service_takes_an_own_task_from_its_data_directory_only(tmp_path, te
     import yaml
     from fastapi.testclient import TestClient
 
-    from services.api import ServiceSettings, create_app
+    from services.server.api import ServiceSettings, create_app
 
     svc = tmp_path / "svc"
     (svc / "own").mkdir(parents=True)
@@ -323,7 +323,7 @@ def test_the_service_takes_an_own_task_from_its_data_directory_only(tmp_path, te
 def test_best_of_n_on_an_own_task(own, tmp_path):
     """`tether bon`'s estimator on the user's task (in-process, transformers engine): the task's held-out prompts with
     their metadata, every member of a mixed ensemble, the user's gold."""
-    from services.bon import run_bon
+    from services.experiments.bon import run_bon
 
     cfg = _cfg(own, tmp_path, **{"runtime.mode": "local", "runtime.engine": "transformers", "task.data.metadata_keys": "[answer]",
                                  "proxy.scorers": json.dumps([{"kind": "function", "function": "tasks.dataset.example_rewards:word_count"},

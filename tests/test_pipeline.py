@@ -11,8 +11,8 @@ from learner.learners.ppo import PPOLearner
 from learner.models.engine import TransformersEngine
 from learner.models.policy import load_policy
 from learner.types import ScoredRollouts
-from services.runlog import read_metrics
-from services.train import Trainer
+from services.state.runlog import read_metrics
+from services.driver.train import Trainer
 
 
 def _learner(tiny_assets):

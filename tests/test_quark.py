@@ -151,7 +151,7 @@ def test_kl_excludes_the_reward_tokens_as_the_official_code_does():
 def test_quark_with_an_sft_or_soup_reference_trains(tiny_assets, tiny_cfg, tmp_path):
     """reference.kind sft / soup: the KL reference has the base vocabulary (V), the policy V + K reward tokens."""
     from learner.config import load_config
-    from services.train import train
+    from services.driver.train import train
     from tasks.imdb.build import prepare
 
     sets = [f"data_dir={tiny_cfg.data_dir}", f"runs_dir={tmp_path}", "train.threads=1", "runtime.mode=local", "runtime.engine=transformers",

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from services.redis_store import EmbeddedRedis, RunStore, commands_key, metrics_key
+from services.state.redis_store import EmbeddedRedis, RunStore, commands_key, metrics_key
 
 
 def test_run_records_round_trip(tether_redis):

@@ -1,8 +1,8 @@
 """Reports: the run page has its three plots and the config; a comparison page has the frontier chart."""
 import json
 
-from services.report import write_comparison_report, write_run_report
-from services.runlog import RunLog, read_metrics
+from services.driver.report import write_comparison_report, write_run_report
+from services.state.runlog import RunLog, read_metrics
 
 
 def _fake_run(d, slope, reset_at=()):
@@ -44,7 +44,7 @@ def test_metrics_log_survives_a_torn_line(tmp_path):
 def test_run_report_shows_samples_at_start_gold_peak_and_end_escaped(tmp_path):
     import json
 
-    from services.report import samples_section, write_run_report
+    from services.driver.report import samples_section, write_run_report
 
     d = tmp_path / "run"
     (d / "samples").mkdir(parents=True)

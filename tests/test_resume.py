@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from services.runlog import read_metrics
+from services.state.runlog import read_metrics
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ def test_resume_of_a_non_run_folder_is_refused(tmp_path):
 
 
 def test_resume_of_a_run_that_died_before_its_first_checkpoint_logs_each_iteration_once(tiny_assets, tmp_path):
-    """`tether train --resume` and a sweep cell share one orchestration (services.train.run_or_resume): with no
+    """`tether train --resume` and a sweep cell share one orchestration (services.driver.train.run_or_resume): with no
     complete checkpoint the run starts afresh and the dead attempt's rows are cleared (they were appended to before)."""
     import shutil
 

@@ -26,7 +26,7 @@ import psutil
 import pytest
 from waiting import wait_for
 
-from services.redis_store import EmbeddedRedis, RunStore, ping
+from services.state.redis_store import EmbeddedRedis, RunStore, ping
 
 pytestmark = pytest.mark.slow
 
@@ -212,7 +212,7 @@ def test_a_killed_valkey_is_restarted_with_its_data_and_streams_resume(tmp_path)
             assert event == "error" and data["reason"] == "redis" and data["last_event_id"] == "2-1", st.events
         wait_for(lambda: s.health()[0] == 200, timeout=20, what=f"GET /healthz to answer 200 again\n{s.tail()}")
         print(f"\nvalkey SIGKILLed: /healthz 200 again after {time.monotonic() - t0:.2f} s")
-        after = s.valkey()  # the port file names the new process before it answers (services/embedded_redis.py: _launch)
+        after = s.valkey()  # the port file names the new process before it answers (services/state/embedded_redis.py: _launch)
         assert after["port"] == before["port"] and after["pid"] != before["pid"], (before, after)
         assert psutil.Process(after["pid"]).ppid() == s.proc.pid  # restarted by tether serve, which owns it
         r = httpx.get(f"{s.url}/runs/{run_id}", headers=AUTH, timeout=10)  # the API's client reconnected; the run is kept (AOF)

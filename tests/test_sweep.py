@@ -20,9 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from learner.config import load_config  # noqa: E402
 from learner.analysis.scaling_laws import FitResult  # noqa: E402
 from learner.analysis.rl_fits import RLFit, fit_rl_runs  # noqa: E402
-from services.report import draw_rl_fit, write_comparison_report, write_run_report  # noqa: E402
-from services.runlog import RunLog  # noqa: E402
-from services.sweep import (SweepSpecError, cell_entrypoint, load_sweep, run_sweep, summarise, write_sweep_files,  # noqa: E402
+from services.driver.report import draw_rl_fit, write_comparison_report, write_run_report  # noqa: E402
+from services.state.runlog import RunLog  # noqa: E402
+from services.experiments.sweep import (SweepSpecError, cell_entrypoint, load_sweep, run_sweep, summarise, write_sweep_files,  # noqa: E402
                             write_sweep_report)
 from test_api_ray import ray_head  # noqa: E402,F401 - the real local Ray head (with dashboard) fixture
 
@@ -121,8 +121,8 @@ def test_a_cell_folder_with_another_config_is_refused(tmp_path):
 def test_cell_entrypoint_is_this_interpreter_running_run_cell(tmp_path):
     d = tmp_path / "sw" / "ppo_kl" / "kl.coef=0.05,x=a b" / "seed-0"
     cmd = cell_entrypoint(d)
-    assert shlex.split(cmd) == [sys.executable, "-m", "services.sweep", "run-cell", str(d.resolve())]
-    assert shlex.split(cell_entrypoint("rel", python="/opt/py 3/python")) == ["/opt/py 3/python", "-m", "services.sweep", "run-cell",
+    assert shlex.split(cmd) == [sys.executable, "-m", "services.experiments.sweep", "run-cell", str(d.resolve())]
+    assert shlex.split(cell_entrypoint("rel", python="/opt/py 3/python")) == ["/opt/py 3/python", "-m", "services.experiments.sweep", "run-cell",
                                                                               str(Path("rel").resolve())]
     out = subprocess.run(shlex.split(cell_entrypoint(tmp_path)), capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode != 0 and "not a sweep cell folder (no cell.yaml)" in out.stderr
@@ -248,7 +248,7 @@ def _write_tiny_base(cfg, tmp_path) -> None:
 def test_a_sweep_over_generation_checks_the_assets_of_every_cell(tiny_assets, tmp_path):
     """The proxy stage's key includes `generation` (its preference pairs are sampled): before, the sweep checked one cell per
     distinct set of the other sections only, so a cell whose proxy was never built passed the check and failed later."""
-    from services.sweep.run import _check_assets
+    from services.experiments.sweep.run import _check_assets
     from tasks.store import AssetError
 
     _write_tiny_base(tiny_assets[0], tmp_path)
@@ -329,7 +329,7 @@ def test_submitted_sweep_runs_each_cell_as_a_ray_job_in_the_default_mode(ray_hea
                                     "methods": {"ppo_kl": {"grid": {"kl.coef": [0.01, 0.05]}}}}))
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(ray_head["tmp"] / "token"))
     said: list[str] = []
-    from services.redis_store import RunStore
+    from services.state.redis_store import RunStore
 
     store = RunStore(tether_redis.url)
     res = run_sweep(spec, tmp_path / "sw", submit=ray_head["url"], ray_auth="token", progress=False, poll_s=1.0, notify=said.append,

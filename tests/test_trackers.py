@@ -1,4 +1,4 @@
-"""Experiment trackers (services/trackers.py, config ``tracking:``): a real local MLflow store read back with MlflowClient,
+"""Experiment trackers (services/driver/trackers.py, config ``tracking:``): a real local MLflow store read back with MlflowClient,
 W&B in offline mode read back from its .wandb file, the bad inputs (an enabled tracker whose package is missing, bad
 fields, a tracking server that does not answer, one that goes away mid-run), and a tiny training run with both trackers
 on that a resume continues in the same tracker runs. Nothing here reaches the network (W&B offline; MLflow on files or
@@ -21,8 +21,8 @@ import pytest
 
 import own_task as o
 from learner.config import ConfigError, TetherConfig, load_config, validate_dict, without_other_algorithms
-from services.runlog import RunLog, read_metrics
-from services.trackers import MLflowTracker, Trackers, require_packages
+from services.state.runlog import RunLog, read_metrics
+from services.driver.trackers import MLflowTracker, Trackers, require_packages
 
 ROOT = Path(__file__).resolve().parents[1]
 MLFLOW_ENV = ("MLFLOW_ALLOW_FILE_STORE", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_TRACKING_URI")
@@ -191,7 +191,7 @@ def test_wandb_offline_run_holds_every_finite_metric_the_config_and_the_summary(
 
 def test_wandb_disabled_mode_writes_nothing_and_the_run_goes_on(tmp_path, caplog):
     run = tmp_path / "run"
-    with caplog.at_level(logging.WARNING, logger="services.trackers"):
+    with caplog.at_level(logging.WARNING, logger="services.driver.trackers"):
         trackers = _open(_cfg(wandb={"enabled": True, "mode": "disabled"}), run)
         _log_rows(run, trackers)
         trackers.close()
@@ -202,7 +202,7 @@ def test_wandb_disabled_mode_writes_nothing_and_the_run_goes_on(tmp_path, caplog
 @pytest.mark.parametrize("package", ["mlflow", "wandb"])
 def test_an_enabled_tracker_without_its_package_fails_before_training_with_the_install_command(tmp_path, monkeypatch, package):
     from actors.placement import RuntimeSetupError
-    from services.train import Trainer
+    from services.driver.train import Trainer
 
     monkeypatch.setitem(sys.modules, package, None)  # `import mlflow` raises ImportError, as when it is not installed
     cfg = load_config("tiny", [f"data_dir={tmp_path / 'no-data'}", f"tracking.{package}.enabled=true"])
@@ -228,8 +228,8 @@ def test_tether_train_with_a_missing_tracker_package_says_what_to_install(tmp_pa
 
 def test_a_run_without_trackers_never_imports_mlflow_or_wandb_nor_ray(tmp_path):
     """Trackers off: neither package is imported; nor Ray by the trainer's module and the trackers' (local mode needs none)."""
-    code = ("import sys\nfrom pathlib import Path\nfrom learner.config import TetherConfig\nimport services.train\n"
-            "from services.trackers import Trackers\nfrom services.runlog import RunLog\n"
+    code = ("import sys\nfrom pathlib import Path\nfrom learner.config import TetherConfig\nimport services.driver.train\n"
+            "from services.driver.trackers import Trackers\nfrom services.state.runlog import RunLog\n"
             f"t = Trackers.open(TetherConfig().tracking, Path({str(tmp_path)!r}), config={{}}, run_name='x')\n"
             f"log = RunLog(Path({str(tmp_path)!r}), tensorboard=False, trackers=t)\nlog.log(1, {{'a/b': 1.0}})\nlog.close()\nt.close()\n"
             "print(sorted(m for m in ('mlflow', 'wandb', 'ray') if m in sys.modules))")
@@ -267,7 +267,7 @@ def test_accepted_tracking_uris():
 
 
 def _warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "services.trackers"]
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "services.driver.trackers"]
 
 
 def test_a_tracking_server_that_does_not_answer_leaves_the_run_going_with_one_warning(tmp_path, caplog):
@@ -278,7 +278,7 @@ def test_a_tracking_server_that_does_not_answer_leaves_the_run_going_with_one_wa
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         cfg = _cfg(mlflow={"enabled": True, "tracking_uri": url, "http_timeout_s": 3, "http_retries": 0}, flush_timeout_s=30)
         run = tmp_path / "run"
-        with caplog.at_level(logging.WARNING, logger="services.trackers"):
+        with caplog.at_level(logging.WARNING, logger="services.driver.trackers"):
             trackers = _open(cfg, run)
             _log_rows(run, trackers)  # returns at once: the tracker's thread is the one waiting on the server
             assert len(read_metrics(run)) == 3 and not _warnings(caplog)
@@ -332,7 +332,7 @@ def test_a_tracking_server_that_goes_away_mid_run_warns_once_and_the_run_keeps_e
     cfg = _cfg(mlflow={"enabled": True, "tracking_uri": url, "http_timeout_s": 2, "http_retries": 0})
     runlog = None
     try:
-        with caplog.at_level(logging.WARNING, logger="services.trackers"):
+        with caplog.at_level(logging.WARNING, logger="services.driver.trackers"):
             trackers = _open(cfg, run)
             runlog = RunLog(run, tensorboard=False, trackers=trackers)
             runlog.log(1, {"reward/gold_mean": 0.5, "kl/from_init": 0.1})
@@ -366,7 +366,7 @@ def test_a_tracking_server_that_goes_away_mid_run_warns_once_and_the_run_keeps_e
 def test_a_tiny_training_run_logs_to_both_trackers_and_a_resume_continues_the_same_runs(tmp_path):
     """A dataset task (a Llama-style policy built here, function scorers), local mode, with MLflow (file store) and W&B
     (offline) on; then `--resume` (Trainer.run(resume=True)) with one more iteration continues both tracker runs."""
-    from services.train import Trainer, train
+    from services.driver.train import Trainer, train
     from tasks import get_task
 
     policy = o.llama_policy(tmp_path / "llama")

@@ -3,10 +3,10 @@ import json
 
 import torch
 
-from services.runlog import read_metrics
+from services.state.runlog import read_metrics
 from tasks.imdb.build import resolve
 from actors.roleset import LocalRoleSet
-from services.train import train
+from services.driver.train import train
 
 
 def test_local_train_logs_metrics_and_syncs(tiny_assets, tmp_path):

@@ -1,4 +1,4 @@
-"""The console (services/static/) in headless Chromium (Debian's `chromium`) against a real running server (uvicorn on a
+"""The console (services/server/static/) in headless Chromium (Debian's `chromium`) against a real running server (uvicorn on a
 socket), a real valkey-server and real trainers (services/train.Trainer with a LocalRoleSet): create a run from a preset
 with an override (and see a 422 next to its field), watch its charts fill, live through a Redis outage, change a
 parameter and see the trainer acknowledge it, compare two runs, stop with the confirmation step. Driven over the Chrome
@@ -24,10 +24,10 @@ from waiting import serve, wait_for as _wait_base
 
 from actors.roleset import LocalRoleSet
 from learner.config import config_from_dump
-from services.api import ServiceSettings, create_app
-from services.control import RunControl
-from services.scheduler import QUEUE
-from services.train import Trainer
+from services.server.api import ServiceSettings, create_app
+from services.driver.control import RunControl
+from services.server.scheduler import QUEUE
+from services.driver.train import Trainer
 from tasks.imdb.build import resolve
 
 pytestmark = pytest.mark.slow
@@ -328,7 +328,7 @@ def test_console_create_watch_steer_compare_stop(server, browser, tiny_assets, t
         _wait(lambda: browser.js("['pause', 'resume', 'stop', 'reset'].every((k) => document.getElementById('btn-' + k).disabled) "
                                  "&& document.getElementById('set-kl_coef').disabled"), what="every action disabled")
         _wait(lambda: browser.js("document.querySelectorAll('#checkpoints tbody tr').length") >= 1, what="the stop's checkpoint listed")
-        from services.report import write_run_report
+        from services.driver.report import write_run_report
 
         write_run_report(trainer.run_dir, cfg.name)  # what `tether train` does when a run ends
         browser.click("#btn-report")
@@ -342,7 +342,7 @@ def test_console_create_watch_steer_compare_stop(server, browser, tiny_assets, t
 
 def test_console_states_queue_filter_and_failed_run(server, browser):
     """A failed run's reason, the queue positions, paging and filters, a missing run, a bad token: as a person sees them."""
-    from services.scheduler import Scheduler
+    from services.server.scheduler import Scheduler
 
     store = server["store"]
     for i in range(14):  # older runs (the list is newest first)

@@ -56,8 +56,8 @@ def test_a_broadcast_reaches_every_rank_bit_for_bit():
 def test_a_run_with_the_collective_sync_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):
     import ray
 
-    from services.runlog import read_metrics
-    from services.train import Trainer
+    from services.state.runlog import read_metrics
+    from services.driver.train import Trainer
 
     base = tiny_assets[0]
     rt = base.runtime.model_copy(update={"mode": "ray", "engine": "vllm", "weight_sync": "collective", "checkpoint_every": 0})

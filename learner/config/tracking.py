@@ -1,5 +1,5 @@
 """The ``tracking:`` section: opt-in experiment trackers (MLflow, Weights & Biases) fed beside metrics.jsonl and
-TensorBoard with the same slash-named metrics and the run's config (services/trackers.py). Both are off by default;
+TensorBoard with the same slash-named metrics and the run's config (services/driver/trackers.py). Both are off by default;
 neither package is imported by a run that leaves them off."""
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from learner.guard import SIGNALS, Guard, GuardRule, first_alarm
-from services.sweep.spec import read_json
+from services.experiments.sweep.spec import read_json
 
 CALIB_SEEDS = (0, 1)
 GRADED_STAGES = ("overopt", "elastic_reset", "ensembles", "salsa", "fdpg")
@@ -29,7 +29,7 @@ GRADED_STAGES = ("overopt", "elastic_reset", "ensembles", "salsa", "fdpg")
 
 def replay(run_dir: Path) -> dict:
     """Signals at every evaluation of a run folder, plus its gold per evaluation (for grading only)."""
-    from services.runlog import evaluations
+    from services.state.runlog import evaluations
 
     g = Guard(GuardRule())
     gold, steps = [], []
@@ -45,7 +45,7 @@ def replay(run_dir: Path) -> dict:
 
 def collect(dirs: dict[str, Path]) -> list[dict]:
     """Every finished, graded run: {stage, method, seed, dir, signals, gold, steps}."""
-    from services.runlog import run_state
+    from services.state.runlog import run_state
 
     out = []
     for stage in GRADED_STAGES:
@@ -126,7 +126,7 @@ def guard_markdown(g: dict) -> str:
         return f"# The guard, graded against gold\n\nNot graded: {g['error']}.\n"
     f = lambda x: "n/a" if x is None else f"{x:+.2f}"  # noqa: E731
     lines = ["# The gold-free guard, graded against gold", "",
-             f"Written by `tether reproduce` (services/guard_grade.py). Signals replayed from every graded run's evaluations "
+             f"Written by `tether reproduce` (services/experiments/guard_grade.py). Signals replayed from every graded run's evaluations "
              f"(learner/guard.py; the gold is read only to grade). Rules calibrated on seeds {g['calib_seeds']} ({g['n_calib']} runs), "
              f"graded on the other seeds ({g['n_test']} runs). The guard's pick is the evaluation just before its alarm.", "",
              "| signal | calibrated rule | gold at the pick (held out) | gold at the end | best in hindsight | alarms | before the peak | median delay (it) |",
@@ -150,7 +150,7 @@ def guard_markdown(g: dict) -> str:
 def guard_plots(g: dict, runs: list[dict], out_dir: Path) -> list[Path]:
     """guard.png: (left) the held-out runs' mean gold at each signal's pick, at the end and at best; (right) every held-out
     run's gold against iterations with the chosen signal's alarm (red line) and pick (dot)."""
-    from services.report import COLORS, plt, save_figure
+    from services.driver.report import COLORS, plt, save_figure
 
     ok = {k: v for k, v in g.get("signals", {}).items() if "error" not in v}
     best = g.get("best_signal")

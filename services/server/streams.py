@@ -7,7 +7,7 @@ with 50 clients half of them received nothing. A client that asks for ``after=$`
 it delivered, so rows that arrive between two reads are never skipped (re-sending "$" to XREAD on each
 loop did skip them).
 
-On SIGTERM/SIGINT the server sets ``SHUTTING_DOWN`` (services/serving.py) and every open stream ends within one read with an
+On SIGTERM/SIGINT the server sets ``SHUTTING_DOWN`` (services/server/serving.py) and every open stream ends within one read with an
 'error' event that says so: uvicorn waits for the open responses to finish before it shuts down, and a stream never does by
 itself (an open web page held `tether serve` up until the browser gave up).
 """
@@ -22,7 +22,7 @@ import redis
 import redis.asyncio as aredis
 from starlette.requests import Request
 
-from services.redis_store import TERMINAL, metrics_key, run_key
+from services.state.redis_store import TERMINAL, metrics_key, run_key
 
 _ID = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
 U64 = 2**64 - 1

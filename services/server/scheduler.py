@@ -33,27 +33,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from actors.placement import bundles
-from learner.config import TetherConfig
-from services.redis_store import TERMINAL, RunStore
+from services.state.jobs import run_resources
+from services.state.redis_store import LIVE, TERMINAL, RunStore
 
 log = logging.getLogger(__name__)
 QUEUE = "tether:queue"
 TICKET = "tether:queue:ticket"
-LIVE = "tether:live"
 LOCK = "tether:scheduler:lock"
 ACTIVE = ("submitted", "running", "paused")
 JOB_DONE = ("SUCCEEDED", "FAILED", "STOPPED", "LOST")
 EPS = 1e-9
 _UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
-
-
-def run_resources(cfg: TetherConfig) -> dict[str, float]:
-    """What a run declares: the sum of its placement group's bundles (Ray mode) or its torch threads (local mode)."""
-    if cfg.runtime.mode == "local":
-        return {"CPU": float(cfg.train.threads or 1), "GPU": 0.0}
-    bs, _ = bundles(cfg.runtime)
-    return {"CPU": float(sum(b.get("CPU", 0) for b in bs)), "GPU": float(sum(b.get("GPU", 0) for b in bs))}
 
 
 class NeverFits(ValueError):
@@ -63,7 +53,7 @@ class NeverFits(ValueError):
 class Scheduler:
     """FIFO admission of queued runs. ``submit(record)`` submits one run's Ray job (raises on failure); with
     ``submit`` None this replica admits nothing (`tether serve --no-ray`: runs wait queued for a replica with Ray).
-    ``jobs`` (services.jobs.RayJobs or None) answers job status, failure reasons and the cluster's size."""
+    ``jobs`` (services.state.jobs.RayJobs or None) answers job status, failure reasons and the cluster's size."""
 
     def __init__(self, store: RunStore, jobs, submit: Callable[[dict[str, Any]], None] | None, *, max_runs: int | None = None,
                  capacity_ttl_s: float = 10.0, resume: Callable[[dict[str, Any]], None] | None = None, job_retries: int = 1):

@@ -1,6 +1,6 @@
 // The run's charts with plotly (served by the service at /static/vendor/plotly.min.js): each panel against the
 // iteration and against KL from the initial policy, with the guard's alarm, every Elastic Reset and every parameter
-// change marked. Metric names as the trainer logs them (services/train.py, learner/learners/ppo.py, learner/guard.py).
+// change marked. Metric names as the trainer logs them (services/driver/train.py, learner/learners/ppo.py, learner/guard.py).
 import { $, el } from "./ui.js";
 
 // the guard's signals (learner/config/run.GUARD_SIGNALS); the ratios and rank agreement share a scale around 1

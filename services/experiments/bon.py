@@ -193,7 +193,7 @@ def _plots(result: dict, out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from services.report import COLORS, save_figure
+    from services.driver.report import COLORS, save_figure
 
     curves = result["curves"]
     aggs = result["settings"]["aggregations"]
@@ -254,7 +254,7 @@ def fit_rows(result: dict) -> list[dict]:
 
 def write_bon_report(result: dict, out_dir: Path) -> Path:
     """bon_gold.png, bon_proxy.png and report.html (plots embedded) in out_dir."""
-    from services.report import PAGE, img_tag
+    from services.driver.report import PAGE, img_tag
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

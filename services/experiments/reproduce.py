@@ -21,7 +21,7 @@ import numpy as np
 
 from learner.analysis import claims as C
 from learner.config.load import PRESETS_DIR
-from services.sweep.spec import read_json
+from services.experiments.sweep.spec import read_json
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ STAGE_NAMES = tuple(s.name for s in STAGES)
 
 def stage_dirs(runs_dir: Path) -> dict[str, Path]:
     """Where each stage's results live (the sweeps' default folders, so `tether sweep SPEC` and this share them)."""
-    from services.sweep import load_sweep
+    from services.experiments.sweep import load_sweep
 
     out = {}
     for s in STAGES:
@@ -70,8 +70,8 @@ def stage_dirs(runs_dir: Path) -> dict[str, Path]:
 
 def plan(runs_dir: Path) -> list[dict]:
     """Per stage: cells, iterations, cells already finished, and an estimate of the minutes left on 2 cores."""
-    from services.runlog import run_state
-    from services.sweep import load_sweep
+    from services.state.runlog import run_state
+    from services.experiments.sweep import load_sweep
 
     rows = []
     for s in STAGES:
@@ -106,7 +106,7 @@ def _prepare_assets(cells) -> None:
 
 def run_stage(stage: Stage, runs_dir: Path, base_cfg, *, progress: bool = True, say: Callable[[str], None] = print) -> str:
     """Run (or resume, or skip) one stage; returns 'done' or 'failed: ...'."""
-    from services.sweep import load_sweep, run_sweep
+    from services.experiments.sweep import load_sweep, run_sweep
 
     if stage.kind == "sweep":
         sw = load_sweep(stage.spec)
@@ -119,7 +119,7 @@ def run_stage(stage: Stage, runs_dir: Path, base_cfg, *, progress: bool = True, 
         say(f"== bon: finished already in {out}, skipped")
         return "done"
     from learner.config import load_config
-    from services.bon import run_bon
+    from services.experiments.bon import run_bon
     from tasks import get_task
 
     clean = load_config("default", ["proxy.label_noise=0"])
@@ -152,7 +152,7 @@ def stage_minutes(dirs: dict[str, Path]) -> dict[str, dict]:
     """Minutes each stage's finished work took, measured from its run folders: per sweep cell from its config.json
     (written once the cell's actors are up) to its status.json (written when it finished); the best-of-n stage's
     own timing. Ray and vLLM start-up (about half a minute per cell) is not included."""
-    from services.runlog import run_state
+    from services.state.runlog import run_state
 
     out = {}
     for s in STAGES:
@@ -178,7 +178,7 @@ def stage_minutes(dirs: dict[str, Path]) -> dict[str, dict]:
 def load_runs(sweep_dir: Path, method: str, *, max_step: int | None = None) -> list[C.RunCurve]:
     """The finished cells of ``method`` in a sweep folder as RunCurves (seed order), their evaluations up to
     iteration ``max_step``. Each evaluation's samples file pairs with its metrics row in log order."""
-    from services.runlog import read_metrics, run_state
+    from services.state.runlog import read_metrics, run_state
 
     meta = read_json(Path(sweep_dir) / "cells.json")
     out = []
@@ -201,7 +201,7 @@ UNREADABLE: dict[str, str] = {}
 
 
 def read_run(run_dir: Path, *, name: str, seed: int, max_step: int | None = None) -> C.RunCurve:
-    from services.runlog import evaluations
+    from services.state.runlog import evaluations
 
     steps, kl, gold, proxy, before, extra = [], [], [], [], [], {"ppl_under_init": [], "toxic_frac": []}
     prompts0: list[str] | None = None
@@ -559,7 +559,7 @@ def write_claims(out_dir: Path, *, runs_dir: Path | None = None, n_boot: int = 2
               "unreadable_runs": dict(UNREADABLE)}
     (out_dir / "claims.json").write_text(json.dumps(result, indent=2))
     figs = draw_plots(out_dir, dirs) if plots else []
-    from services.guard_grade import write_guard_report
+    from services.experiments.guard_grade import write_guard_report
 
     guard = write_guard_report(out_dir, dirs)  # the gold-free guard replayed on these runs and graded against their gold
     result["guard_best_signal"] = guard.get("best_signal")
@@ -589,7 +589,7 @@ def claims_markdown(result: dict, figs: list[str]) -> str:
     rows = result["rows"]
     counts = {v: sum(r["verdict"] == v for r in rows) for v in (C.HOLDS, C.FAILS, C.INCONCLUSIVE, "not measured")}
     out = ["# The papers' claims, measured on tether's default task", "",
-           "Written by `tether reproduce` (services/reproduce.py). Each effect is measured on every finished run of its stage; "
+           "Written by `tether reproduce` (services/experiments/reproduce.py). Each effect is measured on every finished run of its stage; "
            f"the 95% interval is a two-level percentile bootstrap ({result['n_boot']} resamples: seeds within each arm, then each "
            "run's eval prompts, the same draw at every evaluation of a run; learner/analysis/claims.py). A claim **holds** when the "
            "whole interval is on the claimed side of its threshold, **does not hold** when it is wholly on the other side, and is "
@@ -626,7 +626,7 @@ def draw_plots(out_dir: Path, dirs: dict[str, Path]) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from services.report import save_figure
+    from services.driver.report import save_figure
 
     figs = []
     panels = [("Elastic Reset vs PPO + KL", dirs["elastic_reset"], [("elastic_reset", dirs["elastic_reset"]), ("ppo_kl005", dirs["elastic_reset"]),

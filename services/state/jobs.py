@@ -1,4 +1,4 @@
-"""Ray job submission for the service, with the Ray auth mode decided explicitly.
+"""Ray job submission for the service and sweeps, and what a run declares of the cluster, with the Ray auth mode decided explicitly.
 
 Ray 2.60 clusters started with ``RAY_AUTH_MODE=token`` (Ray's default for new local clusters when a
 token exists) answer "Unauthorized: Missing authentication token" to clients without the token. The
@@ -13,6 +13,9 @@ import os
 import re
 from pathlib import Path
 from typing import Literal
+
+from actors.placement import bundles
+from learner.config import TetherConfig
 
 log = logging.getLogger(__name__)
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -113,3 +116,11 @@ class RayJobs:
 
     def stop(self, job_id: str) -> bool:
         return bool(self.client().stop_job(job_id))
+
+
+def run_resources(cfg: TetherConfig) -> dict[str, float]:
+    """What a run declares: the sum of its placement group's bundles (Ray mode) or its torch threads (local mode)."""
+    if cfg.runtime.mode == "local":
+        return {"CPU": float(cfg.train.threads or 1), "GPU": 0.0}
+    bs, _ = bundles(cfg.runtime)
+    return {"CPU": float(sum(b.get("CPU", 0) for b in bs)), "GPU": float(sum(b.get("GPU", 0) for b in bs))}

@@ -1,4 +1,4 @@
-"""Request and response bodies of the REST API (services/api.py), with examples for the OpenAPI schema.
+"""Request and response bodies of the REST API (services/server/api.py), with examples for the OpenAPI schema.
 
 The run config body is the one schema, ``learner.config.TetherConfig``, narrowed for a service: paths
 stay inside the service's data directory and model names cannot point at local folders.
@@ -12,8 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from learner.config import GuardConfig, TetherConfig
-from services.control import ParamUpdate  # noqa: F401 - re-exported: the PATCH /runs/{id}/params body
-from services.presets import Presets, merge
+from services.state.params import ParamUpdate  # noqa: F401 - re-exported: the PATCH /runs/{id}/params body
+from services.server.presets import Presets, merge
 
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 
@@ -298,7 +298,7 @@ RUN_EXAMPLE = {
 }
 
 
-# The presets of the service handling this request (set per request by services/api.py; validation runs before the endpoint).
+# The presets of the service handling this request (set per request by services/server/api.py; validation runs before the endpoint).
 PRESETS: contextvars.ContextVar[Presets] = contextvars.ContextVar("tether_presets", default=Presets())
 MAX_CONFIG_VALUES = 4_096  # keys and list items in a submitted config (a full config dump has about 300)
 

@@ -24,8 +24,8 @@ from actors.recovery import LearnerLost
 from learner.config import TetherConfig, without_other_algorithms
 from learner.learners import learner_class
 from learner.types import Rollouts
-from services.runlog import RunLog, latest_checkpoint, read_metrics, run_state
-from services.trackers import Trackers, require_packages
+from services.state.runlog import RunLog, latest_checkpoint, read_metrics, run_state
+from services.driver.trackers import Trackers, require_packages
 from tasks import get_task, set_threads
 from tasks.contract import HELDOUT_SEED_OFFSET, PromptSet
 
@@ -99,7 +99,7 @@ class Trainer:
             roles = make_roleset(cfg, self.paths)
         self.roles = roles
         self.iteration = 0
-        self.commands = None  # a services.control.RunControl: metrics to Redis, commands polled between iterations
+        self.commands = None  # a services.driver.control.RunControl: metrics to Redis, commands polled between iterations
         from learner.guard import Guard, GuardRule
 
         g = cfg.guard
@@ -348,10 +348,10 @@ class Trainer:
         return self._pool.submit(gen)
 
     def run(self, *, resume: bool = False) -> dict:
-        """Train to cfg.train.iterations. With ``self.commands`` (a services.control.RunControl) every
+        """Train to cfg.train.iterations. With ``self.commands`` (a services.driver.control.RunControl) every
         logged row also goes to Redis and commands are applied between iterations; a stop command
         ends the run early with a checkpoint and state "stopped"."""
-        from services.control import StopRequested
+        from services.driver.control import StopRequested
 
         cfg, ctl = self.cfg, self.commands
         (self.run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
@@ -428,7 +428,7 @@ class Trainer:
                     + ("  RESET" if m.get("elastic_reset/event") else "")
                 )
             if self._guard_stop:
-                from services.control import StopRequested
+                from services.driver.control import StopRequested
 
                 raise StopRequested(f"the guard's alarm at iteration {self.guard_alarm['iteration']} ({self.guard_alarm['rule']})")
             every = cfg.runtime.checkpoint_every
@@ -464,7 +464,7 @@ class Trainer:
 
 def train(cfg: TetherConfig, run_dir: Path, *, cfg_source: str = "<config>", progress: bool = True, roles=None, resume: bool = False,
           control=None) -> dict:
-    """Run one config in ``run_dir``; ``control`` (a services.control.RunControl) connects it to the REST service."""
+    """Run one config in ``run_dir``; ``control`` (a services.driver.control.RunControl) connects it to the REST service."""
     tr = Trainer(cfg, run_dir, cfg_source=cfg_source, progress=progress, roles=roles)
     tr.commands = control
     try:
@@ -483,7 +483,7 @@ def run_or_resume(cfg: TetherConfig, run_dir: Path, *, cfg_source: str = "<confi
     (so no iteration is logged twice). Then the run's report.html is written.
     Returns (skipped | resumed | ran, the summary or None when skipped).
     """
-    from services.report import write_run_report
+    from services.driver.report import write_run_report
 
     run_dir = Path(run_dir)
     if run_state(run_dir) == "finished":

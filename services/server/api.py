@@ -1,11 +1,11 @@
 """`tether serve`: the REST API over Redis (run records, metrics, commands), an admission queue, and Ray's job submission.
 
 Every endpoint except GET /healthz, the page and the API docs needs ``Authorization: Bearer <token>``
-(401 when missing, 403 when wrong), checked before the body is read (services/api_security.py). The
+(401 when missing, 403 when wrong), checked before the body is read (services/server/api_security.py). The
 token comes from env TETHER_API_TOKEN, else from ``<data_dir>/api_token`` (generated once, mode 0600).
 A run's config is validated (services/api_models.ServiceRunConfig and the service's limits), its paths
 resolved inside the data directory, stored in Redis and in ``<data_dir>/service/<run_id>/tether.yaml``,
-and queued; the scheduler (services/scheduler.py) admits it when the cluster has room, as a Ray job
+and queued; the scheduler (services/server/scheduler.py) admits it when the cluster has room, as a Ray job
 running ``tether prepare <yaml> && tether train <yaml> --run-id <id> --redis-url <url>``.
 While Redis is unreachable every endpoint answers 503 with a JSON reason, and so does /healthz.
 """
@@ -39,17 +39,18 @@ from starlette.routing import Match
 
 from actors.placement import job_env_vars
 from learner.config import TetherConfig, config_from_dump
-from services.api_models import (DEFAULT_LIMITS, PRESETS, Checkpoint, CommandAccepted, CommandInfo, Error, Health, MetricRow, ParamChange,
+from services.server.api_models import (DEFAULT_LIMITS, PRESETS, Checkpoint, CommandAccepted, CommandInfo, Error, Health, MetricRow, ParamChange,
                                  ParamUpdate, Preset, Run, RunCreate, RunsPage, RunSummary, Sample, SamplesPage, errors, local_shadows,
                                  over_limits, resolve_data_refs)
-from services.api_schema import truthful_openapi
-from services.api_security import Gate, HeadAsGet
-from services.presets import Presets
-from services.jobs import RayJobs
-from services.redis_store import TERMINAL, RunStore
-from services.runlog import finite_number, read_samples, sample_steps
-from services.scheduler import NeverFits, Scheduler, run_resources
-from services.streams import metric_events, parse_stream_id
+from services.server.api_schema import truthful_openapi
+from services.server.api_security import Gate, HeadAsGet
+from services.server.presets import Presets
+from services.state.jobs import RayJobs
+from services.state.redis_store import TERMINAL, RunStore
+from services.state.runlog import finite_number, read_samples, sample_steps
+from services.server.scheduler import NeverFits, Scheduler
+from services.state.jobs import run_resources
+from services.server.streams import metric_events, parse_stream_id
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -66,12 +67,12 @@ class ServiceSettings:
     jobs: RayJobs | None = None
     job_env: dict[str, str] = field(default_factory=job_env_vars)
     tether_bin: str = field(default_factory=lambda: str(Path(sys.executable).with_name("tether")))
-    max_runs: int | None = None  # None: as many as the cluster's CPUs/GPUs hold (services/scheduler.py)
-    job_retries: int = 1  # a run whose driver died is resumed from its checkpoint this many times (services/scheduler.py)
+    max_runs: int | None = None  # None: as many as the cluster's CPUs/GPUs hold (services/server/scheduler.py)
+    job_retries: int = 1  # a run whose driver died is resumed from its checkpoint this many times (services/server/scheduler.py)
     limits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     max_body_bytes: int = 1024 * 1024  # a full config dump is about 6 KB
     scheduler_poll_s: float = 1.0
-    redis_problem: Callable[[], str | None] | None = None  # why the embedded Redis is away: restarting, gave up (services/embedded_redis.py)
+    redis_problem: Callable[[], str | None] | None = None  # why the embedded Redis is away: restarting, gave up (services/state/embedded_redis.py)
     presets_dir: Path | None = None  # `tether serve --presets DIR`: more presets (DIR/*.yaml) beside the built-in ones
     cors_origins: list[str] = field(default_factory=list)  # `--cors-origin`: browser origins (scheme://host:port) allowed to call the API
     mlflow_uri: str | None = None  # `--mlflow-uri`: the MLflow tracking server of runs with tracking.mlflow.enabled (else a store in the run folder)

@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from learner.analysis.rl_fits import RLFit, fit_rl_runs  # noqa: E402
-from services.runlog import read_metrics  # noqa: E402
+from services.state.runlog import read_metrics  # noqa: E402
 
 KL_KEY, GOLD_KEY = "eval/kl_from_init_k3", "eval/gold_mean"
 
@@ -193,7 +193,7 @@ img{{max-width:520px;border:1px solid #ddd}} table{{border-collapse:collapse}} t
 def samples_section(run_dir: Path, *, per_eval: int = 4) -> str:
     """Samples a person can read, at the start (pi_0), at the gold peak and at the end: per evaluation the samples the
     proxy rates best and those it rates far above the gold (z(proxy) - z(gold)). Empty without samples files."""
-    from services.runlog import finite_number, read_samples, sample_steps
+    from services.state.runlog import finite_number, read_samples, sample_steps
 
     steps = sample_steps(run_dir)
     if not steps:

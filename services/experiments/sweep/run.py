@@ -1,5 +1,5 @@
 """Running a sweep: every unfinished cell in this process or as Ray jobs (at most what the cluster holds),
-resumable; one cell (`python -m services.sweep run-cell DIR`, the Ray job entrypoint)."""
+resumable; one cell (`python -m services.experiments.sweep run-cell DIR`, the Ray job entrypoint)."""
 from __future__ import annotations
 
 import argparse
@@ -17,9 +17,9 @@ from tqdm.auto import tqdm
 
 from actors.placement import job_env_vars
 from learner.config import ConfigError, load_config
-from services.sweep.report import write_sweep_report
-from services.runlog import latest_checkpoint, run_state
-from services.sweep.spec import Cell, SweepSpecError, load_sweep, read_json, safe_name, write_sweep_files
+from services.experiments.sweep.report import write_sweep_report
+from services.state.runlog import latest_checkpoint, run_state
+from services.experiments.sweep.spec import Cell, SweepSpecError, load_sweep, read_json, safe_name, write_sweep_files
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def run_cell(cell_dir: str | Path, *, progress: bool = True, run_id: str | None 
     there is one, else started afresh (logs of an attempt that died before its first checkpoint are cleared).
     With ``run_id`` and ``redis_url`` it reports to that Redis (a `tether serve`'s) as that run: metrics,
     state, commands. Returns skipped | resumed | ran. The entrypoint of a sweep's Ray jobs (``cell_entrypoint``)."""
-    from services.train import run_or_resume
+    from services.driver.train import run_or_resume
 
     cell_dir = Path(cell_dir)
     spec = cell_dir / "cell.yaml"
@@ -52,7 +52,7 @@ def run_cell(cell_dir: str | Path, *, progress: bool = True, run_id: str | None 
     cfg = load_config(spec)
     control = None
     if run_id and redis_url:
-        from services.control import RunControl
+        from services.driver.control import RunControl
 
         control = RunControl(redis_url, run_id)
         control.register(name=cfg.name, config=cfg.dump())
@@ -60,10 +60,10 @@ def run_cell(cell_dir: str | Path, *, progress: bool = True, run_id: str | None 
 
 
 def cell_entrypoint(cell_dir: str | Path, *, python: str | None = None, run_id: str | None = None, redis_url: str | None = None) -> str:
-    """The shell command a Ray job runs for one cell: this interpreter's ``-m services.sweep run-cell <abs folder>``
+    """The shell command a Ray job runs for one cell: this interpreter's ``-m services.experiments.sweep run-cell <abs folder>``
     (``--run-id ID --redis-url URL`` to report to a service's Redis)."""
     q = shlex.quote
-    cmd = f"{q(python or sys.executable)} -m services.sweep run-cell {q(str(Path(cell_dir).resolve()))}"
+    cmd = f"{q(python or sys.executable)} -m services.experiments.sweep run-cell {q(str(Path(cell_dir).resolve()))}"
     if run_id and redis_url:
         cmd += f" --run-id {q(run_id)} --redis-url {q(redis_url)}"
     return cmd
@@ -112,7 +112,7 @@ def run_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None, *, sub
                 statuses[c.id] = _run_local(c, progress=progress)
                 bar.update(1)
         elif todo:
-            from services.jobs import RayJobs
+            from services.state.jobs import RayJobs
 
             jobs = RayJobs(submit, auth=ray_auth)
             if max_parallel is None:
@@ -130,7 +130,7 @@ def run_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None, *, sub
 def auto_parallel(cells: list[Cell], jobs) -> int:
     """How many cells fit side by side in the cluster: its total CPUs (GPUs) over the most any cell declares.
     Jobs that do not fit would each wait for their placement group and fail after runtime.connect_timeout_s."""
-    from services.scheduler import run_resources
+    from services.state.jobs import run_resources
 
     try:
         cap = jobs.cluster_resources()
@@ -165,8 +165,9 @@ def _run_local(c: Cell, *, progress: bool) -> str:
 
 def _register(redis_url: str, c: Cell, job_id: str) -> str:
     """A service run record for a submitted cell (state 'submitted'; the trainer reports the rest)."""
-    from services.redis_store import RunStore
-    from services.scheduler import LIVE, run_resources
+    from services.state.redis_store import RunStore
+    from services.state.jobs import run_resources
+    from services.state.redis_store import LIVE
 
     run_id = f"sw-{uuid.uuid4().hex[:8]}"
     # `resources`: the service's admission counts what this cell holds on the cluster while its job runs
@@ -201,7 +202,7 @@ def _run_ray(cells: list[Cell], jobs, *, sweep_name: str, max_parallel: int | No
                 jobs.submit(cell_entrypoint(c.dir, run_id=run_id, redis_url=redis_url), job_id=job_id, env=job_env_vars())
             except Exception as e:  # noqa: BLE001 - reported with the address; jobs already submitted keep running
                 if run_id:
-                    from services.redis_store import RunStore
+                    from services.state.redis_store import RunStore
 
                     RunStore(redis_url).update_run(run_id, state="submit_failed", error=f"Ray job submission failed: {e}")
                 raise RuntimeError(f"Ray job submission to {jobs.address} failed for cell {c.id}: {e}") from None
@@ -232,8 +233,8 @@ def _run_ray(cells: list[Cell], jobs, *, sweep_name: str, max_parallel: int | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m services.sweep run-cell DIR``: the entrypoint of one cell's Ray job."""
-    p = argparse.ArgumentParser(prog="python -m services.sweep", description="run one cell of a tether sweep (the Ray job entrypoint)")
+    """``python -m services.experiments.sweep run-cell DIR``: the entrypoint of one cell's Ray job."""
+    p = argparse.ArgumentParser(prog="python -m services.experiments.sweep", description="run one cell of a tether sweep (the Ray job entrypoint)")
     sub = p.add_subparsers(dest="cmd", required=True)
     sp = sub.add_parser("run-cell", help="run (or resume, or skip when finished) the sweep cell in DIR")
     sp.add_argument("dir")

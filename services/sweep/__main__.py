@@ -1,7 +1,0 @@
-"""`python -m services.sweep run-cell DIR`: the entrypoint of one cell's Ray job."""
-import sys
-
-from services.sweep.run import main
-
-if __name__ == "__main__":
-    sys.exit(main())
