@@ -1,1 +1,1 @@
-"""tether.learner: pure PyTorch/maths. Never imports ray, fastapi or redis (checked by tests/test_layering.py)."""
+"""tether.learner: pure PyTorch/maths. Never imports ray, fastapi or redis (checked by tests/unit/test_layering.py)."""

@@ -1,7 +1,12 @@
-"""Shared fixtures: the tiny IMDB task is built once per test session into a temporary data dir."""
+"""Shared fixtures for the three tiers (tests/unit: no Ray, vLLM or server; tests/integration: Ray + vLLM;
+tests/service: the API, the page, deployment): the tiny IMDB task is built once per test session."""
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers (own_task, waiting) for every tier
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -48,3 +53,11 @@ def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A Ray head with the dashboard (token auth, free ports) for one test module: {url, token, jobs, tmp}."""
+    import ray_head as rh
+
+    yield from rh.ray_head()

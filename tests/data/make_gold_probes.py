@@ -1,4 +1,4 @@
-"""Writes tests/data/gold_probes.json, the fixed probe set of the gold judge (tests/test_gold.py).
+"""Writes tests/data/gold_probes.json, the fixed probe set of the gold judge (tests/unit/test_gold.py).
 
 Run once from the repository root (the committed JSON is what the test reads):
     .venv/bin/python tests/data/make_gold_probes.py [--runs RUN_DIR ...]

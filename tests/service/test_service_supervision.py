@@ -30,7 +30,7 @@ from services.state.redis_store import EmbeddedRedis, RunStore, ping
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TETHER = Path(sys.executable).with_name("tether")
 TOKEN = "supervision-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

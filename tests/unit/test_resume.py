@@ -16,7 +16,7 @@ import pytest
 from services.state.runlog import read_metrics
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ITERATIONS = 12  # long enough that the kill lands mid-run on a fast, idle machine
 
 

@@ -19,7 +19,7 @@ import yaml
 import own_task as o
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TETHER = [sys.executable, "-m", "services.cli"]
 SMALL = {"generation": {"max_new_tokens": 10}, "ppo": {"batch_size": 8, "minibatch_size": 4, "epochs": 2, "lr": 1.0e-3},
          "train": {"iterations": 2, "eval_every": 1, "eval_prompts": 8, "threads": 1}, "runtime": {"checkpoint_every": 0}}

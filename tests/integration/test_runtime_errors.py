@@ -9,7 +9,7 @@ import ray
 from actors.placement import RuntimeSetupError, bundles, connect, place
 from learner.config import RuntimeConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_unreachable_ray_address_fails_fast():

@@ -24,7 +24,7 @@ import pytest
 from actors.weight_sync import OWNER_FILE, TmpfsWeightSync, collect_stale, default_root, owner_record, process_start_time
 from waiting import wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TETHER = Path(sys.executable).with_name("tether")
 
 

@@ -19,7 +19,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 class RecordingJobs:
     """Ray job submission as the scheduler sees it (submit, status), recording each entrypoint: the test asserts on what a real
-    `ray job submit` would have been given. The Ray path itself runs in tests/test_api_ray.py."""
+    `ray job submit` would have been given. The Ray path itself runs in tests/service/test_api_ray.py."""
 
     def __init__(self):
         self.submitted: list[tuple[str, str]] = []

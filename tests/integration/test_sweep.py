@@ -24,7 +24,6 @@ from services.driver.report import draw_rl_fit, write_comparison_report, write_r
 from services.state.runlog import RunLog  # noqa: E402
 from services.experiments.sweep import (SweepSpecError, cell_entrypoint, load_sweep, run_sweep, summarise, write_sweep_files,  # noqa: E402
                             write_sweep_report)
-from test_api_ray import ray_head  # noqa: E402,F401 - the real local Ray head (with dashboard) fixture
 
 
 def _spec(tmp_path, **spec) -> str:
@@ -317,7 +316,7 @@ def test_sweep_runs_skips_and_resumes_on_the_tiny_task(tiny_assets, tmp_path, ca
 
 @pytest.mark.slow
 def test_submitted_sweep_runs_each_cell_as_a_ray_job_in_the_default_mode(ray_head, tiny_assets, tether_redis, tmp_path, monkeypatch):
-    """--submit against a real local Ray head with the dashboard (tests/test_api_ray.py's fixture): one job per unfinished
+    """--submit against a real local Ray head with the dashboard (tests/service/test_api_ray.py's fixture): one job per unfinished
     cell, each in the default runtime (Ray actors + vLLM). Each cell declares 2 CPUs and the head has 2, so the cells run
     one at a time (before, every cell was submitted at once and the second could not place its actors)."""
     base = tiny_assets[0].dump()

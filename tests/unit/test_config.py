@@ -132,7 +132,7 @@ def test_every_config_in_the_readme_is_valid(tmp_path):
     import re
     import textwrap
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     blocks = re.findall(r"^( *)```yaml\n(.*?)^\1```", text, flags=re.S | re.M)
     assert len(blocks) >= 2
     for i, (indent, body) in enumerate(blocks):

@@ -105,7 +105,7 @@ def test_gold_evaluator_scores_each_batch_once(tiny_assets):
     assert calls == [2, 1]
 
 
-PROBES = Path(__file__).parent / "data" / "gold_probes.json"
+PROBES = Path(__file__).resolve().parents[1] / "data" / "gold_probes.json"
 
 
 @pytest.mark.slow

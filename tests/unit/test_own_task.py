@@ -1,6 +1,6 @@
 """A user's own task without Ray: prompts from the user's files, Hugging Face models tether did not build (a Llama-style chat
 policy, a GPT-2-style one without a pad token), every scorer kind and each bad input the issue lists. The default path
-(Ray actors + vLLM, through `tether train` and `tether sweep`) is in tests/test_own_task_ray.py."""
+(Ray actors + vLLM, through `tether train` and `tether sweep`) is in tests/integration/test_own_task_ray.py."""
 from __future__ import annotations
 
 import json

@@ -118,7 +118,7 @@ def test_several_rollout_actors_split_and_sync(tiny_assets, ray_cluster, tmp_pat
 def test_bf16_learner_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path, compile_):
     """runtime.learner.precision bf16 (what a GPU user sets), also with runtime.learner.compile, on the default path:
     the learner role trains under bf16 autocast with fp32 weights, syncs them to vLLM and the next rollout samples
-    from them. The cast-cache bug of session 20 was caught by a learner-level test only (tests/test_device.py); this
+    from them. The cast-cache bug of session 20 was caught by a learner-level test only (tests/unit/test_device.py); this
     runs the same switches through Ray (a compiled body keeps its weights' names, so the sync still reaches vLLM)."""
     cfg = _cfg(tiny_assets, ppo={"lr": 3e-3}, train={"iterations": 2, "eval_every": 2})
     cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = ("../shared", "PAPERS.md", "ENVIRONMENT.md", "STYLE.md")
 SELF = Path(__file__).resolve().relative_to(ROOT).as_posix()
 
