@@ -71,15 +71,26 @@ class GoldActor(GoldWorker):
 
     def evaluate(self, rollouts, prefix: str) -> dict:
         out = super().evaluate(rollouts, prefix)
-        if self.metrics and prefix == "train":
-            self.metrics.record({"kl/from_init": out.get(f"{prefix}/kl_from_init_k3")})
+        self._record(out, prefix, [])
         return out
 
     def gold_scores(self, samples) -> list[float]:
         scores = super().gold_scores(samples)
-        if self.metrics and scores:
-            self.metrics.record({"reward/gold_mean": float(np.mean(scores))})
+        self._record(None, "", scores)
         return scores
+
+    def drift_and_gold(self, rollouts, prefix: str) -> tuple[dict, list[float]]:
+        drift, scores = super().drift_and_gold(rollouts, prefix)
+        self._record(drift, prefix, scores)
+        return drift, scores
+
+    def _record(self, drift: dict | None, prefix: str, scores: list[float]) -> None:
+        if not self.metrics:
+            return
+        if drift is not None and prefix == "train":
+            self.metrics.record({"kl/from_init": drift.get(f"{prefix}/kl_from_init_k3")})
+        if scores:
+            self.metrics.record({"reward/gold_mean": float(np.mean(scores))})
 
 
 @ray.remote

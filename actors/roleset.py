@@ -60,8 +60,8 @@ class LocalRoleSet:
 
     def score_and_drift(self, rollouts: Rollouts, prefix: str) -> tuple[ScoredRollouts, dict]:
         scored = self.reward.score(rollouts)
-        drift = self.gold.evaluate(rollouts, prefix)
-        return with_gold(scored, self.gold.gold_scores(rollouts)), drift
+        drift, gold = self.gold.drift_and_gold(rollouts, prefix)
+        return with_gold(scored, gold), drift
 
     def learn(self, scored: ScoredRollouts) -> dict:
         return self.learner.step(scored)
@@ -164,14 +164,14 @@ class RayRoleSet(Recovery):
 
     def score_and_drift(self, rollouts: Rollouts, prefix: str) -> tuple[ScoredRollouts, dict]:
         ref = self._ray.put(rollouts)  # one copy in the object store, read by both actors
-        first = {"score": self.reward.score.remote(ref), "drift": self.gold.evaluate.remote(ref, prefix), "gold": self.gold.gold_scores.remote(ref)}
-        again = {"score": lambda a: a.score.remote(ref), "drift": lambda a: a.evaluate.remote(ref, prefix), "gold": lambda a: a.gold_scores.remote(ref)}
+        first = {"score": self.reward.score.remote(ref), "gold": self.gold.drift_and_gold.remote(ref, prefix)}  # the judge scores once
+        again = {"score": lambda a: a.score.remote(ref), "gold": lambda a: a.drift_and_gold.remote(ref, prefix)}
         out = {}
-        for key, role, actor, after in (("score", "reward", self.reward, self._restore_reward), ("drift", "gold", self.gold, None),
-                                        ("gold", "gold", self.gold, None)):
+        for key, role, actor, after in (("score", "reward", self.reward, self._restore_reward), ("gold", "gold", self.gold, None)):
             pending = [first[key]]
             out[key] = self._retry(role, actor, lambda a, key=key, pending=pending: pending.pop() if pending else again[key](a), after_restart=after)
-        return with_gold(out["score"], out["gold"]), out["drift"]
+        drift, gold = out["gold"]
+        return with_gold(out["score"], gold), drift
 
     def learn(self, scored: ScoredRollouts) -> dict:
         ray = self._ray

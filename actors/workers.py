@@ -141,6 +141,10 @@ class GoldWorker:
     def evaluate(self, rollouts, prefix: str) -> dict:
         return self.evaluator.evaluate(rollouts, prefix=prefix)
 
+    def drift_and_gold(self, rollouts, prefix: str) -> tuple[dict, list[float]]:
+        """Drift statistics and each sample's gold reward, the gold scoring the batch once."""
+        return self.evaluator.drift_and_gold(rollouts, prefix=prefix)
+
     def gold_scores(self, samples) -> list[float]:
         """Gold rewards of whole texts, or of Rollouts (a scorer gold reads the task's prompt and metadata from them)."""
         return self.evaluator.gold_scores(samples)

@@ -6,7 +6,14 @@ batch crosses process boundaries (Ray) cheaply and without device assumptions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+
+# The names a config may choose, defined once: the schema (learner/config) types its fields with them and the maths
+# (learner/methods) that accepts them lists them with typing.get_args.
+Algorithm = Literal["ppo", "fdpg", "quark"]
+Aggregation = Literal["mean", "wco", "uwo"]
+Divergence = Literal["forward_kl", "reverse_kl", "js", "tv"]
+KLEstimator = Literal["k1", "k2", "k3"]
 
 
 @dataclass

@@ -8,13 +8,14 @@ schema. Layers are plain mappings; `validate_dict` turns the result into a Tethe
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 
 from learner.config.base import ConfigError
+from learner.types import Algorithm
 
-ALGORITHMS = ("ppo", "fdpg", "quark")
+ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
 # Sections that configure one algorithm only; setting one for another algorithm is an error.
 ALGORITHM_SECTIONS = {"ppo": ("ppo", "kl", "elastic_reset"), "fdpg": ("fdpg",), "quark": ("quark",)}
 

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from learner.config.base import Strict
+from learner.types import Aggregation, Divergence, KLEstimator
 
 
 class GenerationConfig(Strict):
@@ -22,7 +23,7 @@ class KLConfig(Strict):
     coef: float = Field(0.001, ge=0, description="Initial beta (Elastic Reset IMDB: 0.001 adaptive; Coste et al. PPO: 0.01 with WCO/UWO).")
     target: float = Field(1.0, gt=0, description="Adaptive target KL in nats per sequence (Elastic Reset IMDB: 1.0).")
     horizon: int = Field(10_000, ge=1, description="Adaptive controller horizon in samples (Ziegler et al.: 10,000).")
-    estimator: Literal["k1", "k2", "k3"] = Field("k1", description="Per-token KL estimator in the reward: k1 = logr, k2 = logr^2/2, k3 = exp(-logr)-1+logr.")
+    estimator: KLEstimator = Field("k1", description="Per-token KL estimator in the reward: k1 = logr, k2 = logr^2/2, k3 = exp(-logr)-1+logr.")
     reference: Literal["initial", "ema"] = Field(
         "initial",
         description="KL reference: the initial model, or the Elastic Reset EMA (as the authors' IMDB code does unless a separate EMA is configured).",
@@ -47,7 +48,7 @@ class ElasticResetConfig(Strict):
 class EnsembleConfig(Strict):
     """Aggregation of the proxy ensemble (Coste et al. 2023)."""
 
-    aggregation: Literal["mean", "wco", "uwo"] = Field("mean", description="mean; wco = min over members; uwo = mean - lambda * variance.")
+    aggregation: Aggregation = Field("mean", description="mean; wco = min over members; uwo = mean - lambda * variance.")
     uwo_lambda: float | None = Field(None, ge=0, description="UWO lambda (Coste et al.: about 0.1 for PPO, 0.5 for best-of-n). Only with aggregation=uwo; defaults to 0.1 there.")
 
     @model_validator(mode="after")
@@ -93,7 +94,7 @@ class PPOConfig(Strict):
 class FDPGConfig(Strict):
     """f-DPG (Go et al. 2023): minimise D_f(pi || p) towards a target p; docs/methods.md s.5."""
 
-    divergence: Literal["forward_kl", "reverse_kl", "js", "tv"] = Field("js", description="The f-divergence (Go et al.: JS is a good default and often beats forward KL).")
+    divergence: Divergence = Field("js", description="The f-divergence (Go et al.: JS is a good default and often beats forward KL).")
     target: Literal["rlhf", "gdc"] = Field(
         "rlhf", description="rlhf: p ~ pi_0 exp(r / beta) with r the proxy-ensemble aggregate. gdc: p ~ pi_0 * 1[proxy aggregate >= threshold], "
         "a declared constraint of the proxy ensemble's own; the gold stays held out (it only grades, as for every method).",

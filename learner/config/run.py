@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from learner.config.base import ConfigError, Strict, format_errors
+from learner.types import Algorithm
 from learner.config.compose import ALGORITHM_SECTIONS, compose_dict, without_other_algorithms
 from learner.config.methods import (
     ElasticResetConfig,
@@ -138,7 +139,7 @@ class TetherConfig(Strict):
     """A whole run. Presets in configs/*.yaml are partial versions of this; unspecified fields take these defaults."""
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Run name (letters, digits, '_', '.', '-').")
-    algorithm: Literal["ppo", "fdpg", "quark"] = Field(
+    algorithm: Algorithm = Field(
         "ppo", description="ppo: PPO with a KL penalty (+ Elastic Reset via elastic_reset); fdpg: f-DPG (section fdpg); quark: Quark (section quark). "
         "SALSA is any of them with reference.kind: soup.",
     )

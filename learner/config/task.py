@@ -110,6 +110,11 @@ class GoldConfig(Strict):
         0.75, ge=0, le=1, description="contextual: lexical diversity = moving-average type-token ratio over 25-word windows; natural reviews: "
         "median about 0.90, 1st percentile about 0.75; text cycling through a few phrases: 0.4-0.6.")
     diversity_weight: float = Field(15.0, ge=0, description="contextual: gold loses this much per unit of diversity below the floor.")
+    committed_checkpoint: bool = Field(
+        True,
+        description="contextual: use the judge committed under assets/imdb-gold when its config matches, instead of training it "
+        "(pass --rebuild to train anyway).",
+    )
 
     @model_validator(mode="after")
     def _hf(self) -> "GoldConfig":

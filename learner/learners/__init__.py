@@ -6,7 +6,7 @@ rollout engines must sample with), ``version``, ``iteration``, ``state_dict()`` 
 """
 from __future__ import annotations
 
-import json
+import importlib
 from pathlib import Path
 
 from learner.config import TetherConfig
@@ -15,22 +15,17 @@ from learner.learners.base import QUARK_META, NotApplicable, load_reference
 __all__ = ["make_learner", "learner_class", "NotApplicable", "QUARK_META", "load_reference"]
 
 
+# algorithm -> "module:class"; the keys are the config's Algorithm names (learner.types; tests/unit/test_ppo_learner.py checks both agree)
+LEARNERS = {"ppo": "learner.learners.ppo:PPOLearner", "fdpg": "learner.learners.fdpg:FDPGLearner", "quark": "learner.learners.quark:QuarkLearner"}
+
+
 def learner_class(algorithm: str):
-    """The learner class of an algorithm: its class-level hooks (``prepare_policy``, ``sampling_prefix``) let the
-    driver prepare the policy and condition sampling without naming the algorithm."""
-    if algorithm == "ppo":
-        from learner.learners.ppo import PPOLearner
-
-        return PPOLearner
-    if algorithm == "fdpg":
-        from learner.learners.fdpg import FDPGLearner
-
-        return FDPGLearner
-    if algorithm == "quark":
-        from learner.learners.quark import QuarkLearner
-
-        return QuarkLearner
-    raise ValueError(f"algorithm must be ppo, fdpg or quark, got {algorithm!r}")
+    """The learner class of an algorithm: its class-level hooks (``prepare_policy``, ``sampling_prefix``,
+    ``resets_elastically``) let the driver prepare the policy and condition sampling without naming the algorithm."""
+    if algorithm not in LEARNERS:
+        raise ValueError(f"algorithm must be one of {', '.join(LEARNERS)}, got {algorithm!r}")
+    module, name = LEARNERS[algorithm].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def make_learner(cfg: TetherConfig, policy_path, *, reference: list | None = None, reference_weights: list[float] | None = None,
@@ -58,22 +53,7 @@ def make_learner(cfg: TetherConfig, policy_path, *, reference: list | None = Non
     if lr.gradient_checkpointing:  # the policy only: the reference never runs a backward pass
         init_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         init_lm.config.use_cache = False
-    if cfg.algorithm == "ppo":
-        from learner.learners.ppo import PPOLearner
-
-        learner = PPOLearner(cfg, init_lm, pad_id=pad_token_id(tok), ref_lm=ref)
-    elif cfg.algorithm == "fdpg":
-        from learner.learners.fdpg import FDPGLearner
-
-        learner = FDPGLearner(cfg, init_lm, pad_id=pad_token_id(tok), ref_lm=ref)
-    else:
-        from learner.learners.quark import QuarkLearner
-
-        meta_path = Path(policy_path) / QUARK_META
-        if not meta_path.exists():
-            raise NotApplicable(f"{policy_path} has no reward tokens ({QUARK_META}); Quark runs start from learner.learners.quark.expand_policy's folder")
-        meta = json.loads(meta_path.read_text())
-        learner = QuarkLearner(cfg, init_lm, pad_id=pad_token_id(tok), ref_lm=ref, reward_token_ids=meta["reward_token_ids"])
+    learner = learner_class(cfg.algorithm).build(cfg, init_lm, pad_id=pad_token_id(tok), ref_lm=ref, policy_path=Path(policy_path))
     if lr.compile:
         from learner.models.policy import compile_bodies
 

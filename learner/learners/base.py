@@ -59,6 +59,11 @@ class LearnerBase:
 
     # -- hooks for the driver (class-level: called before any learner exists) ---------------------
     @classmethod
+    def build(cls, cfg: TetherConfig, init_lm: torch.nn.Module, *, pad_id: int, ref_lm: torch.nn.Module, policy_path: Path) -> "LearnerBase":
+        """The learner make_learner builds for this policy folder (a learner that needs more than the model reads it here)."""
+        return cls(cfg, init_lm, pad_id=pad_id, ref_lm=ref_lm)
+
+    @classmethod
     def prepare_policy(cls, cfg: TetherConfig, policy_path: Path, run_dir: Path) -> tuple[Path, list[int]]:
         """The policy folder every role loads, and the control-token ids sampling may be conditioned on."""
         return Path(policy_path), []
@@ -67,6 +72,11 @@ class LearnerBase:
     def sampling_prefix(cls, control_ids: list[int], iteration: int) -> list[int] | None:
         """Token ids to put before every prompt at this iteration (None: sample the plain policy)."""
         return None
+
+    @classmethod
+    def resets_elastically(cls, cfg: TetherConfig) -> bool:
+        """Whether this run's learner makes Elastic Resets (the driver evaluates before each one and resets on the guard's alarm)."""
+        return False
 
     # -- shared behaviour -------------------------------------------------------------------------
     def minibatch_rng(self) -> np.random.Generator:

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 class PPOLearner(LearnerBase):
     algorithm = "ppo"
 
+    @classmethod
+    def resets_elastically(cls, cfg: TetherConfig) -> bool:
+        return cfg.elastic_reset.enabled
+
     def __init__(self, cfg: TetherConfig, init_lm: torch.nn.Module, *, pad_id: int, ref_lm: torch.nn.Module | None = None):
         super().__init__(cfg, init_lm, pad_id=pad_id, ref_lm=ref_lm)  # self.ref: pi_0, a SALSA soup, or (kl.reference: ema) the EMA
         # the value head (and a separate critic) are made on the CPU: move them to the policy's device

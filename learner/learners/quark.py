@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from learner.config import TetherConfig
-from learner.learners.base import QUARK_META, LearnerBase
+from learner.learners.base import QUARK_META, LearnerBase, NotApplicable
 from learner.models.policy import make_adam, optimizer_step, response_logprobs
 from learner.methods.quark import DataPool, condition, quark_loss, quantile_tokens, reward_token_strings
 from learner.types import ScoredRollouts
@@ -81,6 +81,14 @@ class QuarkLearner(LearnerBase):
         self.model = init_lm.train()
         self.opt = make_adam(self.model.parameters(), q.lr, self.device)
         self.pool = DataPool(q.pool_size)
+
+    @classmethod
+    def build(cls, cfg: TetherConfig, init_lm: torch.nn.Module, *, pad_id: int, ref_lm: torch.nn.Module, policy_path: Path) -> "QuarkLearner":
+        meta_path = Path(policy_path) / QUARK_META
+        if not meta_path.exists():
+            raise NotApplicable(f"{policy_path} has no reward tokens ({QUARK_META}); Quark runs start from learner.learners.quark.expand_policy's folder")
+        meta = json.loads(meta_path.read_text())
+        return cls(cfg, init_lm, pad_id=pad_id, ref_lm=ref_lm, reward_token_ids=meta["reward_token_ids"])
 
     @classmethod
     def prepare_policy(cls, cfg: TetherConfig, policy_path: Path, run_dir: Path) -> tuple[Path, list[int]]:

@@ -5,9 +5,13 @@ UWO (uncertainty-weighted optimisation) = mean - lambda * Var_i(r_i), population
 """
 from __future__ import annotations
 
+from typing import get_args
+
 from torch import Tensor
 
-AGGREGATIONS = ("mean", "wco", "uwo")
+from learner.types import Aggregation
+
+AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
 
 
 def aggregate(scores: Tensor, method: str, *, uwo_lambda: float = 0.1) -> tuple[Tensor, Tensor]:

@@ -21,14 +21,16 @@ down; the true limit is -inf), JS -> -(log 2 - 2e-22) ~ -log 2, TV -> -1/2.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DIVERGENCES = ("forward_kl", "reverse_kl", "js", "tv")
+from learner.types import Divergence
+
+DIVERGENCES: tuple[str, ...] = get_args(Divergence)
 LOG_T_CLAMP = 50.0
 
 

@@ -20,22 +20,18 @@ from learner.types import Rollouts
 class GoldEvaluator:
     def __init__(self, gold, init_model, pad_id: int):
         self.gold, self.init_model, self.pad_id = gold, init_model.eval(), pad_id
-        self._memo: tuple[tuple[str, ...], dict[str, np.ndarray]] | None = None  # the last texts scored: evaluate + gold_scores score once
 
     def components(self, samples: "list[str] | Rollouts") -> dict[str, np.ndarray]:
         """{"gold": (N,)} plus the judge's terms when it has them (the contextual gold: sentiment, coherence, repetition).
         ``samples``: whole texts, or Rollouts (a scorer gold then reads the task's prompt, the response and the metadata)."""
         texts = samples.texts if isinstance(samples, Rollouts) else list(samples)
-        key = tuple(texts)
-        if self._memo is None or self._memo[0] != key:
-            if isinstance(samples, Rollouts) and hasattr(self.gold, "score_samples"):
-                from learner.models.scorers import scorer_prompts
+        if isinstance(samples, Rollouts) and hasattr(self.gold, "score_samples"):
+            from learner.models.scorers import scorer_prompts
 
-                c = {"gold": self.gold.score_samples(scorer_prompts(samples), samples.responses, samples.meta)}
-            else:
-                c = self.gold.components(texts) if hasattr(self.gold, "components") else {"gold": self.gold.score(texts)}
-            self._memo = (key, {k: np.asarray(v, dtype=np.float64) for k, v in c.items()})
-        return self._memo[1]
+            c = {"gold": self.gold.score_samples(scorer_prompts(samples), samples.responses, samples.meta)}
+        else:
+            c = self.gold.components(texts) if hasattr(self.gold, "components") else {"gold": self.gold.score(texts)}
+        return {k: np.asarray(v, dtype=np.float64) for k, v in c.items()}
 
     @classmethod
     def from_paths(cls, gold_path, policy_path, *, device=None) -> "GoldEvaluator":
@@ -65,6 +61,10 @@ class GoldEvaluator:
         return torch.cat(lps), torch.cat(masks)
 
     def evaluate(self, r: Rollouts, *, prefix: str = "eval") -> dict[str, float]:
+        return self.drift_and_gold(r, prefix=prefix)[0]
+
+    def drift_and_gold(self, r: Rollouts, *, prefix: str = "eval") -> tuple[dict[str, float], list[float]]:
+        """The batch's drift and gold statistics, and each sample's gold reward: the judge scores the batch once."""
         init_lp, mask = self.init_logprobs(r)  # (B, R)
         R = mask.shape[1]
         beh = torch.tensor([x + [0.0] * (R - len(x)) for x in r.behaviour_logprobs], device=init_lp.device)  # (B, R)
@@ -85,4 +85,4 @@ class GoldEvaluator:
             f"{prefix}/kl_from_init_k3": float(k3.mean()),
             f"{prefix}/ppl_under_init": float(torch.exp(-masked_mean(init_lp, mask))),
             f"{prefix}/ppl_self": float(torch.exp(-masked_mean(beh, mask))),
-        }
+        }, [float(x) for x in gold]

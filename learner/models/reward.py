@@ -100,9 +100,8 @@ class ProxyEnsemble:
         return torch.stack([m.score_samples(prompts, rollouts.responses, rollouts.meta) if hasattr(m, "score_samples") else m.score(texts)
                             for m in self.members], dim=1)
 
-    def score(self, rollouts: Rollouts, *, gold=None) -> ScoredRollouts:
-        texts = rollouts.texts
+    def score(self, rollouts: Rollouts) -> ScoredRollouts:
+        """The members' scores and their aggregate (the gold is added by the gold role: roleset.with_gold)."""
         s = self.score_rollouts(rollouts)
         agg, spread = aggregate(s, self.aggregation, uwo_lambda=self.uwo_lambda)
-        gold_scores = gold.score(texts).tolist() if gold is not None else None
-        return ScoredRollouts(rollouts, s.tolist(), agg.tolist(), spread.tolist(), gold_scores)
+        return ScoredRollouts(rollouts, s.tolist(), agg.tolist(), spread.tolist(), None)

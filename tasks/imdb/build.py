@@ -22,11 +22,12 @@ from tasks.imdb.data import ImdbSplit, load_imdb
 log = logging.getLogger(__name__)
 REPO_ASSETS = Path(__file__).resolve().parents[2] / "assets"
 COMMITTED_POLICY = REPO_ASSETS / "imdb-policy"
+COMMITTED_GOLD = REPO_ASSETS / "imdb-gold"  # the default contextual judge: about 6 minutes to train on 2 cores
 
 
 # Fields that build nothing of this task (the dataset task's, the user's scorers): left out of the stage keys, so that
 # adding them kept every existing artefact's key (the committed policy's among them).
-_NOT_BUILT = {"task": {"objective", "data"}, "gold": {"label", "scorer"}, "proxy": {"source", "scorers", "preferences"}}
+_NOT_BUILT = {"task": {"objective", "data"}, "gold": {"label", "scorer", "committed_checkpoint"}, "proxy": {"source", "scorers", "preferences"}}
 
 
 def _parts(cfg: TetherConfig, stage: str) -> dict:
@@ -156,20 +157,35 @@ def _reuse(cfg: TetherConfig, stage: str, rebuild: bool) -> dict | None:
     return store.reuse(folder, stage, key, required(cfg, stage))
 
 
+def _use_committed(cfg: TetherConfig, stage: str, committed_dir: Path, complete=None) -> dict | None:
+    """Copy the artefact committed under assets/ into the stage's folder when its manifest carries this config's key;
+    ``complete(tmp)`` adds what is cheaper to rebuild than to ship (the gold's word trigram model: seconds, 15 MB)."""
+    folder, key = stage_folder(cfg, stage)
+    committed = store.read_manifest(committed_dir)
+    if committed is None or committed.get("key") != key:
+        return None
+    log.info("%s: using the committed artefact %s", stage, committed_dir)
+    tmp = store.fresh_dir(folder)
+    shutil.copytree(committed_dir, tmp, dirs_exist_ok=True)
+    if complete is not None:
+        complete(tmp)
+    if missing := [r for r in required(cfg, stage) if not (tmp / r).exists()]:
+        shutil.rmtree(tmp)
+        log.warning("%s: the committed artefact %s lacks %s; building instead", stage, committed_dir, ", ".join(missing))
+        return None
+    store.commit_dir(tmp, folder)
+    store.update_index(task_dir(cfg), stage, committed, folder)
+    return committed
+
+
 def _policy_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
     if cfg.policy.name_or_path:
         return {"stage": "policy", "source": cfg.policy.name_or_path, "note": "loaded from_pretrained; not built here"}
     folder, key = stage_folder(cfg, "policy")
     if (m := _reuse(cfg, "policy", rebuild)) is not None:
         return m
-    committed = store.read_manifest(COMMITTED_POLICY)
-    if not rebuild and cfg.policy.committed_checkpoint and committed and committed.get("key") == key:
-        log.info("policy: using the committed checkpoint %s", COMMITTED_POLICY)
-        tmp = store.fresh_dir(folder)
-        shutil.copytree(COMMITTED_POLICY, tmp, dirs_exist_ok=True)
-        store.commit_dir(tmp, folder)
-        store.update_index(task_dir(cfg), "policy", committed, folder)
-        return committed
+    if not rebuild and cfg.policy.committed_checkpoint and (m := _use_committed(cfg, "policy", COMMITTED_POLICY)) is not None:
+        return m
     from tasks.imdb.data import make_prompts
     from tasks.imdb.policy import pretrain, sample
     from tasks.imdb.tokenizer import train_tokenizer
@@ -196,12 +212,25 @@ def _policy_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
     return m
 
 
+def _ngram_for(split: ImdbSplit):
+    """The contextual gold's word trigram model, rebuilt from the training reviews exactly as train_contextual_gold builds it."""
+    def complete(tmp: Path) -> None:
+        from learner.models.ngram import TrigramLM
+
+        TrigramLM.fit(split.train_text).save(tmp)
+    return complete
+
+
 def _gold_stage(cfg: TetherConfig, split: ImdbSplit, rebuild: bool) -> dict:
     if cfg.gold.scorer_spec() is not None:
         return {"stage": "gold", "source": cfg.gold.scorer_spec().display, "note": "a scorer used as it is; not built here"}
     from tasks.imdb.gold import train_contextual_gold, train_gold
 
     if cfg.gold.kind == "contextual":
+        if (m := _reuse(cfg, "gold", rebuild)) is not None:
+            return m
+        if not rebuild and cfg.gold.committed_checkpoint and (m := _use_committed(cfg, "gold", COMMITTED_GOLD, _ngram_for(split))) is not None:
+            return m
         policy = resolve_partial(cfg)["policy"]
         return _built_stage(cfg, "gold", rebuild, lambda tmp: train_contextual_gold(cfg.gold, split, policy, tmp, seed=cfg.task.seed))
     return _built_stage(cfg, "gold", rebuild, lambda tmp: train_gold(cfg.gold, split, tmp))

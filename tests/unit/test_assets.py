@@ -164,3 +164,33 @@ def test_committed_policy_matches_default_config_and_is_used(tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(str(folder))
     assert model.config.num_hidden_layers == cfg.policy.n_layer and model.config.tie_word_embeddings
+
+
+def test_committed_gold_matches_default_config_and_is_used_unless_rebuilding(tmp_path, monkeypatch):
+    """The shipped judge is keyed to configs/default.yaml (a change to its key needs `tether prepare --rebuild` and a new
+    assets/imdb-gold); prepare copies it and rebuilds only the word trigram model; gold.committed_checkpoint=false and
+    --rebuild train instead (refused here before any training starts)."""
+    import tasks.imdb.gold as gold_mod
+    from learner.config import load_config
+    from tasks.imdb.build import COMMITTED_GOLD, _gold_stage, _policy_stage, required, stage_folder
+    from tasks.imdb.data import load_imdb
+
+    cfg = load_config("default", [f"data_dir={tmp_path}"])
+    committed = store.read_manifest(COMMITTED_GOLD)
+    folder, key = stage_folder(cfg, "gold")
+    assert committed is not None and committed["key"] == key and committed["stage"] == "gold"
+    assert not (COMMITTED_GOLD / "ngram.npz").exists()  # rebuilt at prepare, not shipped
+    split = load_imdb(cfg.task)
+    _policy_stage(cfg, split, False)
+
+    def no_training(*a, **k):
+        raise RuntimeError("trained")
+
+    monkeypatch.setattr(gold_mod, "train_contextual_gold", no_training)
+    m = _gold_stage(cfg, split, rebuild=False)
+    assert m["key"] == key and all((folder / r).exists() for r in required(cfg, "gold"))
+    assert store.reuse(folder, "gold", key, required(cfg, "gold")) is not None
+    for other, rebuild in ((load_config("default", [f"data_dir={tmp_path / 'b'}", "gold.committed_checkpoint=false"]), False), (cfg, True)):
+        _policy_stage(other, split, False)
+        with pytest.raises(RuntimeError, match="trained"):
+            _gold_stage(other, split, rebuild=rebuild)

@@ -89,41 +89,46 @@ def test_contextual_gold_terms_combine_as_documented(tiny_assets):
 
 
 def test_gold_evaluator_scores_each_batch_once(tiny_assets):
-    """evaluate() and gold_scores() of the same rollouts share one scoring (the neural judge is not free)."""
+    """drift_and_gold() gives the drift statistics and each sample's gold from one scoring (the neural judge is not free);
+    the gold role is called once per batch (actors/roleset.py)."""
+    from transformers import AutoTokenizer
+
     from learner.models.gold_eval import GoldEvaluator
+    from learner.types import Rollouts
 
     _, _, paths = tiny_assets
     ev = GoldEvaluator.from_paths(paths.gold, paths.policy)
+    tok = AutoTokenizer.from_pretrained(str(paths.policy))
+    prompts, responses = ["This film", "The plot"], [" was a good film", " was a bad film"]
+    r = Rollouts(prompts, [[tok.eos_token_id] + tok.encode(p) for p in prompts], [tok.encode(x) for x in responses],
+                 [[-1.0] * len(tok.encode(x)) for x in responses], responses, policy_version=0)
     calls = []
     real = ev.gold.components
     ev.gold.components = lambda t: calls.append(len(t)) or real(t)
-    texts = ["a good film", "a bad film"]
-    a = ev.gold_scores(texts)
-    b = ev.gold_scores(list(texts))
-    assert a == b and calls == [2]
-    ev.gold_scores(["another text"])
-    assert calls == [2, 1]
+    drift, gold = ev.drift_and_gold(r, prefix="train")
+    assert calls == [2] and len(gold) == 2 and drift["train/gold_mean"] == np.mean(gold)
+    assert gold == ev.gold_scores(r.texts) and calls == [2, 2]
+    assert ev.evaluate(r, prefix="train") == drift
 
 
 PROBES = Path(__file__).resolve().parents[1] / "data" / "gold_probes.json"
 
 
 @pytest.mark.slow
-def test_default_gold_ranks_every_natural_positive_review_above_every_degenerate_text(tmp_path_factory):
+def test_default_gold_ranks_every_natural_positive_review_above_every_degenerate_text(tmp_path):
     """The probe set (tests/data/make_gold_probes.py; natural reviews chosen without the gold) against the default
-    config's gold, built here as `tether prepare` builds it (or reused from ./data when already built)."""
+    config's gold as `tether prepare` makes it: the judge committed under assets/imdb-gold (trained by
+    tasks/imdb/gold.py::train_contextual_gold; `tether prepare --rebuild` retrains it) with its trigram model rebuilt."""
     from learner.config import load_config
     from learner.models.gold import load_gold
-    from tasks.imdb.build import _gold_stage, _policy_stage, resolve_partial, stage_folder
+    from tasks.imdb.build import _gold_stage, _policy_stage, resolve_partial
     from tasks.imdb.data import load_imdb
 
-    cfg = load_config("default")
-    folder, _ = stage_folder(cfg, "gold")
-    if not (folder / "gold.json").exists():
-        cfg = load_config("default", [f"data_dir={tmp_path_factory.mktemp('gold')}"])
-        split = load_imdb(cfg.task)
-        _policy_stage(cfg, split, False)  # pi_0, from the committed checkpoint: the judge's backbone
-        _gold_stage(cfg, split, False)
+    cfg = load_config("default", [f"data_dir={tmp_path}"])
+    split = load_imdb(cfg.task)
+    _policy_stage(cfg, split, False)
+    m = _gold_stage(cfg, split, False)
+    assert m["metrics"]["heldout_gold_auc_50_words"] > 0.8 and m["metrics"]["n_train"] == 20000
     gold = load_gold(resolve_partial(cfg)["gold"])
     probes = json.loads(PROBES.read_text())
     pos = gold.score(probes["natural_positive"])

@@ -104,3 +104,24 @@ def test_checkpoint_roundtrip_gives_identical_next_step(tiny_assets):
         assert sa[k] == sb[k], k
     for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
         assert torch.equal(va, vb), ka
+
+
+def test_one_registry_names_a_learner_for_every_algorithm_and_only_ppo_resets_elastically():
+    """learner.learners.LEARNERS and the config's Algorithm names agree; the driver asks the learner class whether it
+    makes Elastic Resets (it names no algorithm)."""
+    from typing import get_args
+
+    import pytest
+
+    from learner.config import load_config
+    from learner.learners import LEARNERS, learner_class
+    from learner.types import Algorithm
+
+    assert set(LEARNERS) == set(get_args(Algorithm))
+    for algo in LEARNERS:
+        assert learner_class(algo).algorithm == algo
+    with pytest.raises(ValueError, match="ppo, fdpg, quark.*'grpo'"):
+        learner_class("grpo")
+    er = load_config("tiny", ["elastic_reset.enabled=true"])
+    assert learner_class("ppo").resets_elastically(er) and not learner_class("ppo").resets_elastically(load_config("tiny"))
+    assert not learner_class("fdpg").resets_elastically(er) and not learner_class("quark").resets_elastically(er)
