@@ -471,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="at most this many runs at once (default: as many as the cluster's CPUs/GPUs hold for what each run declares); "
                          "the others wait as 'queued', in order")
     sp.add_argument("--limit", action="append", default=[], metavar="FIELD=MAX",
-                    help="largest value a submitted config may ask for, e.g. --limit train.iterations=10000 (defaults: services/server/api_models.py)")
+                    help="largest value a submitted config may ask for, e.g. --limit train.iterations=10000 (defaults: services/server/models/config.py)")
     sp.add_argument("--max-body-mb", type=float, default=1.0, help="largest request body accepted, in MB (default 1; 413 above)")
     sp.add_argument("--presets", metavar="DIR", help="a folder of YAML configs offered as presets (GET /presets) beside the built-in ones")
     sp.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
