@@ -1,101 +1,180 @@
-"""The catalogue of claims: for each stage, the runs of its arms and the claims measured on them."""
+"""The catalogue of claims: which claims each stage's runs measure. The sweep stages' claims are data,
+configs/reproduce/claims.yaml (its header describes the fields), read and checked here (``load_catalogue``: a
+``CatalogueError`` names the stage, the claim and the field); ``sweep_claims`` reads each stage's arms from the run
+folders and builds its claims. The best-of-n stage's claims (``bon_claims``), measured on its one samples file, are here.
+"""
 from __future__ import annotations
 
-import math
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, RootModel, ValidationError
 
-from learner.analysis import claims as C
-from services.experiments.reproduce.claims import (Claim, _diff, _gap, _LossAtKL, _need, _overopt_parts, _rl_parts, _rl_peak_log_ratio,
-                                                   _rl_r2, _fall)
-from services.experiments.reproduce.runs import load_runs, ppo_ensemble_arms
-from services.experiments.reproduce.stages import BON_ARGS
+from learner.config import ConfigError
+from services.experiments.reproduce.claims import OF, PARTS, STATS, Claim, _need, statistic
+from services.experiments.reproduce.runs import load_runs
+from services.experiments.reproduce.stages import BON_ARGS, SPEC_DIR, STAGE_NAMES, STAGES
 from services.experiments.sweep.spec import read_json
 
+CATALOGUE = SPEC_DIR / "claims.yaml"
+SWEEP_STAGES = tuple(s.name for s in STAGES if s.spec is not None)
+HORIZON_DEFAULT = 30  # {horizon} when none of its arms has run
 
-def sweep_claims(dirs: dict[str, Path]) -> list[Claim]:
+
+class CatalogueError(ConfigError):
+    """configs/reproduce/claims.yaml cannot be used: the message names the stage, the claim and the field."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ArmSpec(_Spec):
+    method: str  # a method of the stage's sweep spec
+    stage: str | None = None  # None: the stage the arm is declared in
+    to_horizon: bool = False  # read up to the stage's {horizon} only
+
+
+class ClaimSpec(_Spec):
+    claim: str
+    measure: str
+    arms: list[str]
+    stat: Literal["fall", "rl_r2", "rl_peak_log_ratio", "gap", "diff", "loss_at_kl"]
+    of: str | None = None
+    threshold: float = 0.0
+    direction: Literal["above", "below"] = "above"
+    margin: float | None = None
+    prompts: bool = True
+    parts: Literal["overopt", "rl"] | None = None
+    need: list[str] | None = None
+    need_stage: str | None = None
+    each: list[dict[str, str]] | None = None
+
+    def resolved(self, names: dict) -> ClaimSpec:
+        """This claim with ``names`` put into its texts and arm names (``each`` spent)."""
+        def f(text: str) -> str:
+            try:
+                return text.format_map(names)
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(f"{text!r}: {type(e).__name__} {e} (the names defined here: {', '.join(names)})") from None
+
+        return self.model_copy(update={"claim": f(self.claim), "measure": f(self.measure), "arms": [f(a) for a in self.arms],
+                                       "need": [f(a) for a in self.need] if self.need is not None else None,
+                                       "need_stage": f(self.need_stage) if self.need_stage is not None else None, "each": None})
+
+
+class StageClaims(_Spec):
+    paper: str
+    vars: dict[str, str] = {}
+    each: list[dict[str, str]] | None = None
+    arms: dict[str, str | ArmSpec]
+    horizon: list[str] = []
+    claims: list[ClaimSpec]
+
+    def arm(self, name: str, stage: str) -> ArmSpec:
+        a = self.arms[name]
+        return ArmSpec(method=a, stage=stage) if isinstance(a, str) else a.model_copy(update={"stage": a.stage or stage})
+
+    def expand(self, horizon: int) -> list[ClaimSpec]:
+        """The stage's claims in order: the list once per group ``each`` entry, a claim once per its own ``each`` entry."""
+        return [c.resolved({**self.vars, **g, **e, "horizon": horizon})
+                for g in (self.each or [{}]) for c in self.claims for e in (c.each or [{}])]
+
+
+class Catalogue(RootModel[dict[str, StageClaims]]):
+    """Sweep stage -> its claims, in the order they are measured and listed."""
+
+
+def _where(raw, loc: tuple) -> str:
+    """A pydantic error's location, with the claim's text beside its number."""
+    out = ".".join(str(p) for p in loc)
+    if len(loc) >= 3 and loc[1] == "claims" and isinstance(loc[2], int):
+        try:
+            out += f" (claim {raw[loc[0]]['claims'][loc[2]].get('claim')!r})"
+        except (KeyError, IndexError, TypeError, AttributeError):
+            pass
+    return out
+
+
+def load_catalogue(path: Path = CATALOGUE) -> Catalogue:
+    """Read and check the catalogue: its fields (pydantic), then that every stage, arm, statistic and name it uses exists."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise CatalogueError(f"{path}: cannot be read: {e}") from None
+    try:
+        cat = Catalogue.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"  - {_where(raw, x['loc'])}: {x['msg']}" + (f" (got {x['input']!r})" if x["type"] == "literal_error" else "")
+                 for x in e.errors()]
+        raise CatalogueError(f"invalid claims catalogue ({path}):\n" + "\n".join(lines)) from None
+    problems = [f"  - {p}" for stage, sc in cat.root.items() for p in _problems(stage, sc)]
+    if problems:
+        raise CatalogueError(f"invalid claims catalogue ({path}):\n" + "\n".join(problems))
+    return cat
+
+
+def _problems(stage: str, sc: StageClaims) -> list[str]:
+    if stage not in SWEEP_STAGES:
+        return [f"{stage}: not a sweep stage; the sweep stages: {', '.join(SWEEP_STAGES)}"]
+    out = []
+    for name in sc.arms:
+        a = sc.arm(name, stage)
+        if a.stage not in SWEEP_STAGES:
+            out.append(f"{stage}.arms.{name}.stage: {a.stage!r} is not a sweep stage; the sweep stages: {', '.join(SWEEP_STAGES)}")
+        if a.to_horizon and not sc.horizon:
+            out.append(f"{stage}.arms.{name}.to_horizon: the stage has no `horizon` arms to measure it by")
+    for name in sc.horizon:
+        if name not in sc.arms or sc.arm(name, stage).to_horizon:
+            out.append(f"{stage}.horizon: {name!r} is not one of the stage's arms read in full ({', '.join(sc.arms)})")
+    try:
+        claims = sc.expand(0)
+    except ValueError as e:
+        return out + [f"{stage}.claims: {e}"]
+    for i, c in enumerate(claims):
+        where = f"{stage}, claim {i + 1} ({c.claim!r})"
+        for field, names in (("arms", c.arms), ("need", c.need or [])):
+            out += [f"{where}.{field}: {a!r} is not one of the stage's arms ({', '.join(sc.arms)})" for a in names if a not in sc.arms]
+        if len(c.arms) != STATS[c.stat]:
+            out.append(f"{where}.arms: the statistic {c.stat} takes {STATS[c.stat]} arm(s), got {len(c.arms)}")
+        if c.stat in OF and c.of not in OF[c.stat]:
+            out.append(f"{where}.of: {c.stat} measures one of {', '.join(OF[c.stat])}, got {c.of!r}")
+        elif c.stat not in OF and c.of is not None:
+            out.append(f"{where}.of: the statistic {c.stat} takes no `of`")
+        if c.need_stage is not None and c.need_stage not in STAGE_NAMES:
+            out.append(f"{where}.need_stage: {c.need_stage!r} is not a stage; the stages: {', '.join(STAGE_NAMES)}")
+    return out
+
+
+def read_arms(stage: str, sc: StageClaims, dirs: dict[str, Path]) -> tuple[dict[str, list], int]:
+    """The stage's arms as RunCurves (read in their order, a ``to_horizon`` arm after the others) and its horizon."""
+    arms = {}
+    for name in sc.arms:
+        a = sc.arm(name, stage)
+        if not a.to_horizon:
+            arms[name] = load_runs(dirs[a.stage], a.method)
+    horizon = max((int(r.steps[-1]) for name in sc.horizon for r in arms[name]), default=HORIZON_DEFAULT)
+    for name in sc.arms:
+        a = sc.arm(name, stage)
+        if a.to_horizon:
+            arms[name] = load_runs(dirs[a.stage], a.method, max_step=horizon)
+    return {name: arms[name] for name in sc.arms}, horizon
+
+
+def sweep_claims(dirs: dict[str, Path], catalogue: Catalogue | None = None) -> list[Claim]:
+    """The sweep stages' claims on what has run, stage by stage as the catalogue lists them."""
+    cat = catalogue or load_catalogue()
     out: list[Claim] = []
-    ov = {"kl0": load_runs(dirs["overopt"], "ppo_kl0"), "kl001": load_runs(dirs["overopt"], "ppo_kl001")}
-    miss = _need(ov, "overopt")
-    gao = "Gao et al. 2022"
-    out += [
-        Claim(gao, "PPO with no KL penalty over-optimises the proxy", "fall of held-out gold after its peak, as a fraction of its gain "
-              "(peak of the 3-point moving average; final = mean of the last 3 evaluations; mean over seeds)", {"kl0": ov["kl0"]}, lambda s: C.arm_mean(s["kl0"], _fall), 0.3, missing=_need({"kl0": ov["kl0"]}, "overopt"),
-              parts=_overopt_parts("kl0")),
-        Claim(gao, "PPO with KL 0.01 over-optimises the proxy", "as above, KL coefficient 0.01", {"kl001": ov["kl001"]},
-              lambda s: C.arm_mean(s["kl001"], _fall), 0.3, missing=_need({"kl001": ov["kl001"]}, "overopt"), parts=_overopt_parts("kl001")),
-        Claim(gao, "the RL form R(d) = d(alpha - beta log d) fits PPO's gold vs KL", "R^2 of the fit pooled over seeds (KL 0)",
-              {"kl0": ov["kl0"]}, _rl_r2("kl0"), 0.9, missing=miss, parts=_rl_parts("kl0")),
-        Claim(gao, "the RL form predicts where gold peaks", "log(predicted peak KL / observed peak KL), KL 0; within a factor 1.5",
-              {"kl0": ov["kl0"]}, _rl_peak_log_ratio("kl0"), margin=math.log(1.5), missing=miss, parts=_rl_parts("kl0")),
-    ]
-    er = {"er": load_runs(dirs["elastic_reset"], "elastic_reset"), "kl005": load_runs(dirs["elastic_reset"], "ppo_kl005"),
-          "kl001": ov["kl001"]}
-    noukh = "Noukhovitch et al. 2023"
-    for base, label in (("kl001", "0.01 (the same penalty, no resets)"), ("kl005", "0.05")):
-        arms = {"er": er["er"], base: er[base]}
-        m = _need(arms, "elastic_reset" if base == "kl005" else "overopt")
-        out.append(Claim(noukh, f"Elastic Reset: higher gold than PPO + KL {label} at equal KL from pi_0",
-                         "mean gold frontier (best gold at KL <= k) over k from 0 to the smallest largest-KL of the runs, ER minus PPO",
-                         arms, _gap("er", base, "gold"), missing=m))
-        out.append(Claim(noukh, f"Elastic Reset: higher proxy reward than PPO + KL {label} at equal KL", "as above, the proxy",
-                         arms, _gap("er", base, "proxy"), missing=m))
-    coste = "Coste et al. 2023"
-    for stage, label in (("ensembles", "25% label noise"), ("ensembles_clean", "clean labels")):
-        ens, horizon = ppo_ensemble_arms(dirs, stage)
-        for cons in ("wco", "uwo"):
-            for base in ("single", "mean"):
-                arms = {base: ens[base], cons: ens[cons]}
-                out.append(Claim(coste, f"PPO (KL 0, {label}): {cons.upper()} loses less gold after the peak than "
-                                 f"{'a single proxy' if base == 'single' else 'the ensemble mean'}",
-                                 f"gold lost after the peak (smoothed peak - mean of the last 3 evaluations, to iteration {horizon}): "
-                                 f"{base} minus {cons.upper()}", arms,
-                                 _diff(base, cons, lambda v: C.loss_after_peak(v.gold)), missing=_need(arms, stage)))
-        # Secondary, added after the rows above had been measured (session 21): by a fixed iteration an arm that climbs
-        # slower has had less time to fall (the clean single proxy peaks about 6 iterations after the ensembles), so the
-        # same loss is also measured up to a common KL from pi_0. The rows above are kept as first specified.
-        for cons in ("wco", "uwo"):
-            for base in ("single", "mean"):
-                arms = {base: ens[base], cons: ens[cons]}
-                out.append(Claim(coste, f"PPO (KL 0, {label}): {cons.upper()} loses less gold after the peak than "
-                                 f"{'a single proxy' if base == 'single' else 'the ensemble mean'}, at equal KL from pi_0",
-                                 "secondary measure, added after the row above it had been measured: gold lost after the peak "
-                                 "(on the 3-point moving average: its peak minus its value at KL k) up to the largest KL from pi_0 k that every run of both "
-                                 f"arms reached, {base} minus {cons.upper()}", arms, _LossAtKL(base, cons), missing=_need(arms, stage)))
-    fd = {a: load_runs(dirs["fdpg"], a) for a in ("js", "forward_kl", "reverse_kl")}
-    go = "Go et al. 2023"
-    out += [
-        Claim(go, "f-DPG: Jensen-Shannon reaches higher gold than forward KL", "final gold (mean of the last 3 evaluations), JS minus forward KL",
-              {"js": fd["js"], "forward_kl": fd["forward_kl"]}, _diff("js", "forward_kl", lambda v: C.final(v.gold)),
-              missing=_need({"js": fd["js"], "forward_kl": fd["forward_kl"]}, "fdpg")),
-        Claim(go, "f-DPG: reverse KL (mode-seeking) aligns more with the target's reward than forward KL",
-              "final proxy reward, reverse minus forward KL", {"reverse_kl": fd["reverse_kl"], "forward_kl": fd["forward_kl"]},
-              _diff("reverse_kl", "forward_kl", lambda v: C.final(v.proxy)), missing=_need({"reverse_kl": fd["reverse_kl"], "forward_kl": fd["forward_kl"]}, "fdpg")),
-        Claim(go, "f-DPG: forward KL (mass-covering) keeps more diversity than reverse KL",
-              "distinct-2 of the last evaluation's samples, forward minus reverse KL (seeds resampled)",
-              {"forward_kl": fd["forward_kl"], "reverse_kl": fd["reverse_kl"]},
-              _diff("forward_kl", "reverse_kl", lambda v: C.distinct_n(v.run.texts, 2)), prompts=False,
-              missing=_need({"reverse_kl": fd["reverse_kl"], "forward_kl": fd["forward_kl"]}, "fdpg")),
-    ]
-    qk = {"quark": load_runs(dirs["quark"], "quark"), "ppo": load_runs(dirs["quark"], "ppo_kl")}
-    m = _need(qk, "quark")
-    lu = "Lu et al. 2022"
-    out += [
-        Claim(lu, "Quark: less toxic than PPO + KL", "final non-toxicity reward log((1-p)/p) of alt-profanity-check, Quark minus PPO",
-              qk, _diff("quark", "ppo", lambda v: C.final(v.gold)), missing=m),
-        Claim(lu, "Quark: at similar fluency", "final log perplexity under pi_0, Quark minus PPO; similar = within +-0.1 nats (10%)",
-              qk, _diff("quark", "ppo", lambda v: math.log(C.final(v.run.extra["ppl_under_init"]))), margin=0.1, missing=m),
-    ]
-    sa = {"salsa": load_runs(dirs["salsa"], "salsa"), "sft": load_runs(dirs["salsa"], "sft_ref")}
-    m = _need(sa, "salsa")
-    ch = "Chegini et al. 2024"
-    out += [
-        Claim(ch, "SALSA: higher gold than its one-SFT-model baseline at equal KL from pi_0",
-              "mean gold frontier over KL from pi_0 (as for Elastic Reset), SALSA minus baseline", sa, _gap("salsa", "sft", "gold"), missing=m),
-        Claim(ch, "SALSA: higher proxy reward than its baseline at equal KL from pi_0", "as above, the proxy", sa,
-              _gap("salsa", "sft", "proxy"), missing=m),
-    ]
+    for stage, sc in cat.root.items():
+        arms, horizon = read_arms(stage, sc, dirs)
+        for c in sc.expand(horizon):
+            out.append(Claim(sc.paper, c.claim, c.measure, {a: arms[a] for a in c.arms}, statistic(c.stat, c.arms, c.of), c.threshold,
+                             direction=c.direction, margin=c.margin, prompts=c.prompts,
+                             missing=_need({a: arms[a] for a in (c.need or c.arms)}, c.need_stage or stage),
+                             parts=PARTS[c.parts](c.arms[0]) if c.parts else None))
     return out
 
 

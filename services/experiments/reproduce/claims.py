@@ -115,9 +115,6 @@ class _LossAtKL:
         return {self.a: la, self.b: lb, "common KL": k}
 
 
-_gap, _diff = _Gap, _Diff
-
-
 def _fall(v: C.RunView) -> float:
     from learner.analysis.overopt import peak_and_fall
 
@@ -173,3 +170,34 @@ def _rl_peak_log_ratio(arm: str):
         return math.log(fit.peak_d**2 / observed)
     return f
 
+
+
+# -- the statistics the catalogue (configs/reproduce/claims.yaml) names ------------------------------------------------
+RUN_VALUES: dict[str, Callable[[C.RunView], float]] = {  # diff's `of`: one value per run, averaged over an arm's runs
+    "loss_after_peak": lambda v: C.loss_after_peak(v.gold),
+    "final_gold": lambda v: C.final(v.gold),
+    "final_proxy": lambda v: C.final(v.proxy),
+    "distinct_2": lambda v: C.distinct_n(v.run.texts, 2),
+    "final_log_ppl": lambda v: math.log(C.final(v.run.extra["ppl_under_init"])),
+}
+STATS = {"fall": 1, "rl_r2": 1, "rl_peak_log_ratio": 1, "gap": 2, "diff": 2, "loss_at_kl": 2}  # statistic -> how many arms
+OF = {"gap": ("gold", "proxy"), "diff": tuple(RUN_VALUES)}  # the statistics that take an `of`, and its values
+PARTS = {"overopt": _overopt_parts, "rl": _rl_parts}
+
+
+def statistic(kind: str, arms: list[str], of: str | None = None) -> Callable:
+    """The statistic ``kind`` of the catalogue on ``arms`` (a statistic of two arms is the first minus the second)."""
+    if kind == "fall":
+        arm = arms[0]
+        return lambda s: C.arm_mean(s[arm], _fall)
+    if kind == "rl_r2":
+        return _rl_r2(arms[0])
+    if kind == "rl_peak_log_ratio":
+        return _rl_peak_log_ratio(arms[0])
+    if kind == "gap":
+        return _Gap(arms[0], arms[1], of)
+    if kind == "diff":
+        return _Diff(arms[0], arms[1], RUN_VALUES[of])
+    if kind == "loss_at_kl":
+        return _LossAtKL(arms[0], arms[1])
+    raise ValueError(f"unknown statistic {kind!r}; known: {', '.join(STATS)}")
