@@ -13,8 +13,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, RootModel, ValidationError
 
 from learner.config import ConfigError
-from services.experiments.reproduce.claims import OF, PARTS, STATS, Claim, _need, statistic
-from services.experiments.reproduce.runs import load_runs
+from services.experiments.reproduce.claims import OF, STATS, Claim, RLForm, _need, measured_parts, statistic
+from services.experiments.reproduce.runs import RunReader
 from services.experiments.reproduce.stages import BON_ARGS, SPEC_DIR, STAGE_NAMES, STAGES
 from services.experiments.sweep.spec import read_json
 
@@ -149,33 +149,51 @@ def _problems(stage: str, sc: StageClaims) -> list[str]:
     return out
 
 
-def read_arms(stage: str, sc: StageClaims, dirs: dict[str, Path]) -> tuple[dict[str, list], int]:
+def read_arms(stage: str, sc: StageClaims, dirs: dict[str, Path], reader: RunReader) -> tuple[dict[str, list], int]:
     """The stage's arms as RunCurves (read in their order, a ``to_horizon`` arm after the others) and its horizon."""
     arms = {}
     for name in sc.arms:
         a = sc.arm(name, stage)
         if not a.to_horizon:
-            arms[name] = load_runs(dirs[a.stage], a.method)
+            arms[name] = reader.runs(dirs[a.stage], a.method)
     horizon = max((int(r.steps[-1]) for name in sc.horizon for r in arms[name]), default=HORIZON_DEFAULT)
     for name in sc.arms:
         a = sc.arm(name, stage)
         if a.to_horizon:
-            arms[name] = load_runs(dirs[a.stage], a.method, max_step=horizon)
+            arms[name] = reader.runs(dirs[a.stage], a.method, max_step=horizon)
     return {name: arms[name] for name in sc.arms}, horizon
 
 
-def sweep_claims(dirs: dict[str, Path], catalogue: Catalogue | None = None) -> list[Claim]:
-    """The sweep stages' claims on what has run, stage by stage as the catalogue lists them."""
+def sweep_claims(dirs: dict[str, Path], reader: RunReader | None = None, catalogue: Catalogue | None = None) -> list[Claim]:
+    """The sweep stages' claims on what has run, stage by stage as the catalogue lists them; ``reader`` reads the runs
+    and keeps those that could not be read (a claim short of seeds counts those found by its stage's turn)."""
     cat = catalogue or load_catalogue()
+    reader = reader if reader is not None else RunReader()
     out: list[Claim] = []
     for stage, sc in cat.root.items():
-        arms, horizon = read_arms(stage, sc, dirs)
+        arms, horizon = read_arms(stage, sc, dirs, reader)
+        forms: dict[str, RLForm] = {}  # arm -> its RL-form fit, shared by the stage's claims on it
+
+        def rl(arm: str) -> RLForm:
+            return forms.setdefault(arm, RLForm(arm, arms[arm]))
+
         for c in sc.expand(horizon):
-            out.append(Claim(sc.paper, c.claim, c.measure, {a: arms[a] for a in c.arms}, statistic(c.stat, c.arms, c.of), c.threshold,
-                             direction=c.direction, margin=c.margin, prompts=c.prompts,
-                             missing=_need({a: arms[a] for a in (c.need or c.arms)}, c.need_stage or stage),
-                             parts=PARTS[c.parts](c.arms[0]) if c.parts else None))
+            form = rl(c.arms[0]) if c.stat.startswith("rl_") or c.parts == "rl" else None
+            out.append(Claim(sc.paper, c.claim, c.measure, {a: arms[a] for a in c.arms}, statistic(c.stat, c.arms, c.of, rl=form),
+                             c.threshold, direction=c.direction, margin=c.margin, prompts=c.prompts,
+                             missing=_need({a: arms[a] for a in (c.need or c.arms)}, c.need_stage or stage, len(reader.unreadable)),
+                             parts=measured_parts(c.parts, c.arms[0], rl=form) if c.parts else None))
     return out
+
+
+def ppo_ensemble_arms(dirs: dict[str, Path], stage: str, reader: RunReader | None = None,
+                      catalogue: Catalogue | None = None) -> tuple[dict[str, list], int]:
+    """The PPO ensemble stage's arms (single, mean, wco, uwo) and its horizon (the last iteration its runs reached), as
+    the catalogue reads them: the 25%-noise stage borrows its mean arm from the overopt sweep's KL-0 arm (the default
+    proxies, read to the horizon); the clean stage runs its own."""
+    cat = catalogue or load_catalogue()
+    arms, horizon = read_arms(stage, cat.root[stage], dirs, reader if reader is not None else RunReader())
+    return {a: arms[a] for a in ("single", "mean", "wco", "uwo")}, horizon
 
 
 def bon_claims(bon_dir: Path) -> list[Claim]:

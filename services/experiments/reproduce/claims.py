@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from learner.analysis import claims as C
-from services.experiments.reproduce.runs import UNREADABLE
 
 
 @dataclass
@@ -53,12 +52,13 @@ class Claim:
 MIN_SEEDS = 3
 
 
-def _need(arms: dict[str, list], stage: str) -> str | None:
-    """Why a claim cannot be measured yet (an arm with fewer than MIN_SEEDS finished runs), or None."""
+def _need(arms: dict[str, list], stage: str, unreadable: int = 0) -> str | None:
+    """Why a claim cannot be measured yet (an arm with fewer than MIN_SEEDS finished runs), or None; ``unreadable``:
+    how many finished run folders could not be read (so far), named in the reason."""
     short = [f"{a} ({len(r)})" for a, r in arms.items() if len(r) < MIN_SEEDS]
     if not short:
         return None
-    bad = f"; {len(UNREADABLE)} finished run folder(s) could not be read, listed at the end of claims.md" if UNREADABLE else ""
+    bad = f"; {unreadable} finished run folder(s) could not be read, listed at the end of claims.md" if unreadable else ""
     return (f"fewer than {MIN_SEEDS} finished seeds for {', '.join(short)}: run `tether reproduce --only {stage}` "
             f"(it continues where the stage stopped){bad}")
 
@@ -133,43 +133,55 @@ def _overopt_parts(arm: str):
     return parts
 
 
-def _rl_parts(arm: str):
-    from learner.analysis.overopt import smooth3
-    from learner.analysis.rl_fits import fit_rl_runs
+class RLForm:
+    """Gao et al.'s RL form R(d) = d(alpha - beta log d) fitted to one arm's runs pooled over seeds: its R^2 and its
+    predicted peak as statistics, and the values shown beside them (``parts``). The fit to the runs as measured is made
+    once and shared by every claim on the arm (their point estimates and parts); a bootstrap resample is fitted anew."""
 
-    def parts(s):
-        fit = fit_rl_runs([(v.kl, v.gold) for v in s[arm]]).fit
-        out = {"observed peak KL": float(np.mean([v.kl[int(np.argmax(smooth3(v.gold)))] for v in s[arm]]))}
+    def __init__(self, arm: str, runs: list[C.RunCurve]):
+        self.arm, self.runs = arm, runs
+        self._measured = None
+
+    def _is_measured(self, views: list[C.RunView]) -> bool:
+        return len(views) == len(self.runs) and all(v.run is r and np.array_equal(v.gold, r.gold.mean(axis=1))
+                                                    for v, r in zip(views, self.runs))
+
+    def fit(self, s):
+        """The RLFit (learner.analysis.rl_fits) of the arm's runs in ``s``."""
+        from learner.analysis.rl_fits import fit_rl_runs
+
+        views = s[self.arm]
+        if not self._is_measured(views):
+            return fit_rl_runs([(v.kl, v.gold) for v in views])
+        if self._measured is None:
+            self._measured = fit_rl_runs([(v.kl, v.gold) for v in views])
+        return self._measured
+
+    def r2(self, s) -> float:
+        fit = self.fit(s).fit
+        if fit is None:
+            raise ValueError("no fit")
+        return fit.r2
+
+    def peak_log_ratio(self, s) -> float:
+        """log(predicted peak KL / observed peak KL), the observed peak on the 3-point moving average, mean over runs."""
+        from learner.analysis.overopt import smooth3
+
+        fit = self.fit(s).fit
+        if fit is None or fit.peak_d is None or not fit.peak_d > 0:
+            raise ValueError("no peak")
+        observed = np.mean([v.kl[int(np.argmax(smooth3(v.gold)))] for v in s[self.arm]])
+        return math.log(fit.peak_d**2 / observed)
+
+    def parts(self, s) -> dict:
+        from learner.analysis.overopt import smooth3
+
+        fit = self.fit(s).fit
+        out = {"observed peak KL": float(np.mean([v.kl[int(np.argmax(smooth3(v.gold)))] for v in s[self.arm]]))}
         if fit is not None:
             out.update({"alpha": fit.alpha, "beta": fit.beta, "R^2": fit.r2,
                         "predicted peak KL": fit.peak_d**2 if fit.peak_d is not None else math.nan})
         return out
-    return parts
-
-
-def _rl_r2(arm: str):
-    from learner.analysis.rl_fits import fit_rl_runs
-
-    def f(s):
-        fit = fit_rl_runs([(v.kl, v.gold) for v in s[arm]]).fit
-        if fit is None:
-            raise ValueError("no fit")
-        return fit.r2
-    return f
-
-
-def _rl_peak_log_ratio(arm: str):
-    from learner.analysis.overopt import smooth3
-    from learner.analysis.rl_fits import fit_rl_runs
-
-    def f(s):
-        fit = fit_rl_runs([(v.kl, v.gold) for v in s[arm]]).fit
-        if fit is None or fit.peak_d is None or not fit.peak_d > 0:
-            raise ValueError("no peak")
-        observed = np.mean([v.kl[int(np.argmax(smooth3(v.gold)))] for v in s[arm]])
-        return math.log(fit.peak_d**2 / observed)
-    return f
-
 
 
 # -- the statistics the catalogue (configs/reproduce/claims.yaml) names ------------------------------------------------
@@ -182,18 +194,16 @@ RUN_VALUES: dict[str, Callable[[C.RunView], float]] = {  # diff's `of`: one valu
 }
 STATS = {"fall": 1, "rl_r2": 1, "rl_peak_log_ratio": 1, "gap": 2, "diff": 2, "loss_at_kl": 2}  # statistic -> how many arms
 OF = {"gap": ("gold", "proxy"), "diff": tuple(RUN_VALUES)}  # the statistics that take an `of`, and its values
-PARTS = {"overopt": _overopt_parts, "rl": _rl_parts}
-
-
-def statistic(kind: str, arms: list[str], of: str | None = None) -> Callable:
-    """The statistic ``kind`` of the catalogue on ``arms`` (a statistic of two arms is the first minus the second)."""
+def statistic(kind: str, arms: list[str], of: str | None = None, *, rl: RLForm | None = None) -> Callable:
+    """The statistic ``kind`` of the catalogue on ``arms`` (a statistic of two arms is the first minus the second);
+    ``rl``: the first arm's RL-form fit, for rl_r2 and rl_peak_log_ratio."""
     if kind == "fall":
         arm = arms[0]
         return lambda s: C.arm_mean(s[arm], _fall)
     if kind == "rl_r2":
-        return _rl_r2(arms[0])
+        return rl.r2
     if kind == "rl_peak_log_ratio":
-        return _rl_peak_log_ratio(arms[0])
+        return rl.peak_log_ratio
     if kind == "gap":
         return _Gap(arms[0], arms[1], of)
     if kind == "diff":
@@ -201,3 +211,8 @@ def statistic(kind: str, arms: list[str], of: str | None = None) -> Callable:
     if kind == "loss_at_kl":
         return _LossAtKL(arms[0], arms[1])
     raise ValueError(f"unknown statistic {kind!r}; known: {', '.join(STATS)}")
+
+
+def measured_parts(kind: str, arm: str, *, rl: RLForm | None = None) -> Callable:
+    """The measured values ``kind`` (overopt: the peak and fall; rl: the RL form's fit) of ``arm`` shown beside a claim's effect."""
+    return _overopt_parts(arm) if kind == "overopt" else rl.parts

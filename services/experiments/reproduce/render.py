@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from learner.analysis import claims as C
-from services.experiments.reproduce.runs import load_runs, ppo_ensemble_arms
+from services.experiments.reproduce.catalogue import load_catalogue, ppo_ensemble_arms
+from services.experiments.reproduce.runs import RunReader
 from services.experiments.reproduce.stages import BON_ARGS
 from services.experiments.sweep.spec import read_json
 
@@ -64,9 +65,10 @@ def claims_markdown(result: dict, figs: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def draw_plots(out_dir: Path, dirs: dict[str, Path]) -> list[str]:
+def draw_plots(out_dir: Path, dirs: dict[str, Path], reader: RunReader | None = None) -> list[str]:
     """claims_frontiers.png (gold frontier vs KL: Elastic Reset vs PPO + KL, SALSA vs baseline) and
-    claims_ensembles.png (PPO gold vs iteration per proxy; best-of-n gold vs KL per aggregation)."""
+    claims_ensembles.png (PPO gold vs iteration per proxy; best-of-n gold vs KL per aggregation); ``reader``: the
+    report's runs (those the claims read are not read again)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,6 +76,8 @@ def draw_plots(out_dir: Path, dirs: dict[str, Path]) -> list[str]:
 
     from services.driver.report import save_figure
 
+    reader = reader if reader is not None else RunReader()
+    catalogue = load_catalogue()
     figs = []
     panels = [("Elastic Reset vs PPO + KL", dirs["elastic_reset"], [("elastic_reset", dirs["elastic_reset"]), ("ppo_kl005", dirs["elastic_reset"]),
                                                                   ("ppo_kl001", dirs["overopt"])]),
@@ -81,7 +85,7 @@ def draw_plots(out_dir: Path, dirs: dict[str, Path]) -> list[str]:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     drew = False
     for ax, (title, _, arms) in zip(axes, panels):
-        runs = {m: load_runs(d, m) for m, d in arms}
+        runs = {m: reader.runs(d, m) for m, d in arms}
         views = [r.view() for rs in runs.values() for r in rs]
         if not views:
             ax.set_visible(False)
@@ -105,7 +109,7 @@ def draw_plots(out_dir: Path, dirs: dict[str, Path]) -> list[str]:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     drew = False
     for ax, stage, label in ((axes[0], "ensembles", "25% label noise"), (axes[1], "ensembles_clean", "clean labels")):
-        ens, _ = ppo_ensemble_arms(dirs, stage)
+        ens, _ = ppo_ensemble_arms(dirs, stage, reader, catalogue)
         if not any(ens.values()):
             ax.set_visible(False)
             continue

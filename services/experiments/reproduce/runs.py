@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,29 +15,51 @@ from services.experiments.sweep.spec import read_json
 log = logging.getLogger(__name__)
 
 
-def load_runs(sweep_dir: Path, method: str, *, max_step: int | None = None) -> list[C.RunCurve]:
+@dataclass
+class LoadedRuns:
+    """A sweep folder's finished runs of one method, and those that could not be read (run folder -> why)."""
+
+    runs: list[C.RunCurve]
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+
+def load_runs(sweep_dir: Path, method: str, *, max_step: int | None = None) -> LoadedRuns:
     """The finished cells of ``method`` in a sweep folder as RunCurves (seed order), their evaluations up to
-    iteration ``max_step``. Each evaluation's samples file pairs with its metrics row in log order."""
+    iteration ``max_step``. Each evaluation's samples file pairs with its metrics row in log order. A run folder
+    that cannot be read is left out and returned in ``unreadable`` (one damaged run must not lose every other claim)."""
     from services.state.runlog import run_state
 
     meta = read_json(Path(sweep_dir) / "cells.json")
-    out = []
+    out = LoadedRuns([])
     for c in sorted((c for c in meta.get("cells", []) if c["method"] == method), key=lambda c: c["seed"]):
         d = Path(sweep_dir) / c["dir"]
         if run_state(d) != "finished":
             continue
         try:
-            out.append(read_run(d, name=f"{method}/seed-{c['seed']}", seed=c["seed"], max_step=max_step))
-        except (ValueError, OSError, KeyError, TypeError) as e:  # one damaged run folder must not lose every other claim
-            why = f"{type(e).__name__}: {e}"
-            if UNREADABLE.get(str(d)) != why:
-                log.warning("skipped the run %s: %s", d, why)
-            UNREADABLE[str(d)] = why
+            out.runs.append(read_run(d, name=f"{method}/seed-{c['seed']}", seed=c["seed"], max_step=max_step))
+        except (ValueError, OSError, KeyError, TypeError) as e:
+            out.unreadable[str(d)] = f"{type(e).__name__}: {e}"
     return out
 
 
-# run folder -> why it could not be read, for the runs load_runs skipped (write_claims lists them in claims.md)
-UNREADABLE: dict[str, str] = {}
+class RunReader:
+    """The runs of one report: each (sweep folder, method, max_step) read once, and ``unreadable``, every run folder
+    that could not be read so far (folder -> why; write_claims lists them in claims.md), each warned about once."""
+
+    def __init__(self) -> None:
+        self.unreadable: dict[str, str] = {}
+        self._read: dict[tuple, list[C.RunCurve]] = {}
+
+    def runs(self, sweep_dir: Path, method: str, *, max_step: int | None = None) -> list[C.RunCurve]:
+        key = (str(sweep_dir), method, max_step)
+        if key not in self._read:
+            got = load_runs(sweep_dir, method, max_step=max_step)
+            for d, why in got.unreadable.items():
+                if self.unreadable.get(d) != why:
+                    log.warning("skipped the run %s: %s", d, why)
+                self.unreadable[d] = why
+            self._read[key] = got.runs
+        return self._read[key]
 
 
 def read_run(run_dir: Path, *, name: str, seed: int, max_step: int | None = None) -> C.RunCurve:
@@ -66,15 +89,3 @@ def read_run(run_dir: Path, *, name: str, seed: int, max_step: int | None = None
     groups = [index.setdefault(p, len(index)) for p in prompts0]
     return C.RunCurve(name, seed, np.array(steps), np.array(kl), np.array(gold), np.array(proxy), np.array(groups),
                       np.array(before), {k: np.array(v) for k, v in extra.items()}, texts)
-
-
-
-def ppo_ensemble_arms(dirs: dict[str, Path], stage: str) -> tuple[dict[str, list[C.RunCurve]], int]:
-    """The PPO ensemble stage's arms (single, mean, wco, uwo) and its horizon (the last iteration its runs reached).
-    The 25%-noise stage borrows its mean arm from the overopt sweep's KL-0 arm (the default proxies, read to the
-    horizon); the clean stage runs its own."""
-    ens = {a: load_runs(dirs[stage], a) for a in ("single", "wco", "uwo")}
-    horizon = max((int(r.steps[-1]) for rs in ens.values() for r in rs), default=30)
-    mean = load_runs(dirs["overopt"], "ppo_kl0", max_step=horizon) if stage == "ensembles" else load_runs(dirs[stage], "mean")
-    return {"single": ens["single"], "mean": mean, "wco": ens["wco"], "uwo": ens["uwo"]}, horizon
-

@@ -92,8 +92,10 @@ def _prepare_assets(cells) -> None:
             task.prepare()
 
 
-def run_stage(stage: Stage, runs_dir: Path, base_cfg, *, progress: bool = True, say: Callable[[str], None] = print) -> str:
-    """Run (or resume, or skip) one stage; returns 'done' or 'failed: ...'."""
+def run_stage(stage: Stage, runs_dir: Path, base_cfg, *, base: str = "default", progress: bool = True,
+              say: Callable[[str], None] = print) -> str:
+    """Run (or resume, or skip) one stage; returns 'done' or 'failed: ...'. The best-of-n stage samples from ``base_cfg``,
+    loaded from ``base`` (a preset name or YAML path; its clean-label twin is ``base`` with proxy.label_noise=0)."""
     from services.experiments.sweep import load_sweep, run_sweep
 
     if stage.kind == "sweep":
@@ -110,11 +112,11 @@ def run_stage(stage: Stage, runs_dir: Path, base_cfg, *, progress: bool = True, 
     from services.experiments.bon import run_bon
     from tasks import get_task
 
-    clean = load_config("default", ["proxy.label_noise=0"])
+    clean = load_config(base, ["proxy.label_noise=0"])
     for cfg in (base_cfg, clean):
         get_task(cfg).prepare()
     run_bon(base_cfg, out, n_max=BON_ARGS["n_max"], n_prompts=BON_ARGS["n_prompts"], n_best=BON_ARGS["n_best"], clean_cfg=clean,
-            uwo_lambda=BON_ARGS["uwo_lambda"], progress=progress, cfg_source="default")
+            uwo_lambda=BON_ARGS["uwo_lambda"], progress=progress, cfg_source=str(base))
     return "done"
 
 
