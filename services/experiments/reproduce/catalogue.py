@@ -173,12 +173,10 @@ def sweep_claims(dirs: dict[str, Path], reader: RunReader | None = None, catalog
     for stage, sc in cat.root.items():
         arms, horizon = read_arms(stage, sc, dirs, reader)
         forms: dict[str, RLForm] = {}  # arm -> its RL-form fit, shared by the stage's claims on it
-
-        def rl(arm: str) -> RLForm:
-            return forms.setdefault(arm, RLForm(arm, arms[arm]))
-
         for c in sc.expand(horizon):
-            form = rl(c.arms[0]) if c.stat.startswith("rl_") or c.parts == "rl" else None
+            form = None
+            if c.stat.startswith("rl_") or c.parts == "rl":
+                form = forms.setdefault(c.arms[0], RLForm(c.arms[0], arms[c.arms[0]]))
             out.append(Claim(sc.paper, c.claim, c.measure, {a: arms[a] for a in c.arms}, statistic(c.stat, c.arms, c.of, rl=form),
                              c.threshold, direction=c.direction, margin=c.margin, prompts=c.prompts,
                              missing=_need({a: arms[a] for a in (c.need or c.arms)}, c.need_stage or stage, len(reader.unreadable)),
@@ -197,6 +195,7 @@ def ppo_ensemble_arms(dirs: dict[str, Path], stage: str, reader: RunReader | Non
 
 
 def bon_claims(bon_dir: Path) -> list[Claim]:
+    """The best-of-n stage's claims, measured on its samples file (each prompt's gold and every proxy member's score)."""
     from learner.analysis.best_of_n import bon_gold_per_prompt, bon_ns
     from learner.analysis.scaling_laws import fit_bon_curve
 
