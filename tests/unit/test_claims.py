@@ -326,3 +326,36 @@ def test_a_damaged_run_folder_is_named_and_left_out_not_fatal(tmp_path, monkeypa
     assert k001["verdict"] == "not measured" and "kl001 (2)" in k001["why"] and "could not be read" in k001["why"]
     md = (tmp_path / "out" / "claims.md").read_text()
     assert "## Runs that could not be read" in md and str(broken) in md
+
+
+def test_unreadable_runs_are_returned_not_kept_in_a_module_global(tmp_path):
+    """load_runs returns the runs it could not read; a RunReader gathers them for one report (and reads each
+    method once), so two reports never share them."""
+    import services.experiments.reproduce as R
+
+    kl, rise_fall = [0.0, 2, 4, 6], [0.0, 2.0, 3.0, 1.0]
+    _write_sweep(tmp_path / "sw", {"a": [(rise_fall, kl)] * 2})
+    (tmp_path / "sw" / "a" / "default" / "seed-1" / "samples" / "step-000006.jsonl").unlink()
+    got = R.load_runs(tmp_path / "sw", "a")
+    assert [r.seed for r in got.runs] == [0] and list(got.unreadable) == [str(tmp_path / "sw" / "a" / "default" / "seed-1")]
+    reader = R.RunReader()
+    assert reader.runs(tmp_path / "sw", "a") is reader.runs(tmp_path / "sw", "a") and reader.unreadable == got.unreadable
+    assert R.RunReader().unreadable == {} and not hasattr(R, "UNREADABLE")
+
+
+def test_the_rl_form_fits_the_measured_runs_once_for_every_claim_on_them(monkeypatch):
+    import learner.analysis.rl_fits as F
+    from services.experiments.reproduce import RLForm
+
+    kl = np.linspace(0, 14, 8)
+    runs = [_run("kl0", kl * (3.0 - np.log1p(kl)), kl, seed=s) for s in range(3)]
+    calls = []
+    fit = F.fit_rl_runs
+    monkeypatch.setattr(F, "fit_rl_runs", lambda r: calls.append(1) or fit(r))
+    form = RLForm("kl0", runs)
+    measured = {"kl0": [r.view() for r in runs]}
+    r2, ratio, parts = form.r2(measured), form.peak_log_ratio({"kl0": [r.view() for r in runs]}), form.parts(measured)
+    assert len(calls) == 1 and parts["R^2"] == r2 == fit([(v.kl, v.gold) for v in measured["kl0"]]).fit.r2 and math.isfinite(ratio)
+    resample = {"kl0": [runs[0].view(np.full(32, 2)), runs[0].view(), runs[2].view()]}
+    form.r2(resample)
+    assert len(calls) == 2  # a bootstrap resample is fitted on its own
