@@ -36,7 +36,7 @@ def claims_markdown(result: dict, figs: list[str]) -> str:
     rows = result["rows"]
     counts = {v: sum(r["verdict"] == v for r in rows) for v in (C.HOLDS, C.FAILS, C.INCONCLUSIVE, "not measured")}
     out = ["# The papers' claims, measured on tether's default task", "",
-           "Written by `tether reproduce` (services/experiments/reproduce.py). Each effect is measured on every finished run of its stage; "
+           "Written by `tether reproduce` (services/experiments/reproduce/). Each effect is measured on every finished run of its stage; "
            f"the 95% interval is a two-level percentile bootstrap ({result['n_boot']} resamples: seeds within each arm, then each "
            "run's eval prompts, the same draw at every evaluation of a run; learner/analysis/claims.py). A claim **holds** when the "
            "whole interval is on the claimed side of its threshold, **does not hold** when it is wholly on the other side, and is "
