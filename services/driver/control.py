@@ -191,7 +191,7 @@ class RunControl:
         if upd.eval_every is not None:
             changes["eval_every"] = (trainer.cfg.train.eval_every, upd.eval_every)
             trainer.cfg.train.eval_every = upd.eval_every
-        if upd.guard_action is not None:  # read at the next alarm (services/train.Trainer._guard_act)
+        if upd.guard_action is not None:  # read at the next alarm (services/driver/guard_policy.py)
             changes["guard_action"] = (trainer.cfg.guard.action, upd.guard_action)
             trainer.cfg.guard.action = upd.guard_action
         for param, (old, new) in changes.items():

@@ -8,70 +8,38 @@ batch is generated while the learner trains, one version behind; the learner cor
 truncated importance weight per token (ppo.offpolicy_is_cap, learner/methods/ppo.py::truncated_is_weights).
 The driver names no algorithm: each learner declares what it needs (prepare_policy, sampling_prefix,
 resets_elastically in learner/learners/base.py).
+
+The jobs beside the loop live next to it in services/driver/: assets.py (the policies a run loads: SALSA's soup, pi_0),
+checkpoints.py (save, resume, export), guard_policy.py (the guard's alarm and its action), pipeline.py (staleness and
+the prefetched next batch), records.py (a batch's metrics, an evaluation's samples), console.py (progress lines, the
+summary), control.py (the service's commands and metrics), trackers.py (MLflow / W&B).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import math
 import os
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from actors.recovery import LearnerLost
 from learner.config import TetherConfig, without_other_algorithms
-from learner.learners import learner_class
 from learner.types import Rollouts
-from services.state.runlog import RunLog, latest_checkpoint, read_metrics, run_state
+from services.state.runlog import RunLog, latest_checkpoint, run_state
+from services.driver import checkpoints, console
+from services.driver.assets import resolve_policies
+from services.driver.guard_policy import GuardPolicy
+from services.driver.pipeline import NextBatch, drop_stale
+from services.driver.records import iteration_metrics, write_samples
 from services.driver.trackers import Trackers, require_packages
 from tasks import get_task, set_threads
 from tasks.contract import HELDOUT_SEED_OFFSET, PromptSet
 
 log = logging.getLogger(__name__)
 EVAL_SEED = 10_000_019  # the same seed at every evaluation: correlated samples, lower-variance curves
-
-
-def iteration_metrics(scored) -> dict[str, float]:
-    s = np.asarray(scored.proxy_scores)  # (B, k)
-    out = {
-        "reward/proxy_mean": float(np.mean(scored.reward)),
-        "reward/proxy_member_mean": float(s.mean()),
-        "ensemble/std": float(np.mean(scored.spread)),
-        "reward/gold_mean": float(np.mean(scored.gold)) if scored.gold is not None else float("nan"),
-    }
-    for i in range(s.shape[1]):
-        out[f"reward/proxy_member_{i}"] = float(s[:, i].mean())
-    return out
-
-
-def write_samples(run_dir: Path, step: int, scored) -> Path:
-    """The evaluation's samples, one JSON line each (prompt, response, every proxy member, the aggregate, gold):
-    run_dir/samples/step-NNNNNN.jsonl, rewritten whole if the step is evaluated again (a resumed run)."""
-    folder = Path(run_dir) / "samples"
-    folder.mkdir(parents=True, exist_ok=True)
-    r = scored.rollouts
-    gold = scored.gold if scored.gold is not None else [None] * len(r)
-    rows = [{"prompt": p, "response": resp, "proxy": float(a), "proxy_members": [float(x) for x in m], "gold": None if g is None else float(g)}
-            for p, resp, a, m, g in zip(r.prompts, r.responses, scored.reward, scored.proxy_scores, gold)]
-    for row, meta in zip(rows, r.meta):  # a dataset task: the user's own prompt and its metadata columns
-        row["meta"] = meta
-    path = folder / f"step-{step:06d}.jsonl"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(x) + "\n" for x in rows))
-    os.replace(tmp, path)
-    return path
-
-
-def drop_stale(r: Rollouts, learner_version: int, max_staleness: int) -> tuple[Rollouts | None, int]:
-    """All rollouts of a batch share one policy_version; a batch too old is dropped whole."""
-    if learner_version - r.policy_version > max_staleness:
-        return None, len(r)
-    return r, 0
 
 
 class Trainer:
@@ -83,18 +51,8 @@ class Trainer:
         require_packages(cfg.tracking)  # an enabled tracker without its package fails here, before the task and the roles are built
         set_threads(cfg.train.threads)
         self.task = get_task(cfg)  # prompts, the policy and the scorers (tasks/contract.py)
-        self.paths = self.task.resolve(cfg_source=cfg_source)
-        # The algorithm's hooks: the policy folder every role loads (Quark adds reward tokens to it) and the control
-        # tokens sampling may be conditioned on.
-        self.algorithm = learner_class(cfg.algorithm)
-        self.paths = self.task.start_policy(self.paths, self.run_dir)  # e.g. SALSA's soup: the policy starts from it
-        start = self.paths.policy
-        policy, self.control_ids = self.algorithm.prepare_policy(cfg, start, self.run_dir)
-        # Drift is measured from one common model for every method: pi_0 (with the algorithm's extra tokens, so that
-        # it can score every sampled token), whatever the run starts from or regularises towards.
-        base = self.paths.base_policy or start
-        drift = policy if str(base) == str(start) else self.algorithm.prepare_policy(cfg, base, self.run_dir / "drift")[0]
-        self.paths = dataclasses.replace(self.paths, policy=policy, drift_policy=drift)
+        # the policy every role loads (e.g. SALSA's soup, with the algorithm's extra tokens) and pi_0 for drift
+        self.paths, self.algorithm, self.control_ids = resolve_policies(cfg, self.task, self.run_dir, cfg_source=cfg_source)
         self.eval_prompts = self.task.prompts("heldout", cfg.train.eval_prompts, seed=cfg.train.seed + HELDOUT_SEED_OFFSET)
         if roles is None:
             from actors.roleset import make_roleset
@@ -103,16 +61,23 @@ class Trainer:
         self.roles = roles
         self.iteration = 0
         self.commands = None  # a services.driver.control.RunControl: metrics to Redis, commands polled between iterations
-        from learner.guard import Guard, GuardRule
+        self.guard_policy = GuardPolicy(cfg, self.run_dir, self.ckpt_root)  # the guard, its alarm and the alarm's action
+        # runtime.pipeline: the batch generated during the previous iteration's learn phase, by one thread
+        self.next_batch = NextBatch()
 
-        g = cfg.guard
-        self.guard = Guard(GuardRule(g.signal, g.threshold, g.patience, g.min_kl))
-        self.guard_alarm: dict | None = None  # the alarm's record (iteration, the evaluation the guard picks, action)
-        self._guard_stop = False
-        self._guard_gauges = None  # Ray metrics (Prometheus) of the guard's signals, from this driver, in Ray mode
-        # runtime.pipeline: (iteration, rollouts, generation seconds) generated during the previous iteration's learn phase
-        self._prefetched: tuple[int, Rollouts, float] | None = None
-        self._pool = None  # the one thread that generates the next batch while the learner trains
+    @property
+    def guard(self):
+        """The run's learner.guard.Guard."""
+        return self.guard_policy.guard
+
+    @property
+    def guard_alarm(self) -> dict | None:
+        """The alarm's record (iteration, the evaluation the guard picks, action), or None."""
+        return self.guard_policy.alarm
+
+    @guard_alarm.setter
+    def guard_alarm(self, value: dict | None) -> None:
+        self.guard_policy.alarm = value
 
     # -- checkpoints -------------------------------------------------------------------------------
     @property
@@ -120,21 +85,7 @@ class Trainer:
         return self.run_dir / "checkpoints"
 
     def save_checkpoint(self) -> Path:
-        final = self.ckpt_root / f"step-{self.iteration:06d}"
-        tmp = self.ckpt_root / f".tmp-step-{self.iteration:06d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.roles.save(str(tmp / "learner.pt"))
-        # Every random draw of the loop is seeded by (train.seed, iteration): prompts, sampling,
-        # minibatch order. So the data position and RNG state are the iteration number itself; the
-        # learner's own torch RNG state travels in learner.pt.
-        driver = {"iteration": self.iteration, "data_position": self.iteration, "time": time.time()}
-        (tmp / "driver.json").write_text(json.dumps(driver))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)  # a checkpoint exists whole or not at all (SIGKILL-safe)
-        for old in sorted(p for p in self.ckpt_root.iterdir() if p.name.startswith("step-"))[: -self.cfg.runtime.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
+        return checkpoints.save(self.ckpt_root, self.iteration, self.roles, keep=self.cfg.runtime.keep_checkpoints)
 
     def latest_checkpoint(self) -> Path | None:
         return latest_checkpoint(self.run_dir)
@@ -145,24 +96,11 @@ class Trainer:
         ck = self.latest_checkpoint()
         if ck is None and not learner_lost:
             return 0
-        if ck is not None:
-            driver = json.loads((ck / "driver.json").read_text())
-            self.roles.load(str(ck / "learner.pt"))
-            self.iteration = driver["iteration"]
-        else:
-            self.iteration = 0
-        self._prefetched = None  # a batch generated before the restore is not this checkpoint's
+        self.iteration = checkpoints.load(ck, self.roles) if ck is not None else 0
+        self.next_batch.discard()
         self.roles.sync()  # rollout engines get the checkpoint's weights and version
-        # Metrics logged after the checkpoint belong to iterations about to be redone.
-        rows = read_metrics(self.run_dir)
-        kept = [r for r in rows if r["step"] <= self.iteration]
-        (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
-        gstate = self.run_dir / "guard.json"
-        if gstate.exists():  # the guard's reference and signals so far; evaluations from this iteration on are redone
-            saved = json.loads(gstate.read_text())
-            self.guard.restore(saved, before_step=self.iteration)
-            alarm = saved.get("alarm")
-            self.guard_alarm = alarm if alarm and alarm.get("iteration", self.iteration) < self.iteration else None
+        checkpoints.keep_metrics_until(self.run_dir, self.iteration)
+        self.guard_policy.resume(self.iteration)
         log.info("resumed %s at iteration %d from %s", self.run_dir, self.iteration, ck or "the start")
         return self.iteration
 
@@ -186,80 +124,8 @@ class Trainer:
 
     # -- the guard (learner/guard.py): gold-free signals at every evaluation; with guard.enabled an alarm and its action --
     def guard_step(self, scored, ev: dict, *, act: bool = True) -> dict[str, float]:
-        g = self.cfg.guard
-        try:
-            self.guard.update(self.iteration, np.asarray(scored.proxy_scores, dtype=np.float64), list(scored.rollouts.responses),
-                              float(ev.get("eval/kl_from_init_k3", math.nan)), ev.get("eval/ppl_under_init"))
-        except ValueError as e:  # e.g. a non-finite member score: the run goes on, without signals this time
-            log.warning("guard: no signals at iteration %d: %s", self.iteration, e)
-            return {"guard/skipped": 1.0}
-        m = self.guard.metrics()
-        alarm_now = g.enabled and self.guard.alarm_step == self.iteration and self.guard_alarm is None
-        if act and g.enabled and g.action != "alert" and not self.guard.history[-1]["alarm"]:
-            self.save_checkpoint()  # every trusted evaluation's policy, so the guard's pick can be returned to
-        if not g.enabled:
-            m.pop("guard/alarm", None)
-        if self.cfg.runtime.mode == "ray":
-            if self._guard_gauges is None:
-                import ray
-
-                from actors.metrics import GUARD_METRICS, role_metrics
-
-                self._guard_gauges = (ray.is_initialized() and role_metrics(self.cfg.name, GUARD_METRICS)) or False
-            if self._guard_gauges:
-                self._guard_gauges.record(m)
-        if g.enabled and alarm_now and act:
-            m.update(self._guard_act())
-        elif g.enabled and alarm_now:  # at the final evaluation: recorded, no action
-            self.guard_alarm = {"iteration": self.iteration, "rule": self.guard.rule.describe(), "action": "none (final evaluation)"}
-            self._publish_alarm(self.guard_alarm)
-        self._write_guard()
-        return m
-
-    def _guard_act(self) -> dict[str, float]:
-        g, h = self.cfg.guard, self.guard.history
-        # the last evaluation the guard still trusted (no alarm raised there; its policy was checkpointed when the action is not alert)
-        pick = next((x["step"] for x in reversed(h[:-1]) if not x.get("alarm")), h[-1]["step"])
-        value = h[-1].get(g.signal)
-        self.guard_alarm = {"iteration": self.iteration, "pick_iteration": pick, "signal": g.signal,
-                            "value": value if isinstance(value, float) and math.isfinite(value) else None,
-                            "rule": self.guard.rule.describe(), "action": g.action, "time": time.time()}
-        ck = self.ckpt_root / f"step-{pick:06d}"
-        if ck.exists():
-            self.guard_alarm["pick_checkpoint"] = str(ck)
-        log.warning("guard alarm at iteration %d: %s (value %s); action %s; the guard's pick: iteration %d", self.iteration,
-                    self.guard.rule.describe(), value, g.action, pick)
-        m = {"guard/alarm_event": 1.0, "guard/pick_iteration": float(pick)}
-        if g.action == "stop":
-            self._guard_stop = True
-        elif g.action == "reset":
-            if self.algorithm.resets_elastically(self.cfg):
-                self.roles.reset_now()
-                self.guard_alarm["reset"] = "elastic_reset"
-            elif ck.exists():
-                self.roles.load(str(ck / "learner.pt"))
-                self.guard_alarm["reset"] = f"checkpoint {ck.name}"
-            else:
-                self.guard_alarm["reset"] = "none (no checkpoint of the picked evaluation)"
-            m.update(self.roles.sync())
-            m["guard/reset"] = 1.0
-            self.guard.rearm()
-            resets = self.guard_alarm
-            self.guard_alarm = None  # re-armed: the next alarm acts again
-            self._publish_alarm(resets)
-            return m
-        self._publish_alarm(self.guard_alarm)
-        return m
-
-    def _publish_alarm(self, info: dict) -> None:
-        if self.commands is not None:
-            self.commands.set_record(guard=info)  # the service's run record: the page shows a banner
-
-    def _write_guard(self) -> None:
-        state = {**self.guard.as_dict(), "enabled": self.cfg.guard.enabled, "action": self.cfg.guard.action, "alarm": self.guard_alarm}
-        tmp = self.run_dir / "guard.json.tmp"
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.run_dir / "guard.json")
+        return self.guard_policy.step(self.iteration, scored, ev, act=act, roles=self.roles, algorithm=self.algorithm,
+                                      save_checkpoint=self.save_checkpoint, commands=self.commands)
 
     def one_iteration(self) -> dict[str, float]:
         cfg, it = self.cfg, self.iteration
@@ -274,9 +140,9 @@ class Trainer:
             if before_reset:
                 m["eval/before_reset"] = 1.0
         prompts, seed = self.batch_prompts(it)
-        pre, self._prefetched = self._prefetched, None
-        if pre is not None and pre[0] == it:  # runtime.pipeline: generated while the learner trained on the previous batch
-            rollouts, m["time_s/rollout"] = pre[1], pre[2]
+        pre = self.next_batch.take(it)
+        if pre is not None:  # runtime.pipeline: generated while the learner trained on the previous batch
+            rollouts, m["time_s/rollout"] = pre
         else:
             t = time.perf_counter()
             rollouts = self.generate(prompts, seed, self.prefix_ids())
@@ -305,14 +171,10 @@ class Trainer:
             m.update(self.roles.learn(scored))
         except BaseException:
             if nxt is not None:  # never leave a generation running into a recovery or a shutdown
-                import concurrent.futures
-
-                concurrent.futures.wait([nxt])
+                self.next_batch.wait(nxt)
             raise
-        if nxt is not None:
-            t = time.perf_counter()
-            self._prefetched = nxt.result()  # the engines finish batch it + 1 (with the weights before this update), then sync
-            m["time_s/rollout_wait"] = time.perf_counter() - t
+        if nxt is not None:  # the engines finish batch it + 1 (with the weights before this update), then sync
+            m["time_s/rollout_wait"] = self.next_batch.collect(nxt)
         m.update(self.roles.sync())
         m["time_s/iteration"] = time.perf_counter() - t_iter
         m["perf/tokens_per_s"] = n_tokens / m["time_s/iteration"]
@@ -336,19 +198,8 @@ class Trainer:
     def _generate_next(self, it: int):
         """runtime.pipeline: start generating iteration it + 1's batch now, with the engines' current weights (version v,
         from before this iteration's update): a future of (it + 1, rollouts, generation seconds)."""
-        import concurrent.futures
-
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-next-batch")
         prompts, seed = self.batch_prompts(it + 1)
-        prefix = self.prefix_ids()
-
-        def gen():
-            t = time.perf_counter()
-            r = self.generate(prompts, seed, prefix)
-            return it + 1, r, time.perf_counter() - t
-
-        return self._pool.submit(gen)
+        return self.next_batch.start(it + 1, prompts, seed, self.prefix_ids(), self.generate)
 
     def run(self, *, resume: bool = False) -> dict:
         """Train to cfg.train.iterations. With ``self.commands`` (a services.driver.control.RunControl) every
@@ -368,7 +219,7 @@ class Trainer:
         runlog = RunLog(self.run_dir, trackers=trackers)
         status = self.run_dir / "status.json"
         status.write_text(json.dumps({"state": "running", "iteration": self.iteration, "pid": os.getpid()}))
-        bar = tqdm(total=cfg.train.iterations, initial=self.iteration, desc=f"train {cfg.name}", unit="it", disable=not self.progress)
+        bar = console.progress_bar(cfg.name, cfg.train.iterations, self.iteration, enabled=self.progress)
         last: dict = {}
         state = "finished"
         try:
@@ -402,9 +253,7 @@ class Trainer:
         finally:
             bar.close()
             runlog.close()
-        summary = {**{k: v for k, v in last.items() if k.startswith(("reward/", "kl/", "drift/", "fdpg/", "quark/"))}, **final}
-        if self.guard_alarm is not None:
-            summary["guard"] = self.guard_alarm
+        summary = console.run_summary(last, final, self.guard_alarm)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         trackers.close(summary=summary, state=state)
         status.write_text(json.dumps({"state": state, "iteration": self.iteration}))
@@ -425,15 +274,11 @@ class Trainer:
             last = m
             bar.update(1)
             if self.progress:
-                tqdm.write(
-                    f"[{cfg.name}] it {self.iteration:3d}  proxy {m['reward/proxy_mean']:+.3f}  gold {m['reward/gold_mean']:+.3f}  "
-                    f"KL(init) {m['kl/from_init']:6.2f}  " + (f"beta {m['kl/coef']:.4f}  " if "kl/coef" in m else "") + f"{m['time_s/iteration']:.1f}s"
-                    + ("  RESET" if m.get("elastic_reset/event") else "")
-                )
-            if self._guard_stop:
+                console.print_iteration(cfg.name, self.iteration, m)
+            if self.guard_policy.stop:
                 from services.driver.control import StopRequested
 
-                raise StopRequested(f"the guard's alarm at iteration {self.guard_alarm['iteration']} ({self.guard_alarm['rule']})")
+                raise StopRequested(self.guard_policy.stop_reason())
             every = cfg.runtime.checkpoint_every
             if every and self.iteration % every == 0 and self.iteration < cfg.train.iterations:
                 self.save_checkpoint()
@@ -445,23 +290,15 @@ class Trainer:
             ctl.publish(self.iteration, final)
         ck = self.save_checkpoint()
         if cfg.train.export_policy:
-            self.export(ck, self.run_dir / "policy")
-            pick = (self.guard_alarm or {}).get("pick_checkpoint")
-            if pick and Path(pick, "learner.pt").exists():
-                self.export(Path(pick), self.run_dir / "policy-guard-pick")
+            checkpoints.export_final(self.paths.policy, ck, self.run_dir, self.guard_alarm, run_name=cfg.name)
         return last, final
 
     def export(self, checkpoint: Path, out: Path) -> Path:
         """A checkpoint's policy as a Hugging Face folder (learner/models/export.py): from_pretrained and vLLM load it."""
-        from learner.models.export import export_policy
-
-        path = export_policy(self.paths.policy, checkpoint / "learner.pt", out, note={"run": self.cfg.name})
-        log.info("policy exported to %s", path)
-        return path
+        return checkpoints.export(self.paths.policy, checkpoint, out, run_name=self.cfg.name)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        self.next_batch.close()
         self.roles.close()
 
 
