@@ -91,3 +91,23 @@ def serve(function: str, *, host: str, port: int, token: str | None = None) -> N
     import uvicorn
 
     uvicorn.run(make_app(function, token=token), host=host, port=port, log_level="warning")
+
+
+def reward_server_command(args) -> int:
+    """The body of `tether reward-server` (services/cli.py parses its arguments): check the token variable and the function,
+    then serve it until interrupted."""
+    import os
+    import sys
+
+    token = None
+    if args.token_env:
+        token = os.environ.get(args.token_env)
+        if not token:
+            sys.exit(f"tether: --token-env {args.token_env}: the variable is not set")
+    try:
+        load_function(args.function)
+    except (ImportError, ValueError) as e:
+        sys.exit(f"tether: {e}")
+    print(f"reward server: {args.function} on http://{args.host}:{args.port}/get_reward", flush=True)
+    serve(args.function, host=args.host, port=args.port, token=token)
+    return 0

@@ -1,4 +1,4 @@
-"""What `tether serve` configures a service with (services/cli.py builds it; services/server/api.create_app takes it)."""
+"""What `tether serve` configures a service with (services/server/commands.py builds it; services/server/api.create_app takes it)."""
 from __future__ import annotations
 
 import sys
