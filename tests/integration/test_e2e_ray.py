@@ -1,4 +1,5 @@
-"""End to end through real Ray actors and real vLLM (CPU) on the tiny task: PPO + KL, and Elastic Reset."""
+"""End to end through real Ray actors and real vLLM (CPU) on the tiny task: PPO + KL with Elastic Reset, several rollout
+actors, bf16 (eager and compiled)."""
 import json
 
 import numpy as np
@@ -37,21 +38,28 @@ def _check_common(tr: Trainer, rows: list[dict], before) -> None:
     assert after.response_ids != before.response_ids  # same seed, new weights: the engine's outputs changed
 
 
-def test_ppo_kl_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):
-    cfg = _cfg(tiny_assets, kl={"mode": "adaptive", "coef": 0.05}, ppo={"lr": 3e-3})
+def test_ppo_kl_with_elastic_reset_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):
+    """One run through Ray + vLLM asserts the default path's neighbours (one cluster and one vLLM start for both): PPO with
+    the adaptive KL controller, and Elastic Reset every 2 iterations."""
+    cfg = _cfg(tiny_assets, kl={"mode": "adaptive", "coef": 0.05}, ppo={"lr": 3e-3}, elastic_reset={"enabled": True, "every": 2, "eta": 0.9},
+               train={"iterations": 3, "eval_every": 1})
     tr = Trainer(cfg, tmp_path / "kl", progress=False)
     try:
         before = tr.roles.generate(["This movie was", "I did not"], seed=1)
         summary = tr.run()
         rows = read_metrics(tmp_path / "kl")
         _check_common(tr, rows, before)
-        assert all(r["elastic_reset/event"] == 0 for r in rows if "loss/policy" in r)
+        assert [r["elastic_reset/event"] for r in rows if "loss/policy" in r] == [0.0, 1.0, 0.0]
+        assert len({r["kl/coef"] for r in rows if "loss/policy" in r}) > 1  # the adaptive controller moved the coefficient
+        # evaluated on schedule (every iteration, and at the end), the one just before the reset (at the start of iteration
+        # 1, which ends with the reset) marked as such; a row's step counts the iterations done after it
+        evals = [r for r in rows if "eval/gold_mean" in r]
+        assert [r.get("eval/before_reset") for r in evals] == [None, 1.0, None, None], [(r["step"], r.get("eval/before_reset")) for r in evals]
         assert "eval/gold_mean" in summary and summary["eval/kl_from_init_k3"] > 0
         # the contextual judge's terms are logged, and every evaluation's samples are readable in the run folder
         assert all(k in summary for k in ("eval/gold_sentiment", "eval/gold_coherence", "eval/gold_repetition", "eval/gold_diversity"))
         files = sorted((tmp_path / "kl" / "samples").glob("step-*.jsonl"))
-        evals = [r for r in rows if "eval/gold_mean" in r]
-        assert len(files) == len(evals)
+        assert len(files) == len({r["step"] for r in evals})
         last = [json.loads(x) for x in files[-1].read_text().splitlines()]
         assert len(last) == cfg.train.eval_prompts and set(last[0]) == {"prompt", "response", "proxy", "proxy_members", "gold"}
         assert len(last[0]["proxy_members"]) == cfg.proxy.n_members
@@ -59,22 +67,6 @@ def test_ppo_kl_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):
         # the gold-free guard's signals at every evaluation of the default (Ray + vLLM) path; off by default: no alarm field
         assert all("guard/distinct2_ratio" in r and "guard/disagreement" in r and "guard/rank_agreement" in r for r in evals)
         assert not any("guard/alarm" in r for r in evals) and (tmp_path / "kl" / "guard.json").exists()
-    finally:
-        tr.close()
-
-
-def test_elastic_reset_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):
-    cfg = _cfg(tiny_assets, elastic_reset={"enabled": True, "every": 2, "eta": 0.9}, ppo={"lr": 3e-3}, train={"iterations": 3, "eval_every": 3})
-    tr = Trainer(cfg, tmp_path / "er", progress=False)
-    try:
-        before = tr.roles.generate(["This movie was", "I did not"], seed=1)
-        tr.run()
-        rows = read_metrics(tmp_path / "er")
-        _check_common(tr, rows, before)
-        assert [r["elastic_reset/event"] for r in rows if "loss/policy" in r] == [0.0, 1.0, 0.0]
-        # evaluated on schedule (before iteration 0, and at the end) and also just before the reset (at the start of
-        # iteration 1, which ends with the reset), marked as such; a row's step counts the iterations done after it
-        assert [(r["step"], r.get("eval/before_reset")) for r in rows if "eval/gold_mean" in r] == [(1, None), (2, 1.0), (3, None)]
         # A reset now (as the control plane triggers it): the policy becomes exactly the EMA, the EMA the initial model.
         st = ray.get(tr.roles.learner.state_dict.remote())
         ema, init = st["elastic"]["ema"], st["elastic"]["initial"]
