@@ -18,14 +18,3 @@ def get_task(cfg):
         raise ValueError(f"task.name must be one of {', '.join(sorted(TASKS))}, got {cfg.task.name!r}")
     mod, _, cls = target.partition(":")
     return getattr(importlib.import_module(mod), cls)(cfg)
-
-
-def set_threads(n: int | None) -> int:
-    """torch threads: ``n``, or every core this process may run on."""
-    import os
-
-    import torch
-
-    n = n or max(1, min(os.cpu_count() or 1, len(os.sched_getaffinity(0))))
-    torch.set_num_threads(n)
-    return n

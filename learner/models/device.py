@@ -59,3 +59,12 @@ def autocast(device: torch.device, precision: str):
     # forward after the first update ran on the weights from before it (PPO's ratio stayed at 1). Without it each
     # forward casts the current weights, as accelerate's per-forward autocast (TRL) does.
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
+
+
+def set_threads(n: int | None) -> int:
+    """torch threads: ``n``, or every core this process may run on."""
+    import os
+
+    n = n or max(1, min(os.cpu_count() or 1, len(os.sched_getaffinity(0))))
+    torch.set_num_threads(n)
+    return n

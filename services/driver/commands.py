@@ -18,7 +18,8 @@ def load_or_exit(args):
 
 
 def prepare_command(args) -> int:
-    from tasks import get_task, set_threads
+    from learner.models.device import set_threads
+    from tasks import get_task
     from tasks.store import AssetError
 
     cfg = load_or_exit(args)

@@ -35,7 +35,8 @@ from services.driver.guard_policy import GuardPolicy
 from services.driver.pipeline import NextBatch, drop_stale
 from services.driver.records import iteration_metrics, write_samples
 from services.driver.trackers import Trackers, require_packages
-from tasks import get_task, set_threads
+from learner.models.device import set_threads
+from tasks import get_task
 from tasks.contract import HELDOUT_SEED_OFFSET, PromptSet
 
 log = logging.getLogger(__name__)

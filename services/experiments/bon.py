@@ -102,7 +102,8 @@ def run_bon(cfg: TetherConfig, out_dir: Path, *, n_max: int, n_prompts: int, n_b
     ensemble aggregation, each ensemble's first member alone is a curve ("<ensemble>/single"): the single proxy.
     Returns what bon.json holds.
     """
-    from tasks import get_task, set_threads
+    from learner.models.device import set_threads
+    from tasks import get_task
 
     if n_max < 1 or n_prompts < 1:
         raise ValueError(f"n_max and n_prompts must be >= 1, got {n_max} and {n_prompts}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from learner.guard import SIGNALS, Guard, GuardRule, first_alarm
-from services.experiments.sweep.spec import read_json
+from services.state.runlog import read_json
 
 CALIB_SEEDS = (0, 1)
 GRADED_STAGES = ("overopt", "elastic_reset", "ensembles", "salsa", "fdpg")

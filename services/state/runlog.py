@@ -43,6 +43,14 @@ class RunLog:
             self._tb.close()
 
 
+def read_json(p: Path) -> dict:
+    """A run or sweep folder's JSON file (summary, status, cells, job), or {} when it is missing or unreadable."""
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     p = Path(run_dir) / "metrics.jsonl"
     if not p.exists():

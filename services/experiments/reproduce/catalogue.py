@@ -16,7 +16,7 @@ from learner.config import ConfigError
 from services.experiments.reproduce.claims import OF, STATS, Claim, RLForm, _need, measured_parts, statistic
 from services.experiments.reproduce.runs import RunReader
 from services.experiments.reproduce.stages import BON_ARGS, SPEC_DIR, STAGE_NAMES, STAGES
-from services.experiments.sweep.spec import read_json
+from services.state.runlog import read_json
 
 CATALOGUE = SPEC_DIR / "claims.yaml"
 SWEEP_STAGES = tuple(s.name for s in STAGES if s.spec is not None)

@@ -11,7 +11,7 @@ from learner.analysis import claims as C
 from services.experiments.reproduce.catalogue import load_catalogue, ppo_ensemble_arms
 from services.experiments.reproduce.runs import RunReader
 from services.experiments.reproduce.stages import BON_ARGS
-from services.experiments.sweep.spec import read_json
+from services.state.runlog import read_json
 
 
 def fmt(x, spec: str = "+.3f") -> str:

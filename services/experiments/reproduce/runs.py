@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from learner.analysis import claims as C
-from services.experiments.sweep.spec import read_json
+from services.state.runlog import read_json
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from learner.config.load import PRESETS_DIR
-from services.experiments.sweep.spec import read_json
+from services.state.runlog import read_json
 
 log = logging.getLogger(__name__)
 

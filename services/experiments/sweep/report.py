@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from services.state.runlog import run_state
-from services.experiments.sweep.spec import SweepSpecError, read_json
+from services.experiments.sweep.spec import SweepSpecError
+from services.state.runlog import read_json
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from actors.placement import job_env_vars
 from learner.config import ConfigError, load_config
 from services.experiments.sweep.report import write_sweep_report
-from services.state.runlog import latest_checkpoint, run_state
-from services.experiments.sweep.spec import Cell, SweepSpecError, load_sweep, read_json, safe_name, write_sweep_files
+from services.state.runlog import latest_checkpoint, read_json, run_state
+from services.experiments.sweep.spec import Cell, SweepSpecError, load_sweep, safe_name, write_sweep_files
 
 log = logging.getLogger(__name__)
 

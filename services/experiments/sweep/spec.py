@@ -254,11 +254,4 @@ def write_sweep_files(sweep: Sweep) -> Path:
     return path
 
 
-def read_json(p: Path) -> dict:
-    try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 # -- the report ---------------------------------------------------------------------------------------
