@@ -14,13 +14,10 @@ from ray.util.placement_group import (
 )
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors.errors import RuntimeSetupError  # noqa: F401 - raised here, and importable from here as before
 from learner.config import RoleResources, RuntimeConfig
 
 log = logging.getLogger(__name__)
-
-
-class RuntimeSetupError(RuntimeError):
-    """Ray could not be reached, or the actors cannot be placed: the message says what to change."""
 
 
 def actor_env_vars() -> dict[str, str]:

@@ -77,7 +77,7 @@ def train_command(args) -> int:
     """Run a config (every variant in turn) into runs/<stamp>-<name>/<variant>/, or resume such a folder."""
     import yaml
 
-    from actors.placement import RuntimeSetupError
+    from actors.errors import RuntimeSetupError
     from learner.config import ConfigError, load_config
     from services.driver.report import write_comparison_report
     from services.driver.train import run_or_resume

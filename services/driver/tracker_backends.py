@@ -51,9 +51,8 @@ def flat_params(config: dict, prefix: str = "") -> dict[str, str]:
 
 
 def setup_error(message: str) -> Exception:
-    """actors.placement.RuntimeSetupError (`tether train` and sweeps print it without a traceback), imported only here: a
-    local-mode run imports no Ray."""
-    from actors.placement import RuntimeSetupError
+    """actors.errors.RuntimeSetupError (`tether train` and sweeps print it without a traceback; its module imports no Ray)."""
+    from actors.errors import RuntimeSetupError
 
     return RuntimeSetupError(message)
 

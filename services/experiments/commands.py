@@ -13,7 +13,7 @@ def bon_command(args) -> int:
     """Best-of-n gold and proxy curves vs KL from pi_0, per ensemble aggregation, noisy vs clean labels (Coste et al. 2023)."""
     import shlex
 
-    from actors.placement import RuntimeSetupError
+    from actors.errors import RuntimeSetupError
     from learner.config import ConfigError, load_config
     from services.experiments.bon import fit_rows, run_bon
     from services.experiments.bon import fmt_num as f
@@ -74,7 +74,7 @@ def sweep_command(args) -> int:
     """Run a sweep spec (methods x grids x seeds) cell by cell, locally or as Ray jobs; report it with scaling-law fits."""
     from tqdm.auto import tqdm
 
-    from actors.placement import RuntimeSetupError
+    from actors.errors import RuntimeSetupError
     from learner.config import ConfigError
     from services.experiments.sweep import (
         format_table,
@@ -117,7 +117,7 @@ def sweep_command(args) -> int:
 
 def reproduce_command(args) -> int:
     """Every paper's claim on the default task: the reproduction's stages (resumable), then claims.md with CIs."""
-    from actors.placement import RuntimeSetupError
+    from actors.errors import RuntimeSetupError
     from learner.config import ConfigError
     from services.experiments.reproduce import STAGE_NAMES, claims_table, plan, plan_table, run_reproduction, write_claims
     from tasks.store import AssetError

@@ -151,7 +151,7 @@ def auto_parallel(cells: list[Cell], jobs) -> int:
 
 
 def _run_local(c: Cell, *, progress: bool) -> str:
-    from actors.placement import RuntimeSetupError
+    from actors.errors import RuntimeSetupError
     from tasks.store import AssetError
 
     try:
