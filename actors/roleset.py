@@ -94,6 +94,14 @@ class LocalRoleSet:
         self.learner.close()
 
 
+def collective_receivers(weight_sync: str, learner_node: str, rollout_nodes: list[str]) -> list[int]:
+    """The rollout actors (indices) that take the weights through the collective group; the others read a file handle.
+    auto: those on another node than the learner; collective: all; tmpfs / object_store: none."""
+    if weight_sync == "auto":
+        return [i for i, n in enumerate(rollout_nodes) if n != learner_node]
+    return list(range(len(rollout_nodes))) if weight_sync == "collective" else []
+
+
 class RayRoleSet(Recovery):
     """Rollout actors (vLLM or transformers), a reward actor, a gold actor and the learner, on one placement group."""
 
@@ -136,10 +144,7 @@ class RayRoleSet(Recovery):
         # (tmpfs / object store). auto: the learner's node -> tmpfs, any other node -> collective.
         self.nodes = dict(zip(["learner", *[f"rollout-{i}" for i in range(len(self.rollout))]],
                               ray.get([a.__ray_call__.remote(_node) for a in [self.learner, *self.rollout]])))
-        if rt.weight_sync == "auto":
-            remote = [i for i in range(len(self.rollout)) if self.nodes[f"rollout-{i}"] != self.nodes["learner"]]
-        else:
-            remote = list(range(len(self.rollout))) if rt.weight_sync == "collective" else []
+        remote = collective_receivers(rt.weight_sync, self.nodes["learner"], [self.nodes[f"rollout-{i}"] for i in range(len(self.rollout))])
         self.collective_rollouts = [self.rollout[i] for i in remote]
         self.file_rollouts = [a for i, a in enumerate(self.rollout) if i not in remote]
         self._weight_group: dict | None = None  # the collective sync's group: set up now, rebuilt after a restart

@@ -84,7 +84,7 @@ class CDP:
     def screenshot(self, name: str, tmp_path: Path) -> Path:
         png = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
         (tmp_path / name).write_bytes(png)
-        if os.environ.get("TETHER_SCREENSHOTS"):  # for the docs: TETHER_SCREENSHOTS=docs/images pytest tests/service/test_web_page.py
+        if os.environ.get("TETHER_SCREENSHOTS"):  # for the docs: TETHER_SCREENSHOTS=docs/images pytest tests/service/test_web_page*.py
             out = Path(os.environ["TETHER_SCREENSHOTS"])
             out.mkdir(parents=True, exist_ok=True)
             (out / name).write_bytes(png)

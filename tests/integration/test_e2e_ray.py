@@ -1,5 +1,5 @@
 """End to end through real Ray actors and real vLLM (CPU) on the tiny task: PPO + KL with Elastic Reset, several rollout
-actors, bf16 (eager and compiled)."""
+actors, a bf16 learner."""
 import json
 
 import numpy as np
@@ -59,7 +59,7 @@ def test_ppo_kl_with_elastic_reset_through_ray_and_vllm(tiny_assets, ray_cluster
         # the contextual judge's terms are logged, and every evaluation's samples are readable in the run folder
         assert all(k in summary for k in ("eval/gold_sentiment", "eval/gold_coherence", "eval/gold_repetition", "eval/gold_diversity"))
         files = sorted((tmp_path / "kl" / "samples").glob("step-*.jsonl"))
-        assert len(files) == len({r["step"] for r in evals})
+        assert len(files) == len(evals)
         last = [json.loads(x) for x in files[-1].read_text().splitlines()]
         assert len(last) == cfg.train.eval_prompts and set(last[0]) == {"prompt", "response", "proxy", "proxy_members", "gold"}
         assert len(last[0]["proxy_members"]) == cfg.proxy.n_members
@@ -106,15 +106,17 @@ def test_several_rollout_actors_split_and_sync(tiny_assets, ray_cluster, tmp_pat
         tr.close()
 
 
-@pytest.mark.parametrize("compile_", [False, True], ids=["eager", "compile"])
-def test_bf16_learner_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path, compile_):
-    """runtime.learner.precision bf16 (what a GPU user sets), also with runtime.learner.compile, on the default path:
-    the learner role trains under bf16 autocast with fp32 weights, syncs them to vLLM and the next rollout samples
-    from them. The cast-cache bug of session 20 was caught by a learner-level test only (tests/unit/test_device.py); this
-    runs the same switches through Ray (a compiled body keeps its weights' names, so the sync still reaches vLLM)."""
+def test_bf16_learner_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):
+    """runtime.learner.precision bf16 (what a GPU user sets) on the default path: the learner role trains under bf16
+    autocast with fp32 weights, syncs them to vLLM and the next rollout samples from them. The cast-cache bug of session
+    20 was caught by a learner-level test only (tests/unit/test_device.py); this runs the switch through Ray. With
+    runtime.learner.compile the bodies keep their weights' names and give the same update
+    (tests/unit/test_device.py::test_compile_gives_the_same_update_and_keeps_the_weights_names), which is what the sync to
+    vLLM reads; that is left to the unit test (the compiled run through Ray cost about 150 s of CI, mostly inductor's
+    compile)."""
     cfg = _cfg(tiny_assets, ppo={"lr": 3e-3}, train={"iterations": 2, "eval_every": 2})
     cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(
-        update={"learner": cfg.runtime.learner.model_copy(update={"precision": "bf16", "compile": compile_})})})
+        update={"learner": cfg.runtime.learner.model_copy(update={"precision": "bf16"})})})
     tr = Trainer(cfg, tmp_path / "bf16", progress=False)
     try:
         before = tr.roles.generate(["This movie was", "I did not"], seed=1)

@@ -1,7 +1,9 @@
 """Multi-node placement on a real two-node Ray cluster on this machine (ray.cluster_utils.Cluster: two raylets,
 each a node with its own id and a custom resource). The rollout actor is placed on the second node, the learner
 (and the reward and gold actors) on the first; with weight_sync: auto the cross-node rollout actor gets its
-weights through the collective group, and vLLM then samples with exactly the learner's weights."""
+weights through the collective group (gloo, no file written), and vLLM then samples with exactly the learner's weights.
+This is also the end-to-end run of the collective sync (tests/integration/test_weight_sync_collective.py holds its parts:
+buckets, the broadcast between real processes, and weight_sync: collective choosing it on one node)."""
 import pytest
 import ray
 
@@ -43,15 +45,19 @@ def test_rollouts_on_another_node_sync_through_the_collective_group(tiny_assets,
         assert nodes["rollout-0"] == node_b.node_id != nodes["learner"]  # where each actor ran
         assert nodes["learner"] == cluster.head_node.node_id
         assert len(tr.roles.collective_rollouts) == 1 and tr.roles.file_rollouts == []  # auto chose the cross-node path
+        assert tr.roles._weight_group["backend"] == "gloo" and tr.roles._weight_group["world"] == 2
         before = tr.roles.generate(["This movie was", "I did not"], seed=1)
         tr.run()
         rows = [r for r in read_metrics(tmp_path / "two-nodes") if "loss/policy" in r]
         assert len(rows) == 2
         for r in rows:
             assert r["sync/collective_receivers"] == 1 and r["sync/file_receivers"] == 0
-            assert r["rollout/behaviour_logp_gap"] < 1e-3  # the remote engine's log-probs are the learner's
+            assert r["rollout/behaviour_logp_gap"] < 1e-3 and r["rollout/staleness"] == 0  # the remote engine's log-probs are the learner's
+            assert r["time_s/sync_send"] > 0
         after = tr.roles.generate(["This movie was", "I did not"], seed=1)
-        assert after.policy_version == tr.roles.learner_version() and after.response_ids != before.response_ids
+        assert after.policy_version == tr.roles.learner_version() == 2 and after.response_ids != before.response_ids
+        # nothing went through a file: the engine's own tmpfs folder never got a version
+        assert ray.get(tr.roles.rollout[0].__ray_call__.remote(lambda self: self.engine._sync.versions())) == []
     finally:
         tr.close()
 

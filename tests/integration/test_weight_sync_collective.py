@@ -52,30 +52,12 @@ def test_a_broadcast_reaches_every_rank_bit_for_bit():
             assert torch.equal(torch.tensor(got[k], dtype=v.dtype), v), k
 
 
-@pytest.mark.slow
-def test_a_run_with_the_collective_sync_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):
-    import ray
+def test_weight_sync_picks_the_collective_receivers_by_mode_and_node():
+    """auto: the rollout actors on another node than the learner's (tests/integration/test_multinode.py runs that path end
+    to end through Ray + vLLM); collective: every one, on any node; tmpfs and object_store: none."""
+    from actors.roleset import collective_receivers
 
-    from services.state.runlog import read_metrics
-    from services.driver.train import Trainer
-
-    base = tiny_assets[0]
-    rt = base.runtime.model_copy(update={"mode": "ray", "engine": "vllm", "weight_sync": "collective", "checkpoint_every": 0})
-    cfg = base.model_copy(update={"runtime": rt, "train": base.train.model_copy(update={"iterations": 2})})
-    tr = Trainer(cfg, tmp_path / "coll", progress=False)
-    try:
-        assert tr.roles._weight_group["backend"] == "gloo" and tr.roles._weight_group["world"] == 2
-        before = tr.roles.generate(["This movie was", "I did not"], seed=1)
-        tr.run()
-        rows = [r for r in read_metrics(tmp_path / "coll") if "loss/policy" in r]
-        assert len(rows) == 2
-        for r in rows:
-            # vLLM sampled every iteration with exactly the learner's weights: its log-probs are the learner's
-            assert r["rollout/behaviour_logp_gap"] < 1e-3 and r["rollout/staleness"] == 0
-            assert r["time_s/sync_send"] > 0
-        after = tr.roles.generate(["This movie was", "I did not"], seed=1)
-        assert after.policy_version == tr.roles.learner_version() == 2 and after.response_ids != before.response_ids
-        # nothing went through a file: the engine's own tmpfs folder never got a version
-        assert ray.get(tr.roles.rollout[0].__ray_call__.remote(lambda self: self.engine._sync.versions())) == []
-    finally:
-        tr.close()
+    assert collective_receivers("auto", "a", ["a", "b", "a", "c"]) == [1, 3]
+    assert collective_receivers("auto", "a", ["a"]) == []
+    assert collective_receivers("collective", "a", ["a", "a"]) == [0, 1]
+    assert collective_receivers("tmpfs", "a", ["b"]) == [] and collective_receivers("object_store", "a", ["b"]) == []
