@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from actors.placement import job_env_vars
+from actors.runtime_env import job_env_vars
 from services.server.api_models import DEFAULT_LIMITS
 from services.state.jobs import RayJobs
 

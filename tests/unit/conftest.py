@@ -1,5 +1,6 @@
 """The unit tier's rule, checked around every test: a unit test loads no Ray and no vLLM (those tests belong in
-tests/integration), so `pytest tests/unit` stays the seconds-to-minutes inner loop."""
+tests/integration), so `pytest tests/unit` stays the minutes-long inner loop. The check bites when the unit tier runs on its
+own: in a full `make test` the integration modules, collected before any test runs, have already imported Ray."""
 from __future__ import annotations
 
 import sys

@@ -101,8 +101,8 @@ def test_local_mode_needs_no_ray():
 # services/ has three rooms and the state they share (README "Architecture"): each room may import only what is listed.
 ROOMS = {
     # the run's Redis record, its folder's files, the Ray Jobs client and what a run declares of the cluster: no ML, no room
-    "services.state": ("services.state", "learner.config", "actors.placement"),
-    "services.server": ("services.state", "services.server", "learner.config", "actors.placement"),  # no torch, no driver
+    "services.state": ("services.state", "learner.config", "actors.placement", "actors.runtime_env"),
+    "services.server": ("services.state", "services.server", "learner.config", "actors.placement", "actors.runtime_env"),  # no torch, no driver
     "services.driver": ("services.state", "services.driver", "learner", "tasks", "actors"),
     "services.experiments": ("services.state", "services.driver", "services.experiments", "learner", "tasks", "actors"),
 }

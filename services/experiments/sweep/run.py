@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from actors.placement import job_env_vars
+from actors.runtime_env import job_env_vars
 from learner.config import ConfigError, load_config
 from services.experiments.sweep.report import write_sweep_report
 from services.state.runlog import latest_checkpoint, read_json, run_state
