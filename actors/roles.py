@@ -35,7 +35,7 @@ def _threads(n: int) -> None:
 class RolloutActor(RolloutWorker):
     def __init__(self, cfg: TetherConfig, policy_path: str, index: int, run_id: str):
         _threads(cfg.runtime.rollout.threads)
-        if cfg.runtime.vllm_engine_core == "in_actor":  # vLLM's engine core in this process: read when the engine starts
+        if cfg.vllm_in_actor:  # vLLM's engine core in this process: read when the engine starts
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         super().__init__(cfg, policy_path, index, run_id)
         self.metrics = role_metrics(cfg.name, ["perf/rollout_tokens_per_s"])

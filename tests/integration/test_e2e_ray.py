@@ -38,6 +38,15 @@ def _check_common(tr: Trainer, rows: list[dict], before) -> None:
     assert after.response_ids != before.response_ids  # same seed, new weights: the engine's outputs changed
 
 
+def _engine_core_children(tr: Trainer) -> list[str]:
+    import psutil
+
+    from actors.recovery import _pid
+
+    pid = ray.get(tr.roles.rollout[0].__ray_call__.remote(_pid))
+    return [c.name() for c in psutil.Process(pid).children(recursive=True) if "EngineCore" in c.name()]
+
+
 def test_ppo_kl_with_elastic_reset_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):
     """One run through Ray + vLLM asserts the default path's neighbours (one cluster and one vLLM start for both): PPO with
     the adaptive KL controller, and Elastic Reset every 2 iterations."""
@@ -45,6 +54,9 @@ def test_ppo_kl_with_elastic_reset_through_ray_and_vllm(tiny_assets, ray_cluster
                train={"iterations": 3, "eval_every": 1})
     tr = Trainer(cfg, tmp_path / "kl", progress=False)
     try:
+        # the default runtime.vllm_engine_core (auto) runs vLLM's engine core in the rollout actor's process: no EngineCore child
+        assert cfg.runtime.vllm_engine_core == "auto" and cfg.vllm_in_actor
+        assert not _engine_core_children(tr), _engine_core_children(tr)
         before = tr.roles.generate(["This movie was", "I did not"], seed=1)
         summary = tr.run()
         rows = read_metrics(tmp_path / "kl")

@@ -105,21 +105,22 @@ def test_pipelined_run_in_process(tiny_assets, tmp_path):
 
 
 @pytest.mark.slow
-def test_pipelined_run_through_ray_and_vllm_with_the_engine_core_in_the_actor(tiny_assets, ray_cluster, tmp_path):
-    """Ray actors + vLLM with both opt-ins of issue 14: runtime.pipeline, and runtime.vllm_engine_core: in_actor (vLLM's engine
-    core in the rollout actor's own process, no EngineCore child; the probe fails with the default 'process')."""
+def test_pipelined_run_through_ray_and_vllm_with_the_engine_core_in_its_own_process(tiny_assets, ray_cluster, tmp_path):
+    """Ray actors + vLLM with runtime.pipeline and the opt-in runtime.vllm_engine_core: process (vLLM's engine core in a child
+    process of the rollout actor, as vLLM does by default; the default, auto, runs it in the actor: tests/integration/test_e2e_ray.py)."""
     import psutil
     import ray
 
     from actors.recovery import _pid
 
     cfg = _pipelined(tiny_assets, "ray", "vllm", True)
-    cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"vllm_engine_core": "in_actor"})})
+    cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"vllm_engine_core": "process"})})
+    assert not cfg.vllm_in_actor
     tr = Trainer(cfg, tmp_path / "p", progress=False)
     try:
         pid = ray.get(tr.roles.rollout[0].__ray_call__.remote(_pid))
         kids = [c.name() for c in psutil.Process(pid).children(recursive=True)]
-        assert not any("EngineCore" in k for k in kids), kids
+        assert any("EngineCore" in k for k in kids), kids
         summary = tr.run()
         assert tr.roles.generate(["This movie"], seed=1).policy_version == tr.roles.learner_version()  # synced at the end
     finally:
@@ -132,3 +133,8 @@ def test_engine_core_in_actor_needs_ray_and_vllm(tiny_assets):
     base = tiny_assets[0].dump()
     with pytest.raises(Exception, match="needs runtime.mode: ray"):
         validate_dict({**base, "runtime": {**base.get("runtime", {}), "mode": "local", "vllm_engine_core": "in_actor"}}, source="test")
+    # auto: in the actor only where there is one (Ray) and it runs vLLM; a local run keeps vLLM's own processes
+    auto = {**base, "runtime": {**base.get("runtime", {}), "vllm_engine_core": "auto"}}
+    assert validate_dict({**auto, "runtime": {**auto["runtime"], "mode": "ray", "engine": "vllm"}}, source="test").vllm_in_actor
+    assert not validate_dict({**auto, "runtime": {**auto["runtime"], "mode": "ray", "engine": "transformers"}}, source="test").vllm_in_actor
+    assert not validate_dict({**auto, "runtime": {**auto["runtime"], "mode": "local", "engine": "vllm"}}, source="test").vllm_in_actor
