@@ -23,7 +23,7 @@ def concat_rollouts(parts: list[Rollouts]) -> Rollouts:
         prompts=[p for r in parts for p in r.prompts], prompt_ids=[p for r in parts for p in r.prompt_ids],
         response_ids=[p for r in parts for p in r.response_ids], behaviour_logprobs=[p for r in parts for p in r.behaviour_logprobs],
         responses=[p for r in parts for p in r.responses], policy_version=min(r.policy_version for r in parts), engine=first.engine,
-        n_prefix=first.n_prefix, meta=[m for r in parts for m in r.meta],
+        n_prefix=first.n_prefix, meta=[m for r in parts for m in r.meta], groups=[g for r in parts for g in r.groups],
     )
 
 

@@ -58,8 +58,9 @@ def measure_rollout(cfg, policy_path: Path, repeats: int = 3) -> tuple[dict, dic
 
 
 def bench_rollout(cfg, policy_path: Path, repeats: int = 3) -> tuple[list[tuple], dict]:
-    """Section 1: vLLM with its engine core in a child process (vLLM's default) here, and with the engine core in the
-    calling process (runtime.vllm_engine_core: in_actor) in a subprocess of its own, each against transformers."""
+    """Section 1: vLLM with its engine core in a child process (vLLM's default; runtime.vllm_engine_core: process) here, and
+    with the engine core in the calling process (in_actor: tether's default under Ray, vllm_engine_core: auto) in a
+    subprocess of its own, each against transformers."""
     import json
 
     res, eng = measure_rollout(cfg, policy_path, repeats)
@@ -72,11 +73,11 @@ def bench_rollout(cfg, policy_path: Path, repeats: int = 3) -> tuple[list[tuple]
     for n in (64, 256):
         hf = res[f"{n}/transformers generate"]
         rows.append((n, "transformers generate", f"{hf:,.0f}", "1.00x"))
-        rows.append((n, "vLLM (engine core in a child process, vLLM's default)", f"{res[f'{n}/vLLM']:,.0f}", f"{res[f'{n}/vLLM'] / hf:.2f}x"))
+        rows.append((n, "vLLM (engine core in a child process, vLLM's default: vllm_engine_core: process)", f"{res[f'{n}/vLLM']:,.0f}", f"{res[f'{n}/vLLM'] / hf:.2f}x"))
         if probe:
             hf2 = probe[f"{n}/transformers generate"]
             rows.append((n, "transformers generate (in the probe process)", f"{hf2:,.0f}", "1.00x"))
-            rows.append((n, "vLLM, engine core in the process (runtime.vllm_engine_core: in_actor)", f"{probe[f'{n}/vLLM']:,.0f}",
+            rows.append((n, "vLLM, engine core in the process (in_actor: tether's default under Ray)", f"{probe[f'{n}/vLLM']:,.0f}",
                          f"{probe[f'{n}/vLLM'] / hf2:.2f}x"))
     if probe is None:
         rows.append(("-", f"in-process engine core probe failed: {out.stderr[-300:]!r}", "", ""))

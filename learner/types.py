@@ -14,6 +14,10 @@ Algorithm = Literal["ppo", "fdpg", "quark"]
 Aggregation = Literal["mean", "wco", "uwo"]
 Divergence = Literal["forward_kl", "reverse_kl", "js", "tv"]
 KLEstimator = Literal["k1", "k2", "k3"]
+# PPO's advantage: GAE with a value network, or a critic-free estimator over the samples of each prompt (issue 26)
+AdvantageEstimator = Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"]
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")  # a baseline from the other samples of the prompt
+LossAggregation = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
 
 @dataclass
@@ -29,6 +33,9 @@ class Rollouts:
     # per prompt, what a dataset task passes its scorers besides the rendered prompt: {"prompt": the user's prompt (a string or a
     # messages list), metadata column: value, ...}; empty for the imdb task
     meta: list[dict] = field(default_factory=list)
+    # per sample, the distinct prompt it answers (generation.n_per_prompt samples share one): the group estimators' groups;
+    # empty = consecutive blocks of n_per_prompt
+    groups: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -37,7 +44,8 @@ class Rollouts:
         """The rollouts at these positions, in this order."""
         pick = lambda xs: [xs[i] for i in indices]  # noqa: E731
         return Rollouts(pick(self.prompts), pick(self.prompt_ids), pick(self.response_ids), pick(self.behaviour_logprobs),
-                        pick(self.responses), self.policy_version, self.engine, self.n_prefix, pick(self.meta) if self.meta else [])
+                        pick(self.responses), self.policy_version, self.engine, self.n_prefix, pick(self.meta) if self.meta else [],
+                        pick(self.groups) if self.groups else [])
 
     @property
     def plain_prompt_ids(self) -> list[list[int]]:

@@ -39,14 +39,17 @@ class PromptSet:
     texts: list[str]
     ids: list[list[int]] | None = None
     meta: list[dict] = field(default_factory=list)
+    groups: list[int] = field(default_factory=list)  # per row, the distinct prompt it repeats (repeat_each); empty = one each
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def repeat_each(self, m: int) -> "PromptSet":
-        """Every prompt m times in a row (f-DPG's samples per prompt)."""
+        """Every prompt m times in a row (generation.n_per_prompt, f-DPG's samples per prompt), each row's group its prompt's
+        position. Each row is still sampled with its own seed (the engines seed each request by its index)."""
         rep = lambda xs: [x for x in xs for _ in range(m)]  # noqa: E731
-        return PromptSet(rep(self.texts), None if self.ids is None else rep(self.ids), rep(self.meta) if self.meta else [])
+        return PromptSet(rep(self.texts), None if self.ids is None else rep(self.ids), rep(self.meta) if self.meta else [],
+                         rep(list(range(len(self.texts)))))
 
 
 class Task(Protocol):

@@ -7,13 +7,17 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from learner.config.base import Strict
-from learner.types import Aggregation, Divergence, KLEstimator
+from learner.types import AdvantageEstimator, Aggregation, Divergence, KLEstimator, LossAggregation
 
 
 class GenerationConfig(Strict):
     max_new_tokens: int = Field(48, ge=1, description="Response length (Elastic Reset IMDB: 48 new tokens).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature. 1.0 keeps samples from pi itself, so the KL estimates are unbiased.")
     top_k: int = Field(0, ge=0, description="0 = no top-k truncation (pure sampling, as in the papers).")
+    n_per_prompt: int = Field(
+        1, ge=1, le=1024, description="Samples per distinct prompt in each batch (PPO and Quark; f-DPG has fdpg.samples_per_prompt): "
+        "the batch is batch_size / n_per_prompt prompts, each sampled n_per_prompt times with its own seed, consecutive rows one "
+        "group. The group estimators (ppo.advantage: grpo, dr_grpo, rloo, reinforce_pp_baseline) need >= 2.")
 
 
 class KLConfig(Strict):
@@ -24,6 +28,11 @@ class KLConfig(Strict):
     target: float = Field(1.0, gt=0, description="Adaptive target KL in nats per sequence (Elastic Reset IMDB: 1.0).")
     horizon: int = Field(10_000, ge=1, description="Adaptive controller horizon in samples (Ziegler et al.: 10,000).")
     estimator: KLEstimator = Field("k1", description="Per-token KL estimator in the reward: k1 = logr, k2 = logr^2/2, k3 = exp(-logr)-1+logr.")
+    placement: Literal["reward", "loss"] = Field(
+        "reward", description="PPO: where the KL penalty acts. reward = -beta * kl_t in each token's reward (Ziegler et al.; "
+        "today's PPO); loss = beta * the aggregated per-token estimate (kl.estimator, with its gradient) added to the policy loss "
+        "(GRPO's form; k3 is GRPO's and veRL's low_var_kl, k2 gives the KL's gradient on on-policy samples). The coefficient is "
+        "fixed or adaptive either way.")
     reference: Literal["initial", "ema"] = Field(
         "initial",
         description="KL reference: the initial model, or the Elastic Reset EMA (as the authors' IMDB code does unless a separate EMA is configured).",
@@ -79,6 +88,25 @@ class PPOConfig(Strict):
         2.0, gt=0, le=1e6, description="Stale rollouts (runtime.pipeline; staleness >= 1): each token's policy loss is weighted by "
         "min(pi_old / mu, cap), pi_old the learner's policy before this iteration's updates and mu the policy that sampled the token "
         "(truncated importance sampling; the peers' cap is 2). Fresh rollouts are not reweighted.")
+    advantage: AdvantageEstimator = Field(
+        "gae", description="gae: a value network and GAE (PPO). Critic-free, no value network built, trained, synced or checkpointed: "
+        "grpo (group mean and std; Shao et al. 2024), dr_grpo (group mean only; Liu et al. 2025, with loss_agg "
+        "seq-mean-token-sum-norm), rloo (leave-one-out mean; Ahmadian et al. 2024), reinforce_pp (discounted returns of the "
+        "KL-shaped token rewards, whitened over the batch; Hu 2025), reinforce_pp_baseline (score minus its group mean, whitened). "
+        "The group estimators need generation.n_per_prompt >= 2. Sequence scores include -beta * KL with kl.placement: reward.")
+    clip_high: float | None = Field(None, gt=0, le=10, description="The ratio's upper clip: [1 - clip, 1 + clip_high] (DAPO's "
+                                    "clip-higher, 0.28 with clip 0.2). None = clip (symmetric, PPO).")
+    ratio_level: Literal["token", "sequence"] = Field(
+        "token", description="token: the importance ratio per token (PPO, GRPO); sequence: GSPO's per-sequence geometric mean "
+        "exp(mean_t log pi/pi_old), clipped per sequence (Zheng et al. 2025; clip ranges there are ~3e-4 / 4e-4).")
+    loss_agg: LossAggregation = Field(
+        "token-mean", description="How per-token losses become one: token-mean (PPO, DAPO); seq-mean-token-mean (GRPO's original "
+        "length normalisation); seq-mean-token-sum; seq-mean-token-sum-norm (token sums over a constant, "
+        "generation.max_new_tokens: Dr. GRPO). The KL term in the loss is aggregated the same way.")
+    drop_uniform_groups: bool = Field(
+        False, description="DAPO's dynamic sampling, without the refill: groups whose proxy scores are all equal (zero advantage "
+        "under every group estimator) are left out of the loss; the count is logged (rollout/groups_dropped). Needs "
+        "generation.n_per_prompt >= 2. DAPO resamples until the batch is full; tether trains on the smaller batch.")
     value_model: Literal["separate", "shared"] = Field(
         "separate", description="separate: the value head on its own copy of the transformer (the Elastic Reset authors' RL4LMs "
         "actor-critic, TRL's PPOTrainer), so a reset of the policy does not move the value function; shared: the head on the "

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from learner.config.base import ConfigError, Strict, format_errors
-from learner.types import Algorithm
+from learner.types import GROUP_ESTIMATORS, Algorithm
 from learner.config.compose import ALGORITHM_SECTIONS, compose_dict, without_other_algorithms
 from learner.config.methods import (
     ElasticResetConfig,
@@ -221,6 +221,24 @@ class TetherConfig(Strict):
                              f"and runtime.engine: vllm (this run has mode {r.mode!r}, engine {r.engine!r}); use vllm_engine_core: process")
         return self
 
+    @model_validator(mode="after")
+    def _groups(self) -> "TetherConfig":
+        n, p = self.generation.n_per_prompt, self.ppo
+        if self.algorithm == "fdpg" and n != 1:
+            raise ValueError(f"generation.n_per_prompt is {n}: f-DPG draws fdpg.samples_per_prompt samples per prompt "
+                             f"({self.fdpg.samples_per_prompt}); set that instead and leave generation.n_per_prompt at 1")
+        if self.rollout_batch_size % n:
+            raise ValueError(f"{self.algorithm}.batch_size ({self.rollout_batch_size}) must be a multiple of generation.n_per_prompt "
+                             f"({n}): each batch is whole groups of n_per_prompt samples of one prompt")
+        if self.algorithm != "ppo":
+            return self
+        if p.advantage in GROUP_ESTIMATORS and n < 2:
+            raise ValueError(f"ppo.advantage {p.advantage!r} compares the samples of one prompt: set generation.n_per_prompt >= 2 "
+                             f"(it is {n}; GRPO papers use 4-64), or use ppo.advantage: gae or reinforce_pp")
+        if p.drop_uniform_groups and n < 2:
+            raise ValueError(f"ppo.drop_uniform_groups drops groups of identical scores: it needs generation.n_per_prompt >= 2 (it is {n})")
+        return self
+
     @property
     def vllm_in_actor(self) -> bool:
         """Whether a Ray rollout actor runs vLLM's engine core in its own process (runtime.vllm_engine_core resolved)."""
@@ -247,8 +265,8 @@ class TetherConfig(Strict):
 
     @property
     def samples_per_prompt(self) -> int:
-        """Rollouts per distinct prompt (f-DPG estimates Z per prompt from them; 1 for PPO and Quark)."""
-        return self.fdpg.samples_per_prompt if self.algorithm == "fdpg" else 1
+        """Rollouts per distinct prompt: fdpg.samples_per_prompt for f-DPG (its Z per prompt), else generation.n_per_prompt."""
+        return self.fdpg.samples_per_prompt if self.algorithm == "fdpg" else self.generation.n_per_prompt
 
     def dump(self) -> dict:
         """The fields that were set (what a YAML round-trips), so re-validation sees the same sections."""

@@ -1,7 +1,10 @@
-"""The learner: PPO with KL control (Ziegler et al.) and optional Elastic Reset (Noukhovitch et al.).
+"""The learner: PPO with KL control (Ziegler et al.) and optional Elastic Reset (Noukhovitch et al.), and the
+critic-free family on the same loop (issue 26): GRPO, Dr. GRPO, RLOO, REINFORCE++ (``ppo.advantage``), the KL in the
+reward or in the loss, GSPO's sequence ratio, clip-higher, the loss aggregations and DAPO's filter of uniform groups.
 
-`PPOLearner.step(scored) -> stats` runs one PPO iteration on a batch of scored rollouts. It knows
-nothing of Ray: the runtime calls it in-process or inside a thin actor shell.
+`PPOLearner.step(scored) -> stats` runs one iteration on a batch of scored rollouts. It knows nothing of Ray: the
+runtime calls it in-process or inside a thin actor shell. A critic-free estimator builds no value network, so none is
+trained, synced or checkpointed; everything else (Elastic Reset, pipelining's correction, learner groups) is shared.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from learner.methods.elastic_reset import ElasticReset
 from learner.methods.kl import exact_kl_from_logits, kl_estimate, make_kl_controller
 from learner.methods.logprobs import entropy_from_logits, masked_mean, masked_sum, masked_whiten
 from learner.models.policy import SPEEDUPS, PolicyWithValue, make_adam, optimizer_step, response_logprobs, trim_padding
+from learner.methods.advantages import (aggregate_loss, grpo_advantages, informative_groups,
+                                        reinforce_pp_advantages, reinforce_pp_baseline_advantages, rloo_advantages)
 from learner.methods.ppo import gae, per_token_rewards, policy_loss, truncated_is_weights, value_loss
 from learner.types import ScoredRollouts
 
@@ -33,7 +38,8 @@ class PPOLearner(LearnerBase):
     def __init__(self, cfg: TetherConfig, init_lm: torch.nn.Module, *, pad_id: int, ref_lm: torch.nn.Module | None = None):
         super().__init__(cfg, init_lm, pad_id=pad_id, ref_lm=ref_lm)  # self.ref: pi_0, a SALSA soup, or (kl.reference: ema) the EMA
         # the value head (and a separate critic) are made on the CPU: move them to the policy's device
-        self.model = PolicyWithValue(init_lm, separate_critic=cfg.ppo.value_model == "separate").to(self.device)
+        self.critic = cfg.ppo.advantage == "gae"  # the other estimators need no value network: none is built
+        self.model = PolicyWithValue(init_lm, separate_critic=cfg.ppo.value_model == "separate", value=self.critic).to(self.device)
         self.model.train()
         self.opt = make_adam(self.model.parameters(), cfg.ppo.lr, self.device)
         k = cfg.kl
@@ -75,50 +81,74 @@ class PPOLearner(LearnerBase):
             # in a learner group each rank runs these forward passes on its rows and gathers the rest (learner/parallel.py)
             rows = torch.as_tensor(dp.shard(np.arange(B)), device=self.device)
             part = {k: (v[rows] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()} if dp.active else batch
-            old_logp, old_values, logits = response_logprobs(self.model, part, with_values=True, return_logits=True)
+            if self.critic:
+                old_logp, old_values, logits = response_logprobs(self.model, part, with_values=True, return_logits=True)
+            else:
+                (old_logp, logits), old_values = response_logprobs(self.model, part, return_logits=True), None
             ref = self._ref_for_kl()
             ref_logp, ref_logits = response_logprobs(ref, part, return_logits=True)
             exact_kl = masked_sum(exact_kl_from_logits(logits, ref_logits), part["response_mask"], dim=1)  # (B,)
             del logits, ref_logits
-            old_logp, old_values, ref_logp, exact_kl = (dp.gather_rows(x) for x in (old_logp, old_values, ref_logp, exact_kl))
+            old_logp, ref_logp, exact_kl = (dp.gather_rows(x) for x in (old_logp, ref_logp, exact_kl))
+            if self.critic:
+                old_values = dp.gather_rows(old_values)
             kl_tok = kl_estimate(old_logp, ref_logp, self.cfg.kl.estimator)  # (B, R)
             beta = self.kl_ctl.value
-            rewards = per_token_rewards(scores=scores, kl=kl_tok, mask=mask, beta=beta)
-            adv, returns = gae(rewards=rewards, values=old_values, mask=mask, gamma=c.gamma, lam=c.lam)
-            if c.whiten_advantages:
-                adv = masked_whiten(adv, mask)
+            in_reward = self.cfg.kl.placement == "reward"
+            rewards = per_token_rewards(scores=scores, kl=kl_tok, mask=mask, beta=beta if in_reward else 0.0)
+            adv, returns, groups, keep, gstats = self._advantages(scored, scores, rewards, kl_tok, old_values, mask, beta if in_reward else 0.0)
             beh = self.tensor([x + [0.0] * (mask.shape[1] - len(x)) for x in r.behaviour_logprobs])
             behaviour_gap = masked_mean((beh - old_logp).abs(), mask)
             # stale rollouts (runtime.pipeline): weight each token by min(pi_old / mu, cap); fresh ones are not reweighted
             is_w, is_stats = (truncated_is_weights(old_logp=old_logp, behaviour_logp=beh, mask=mask, cap=c.offpolicy_is_cap) if stale > 0
                               else (None, {"is_weight_mean": 1.0, "is_clipfrac": 0.0}))
         self.model.train()
-        stats: dict[str, list[float]] = {k: [] for k in ("loss/policy", "loss/value", "loss/entropy", "ppo/clipfrac", "ppo/approx_kl", "ppo/vf_clipfrac", "optim/grad_norm")}
+        names = ["loss/policy", "loss/entropy", "ppo/clipfrac", "ppo/approx_kl", "optim/grad_norm"]
+        names += ["loss/value", "ppo/vf_clipfrac"] if self.critic else []
+        names += [] if in_reward else ["loss/kl"]
+        stats: dict[str, list[float]] = {k: [] for k in names}
         rng = self.minibatch_rng()
-        for _ in range(c.epochs):
+        by_rows = c.loss_agg != "token-mean"  # a mean over sequences: each rank's share of the minibatch is its share of rows
+        for _ in range(c.epochs if bool(keep.any()) else 0):  # every group dropped: nothing to learn from
             for idx in np.split(rng.permutation(B), B // c.minibatch_size):
                 idx_t = torch.as_tensor(dp.shard(idx), device=self.device)  # this rank's rows of the minibatch
                 mb = trim_padding({k: (v[idx_t] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()})
                 m = mb["response_mask"]
-                logp, values, mb_logits = response_logprobs(self.model, mb, with_values=True, return_logits=True)
-                pl, pst = policy_loss(logp=logp, old_logp=old_logp[idx_t], advantages=adv[idx_t], mask=m, clip=c.clip,
-                                      weights=None if is_w is None else is_w[idx_t])
-                vl, vst = value_loss(values=values, old_values=old_values[idx_t], returns=returns[idx_t], mask=m, clip=c.value_clip)
-                loss = pl + c.value_coef * vl
+                m_loss = m * keep[idx_t, None].to(m.dtype)  # DAPO's filter: a dropped group's rows are not in the loss
+                if self.critic:
+                    logp, values, mb_logits = response_logprobs(self.model, mb, with_values=True, return_logits=True)
+                else:
+                    logp, mb_logits = response_logprobs(self.model, mb, return_logits=True)
+                pl, pst = policy_loss(logp=logp, old_logp=old_logp[idx_t], advantages=adv[idx_t], mask=m_loss, clip=c.clip,
+                                      weights=None if is_w is None else is_w[idx_t], clip_high=c.clip_high, level=c.ratio_level,
+                                      agg=c.loss_agg, norm_len=self.cfg.generation.max_new_tokens)
+                share = dp.share(m.sum())  # token-mean terms are means over the minibatch's response tokens
+                pshare = dp.share(float(keep[idx_t].sum())) if by_rows else dp.share(m_loss.sum())
+                terms = [(pl, pshare)]
+                mvals = {"loss/policy": pl.item(), "ppo/clipfrac": pst["clipfrac"], "ppo/approx_kl": pst["approx_kl"]}
+                if self.critic:
+                    vl, vst = value_loss(values=values, old_values=old_values[idx_t], returns=returns[idx_t], mask=m, clip=c.value_clip)
+                    terms.append((c.value_coef * vl, share))
+                    mvals.update({"loss/value": vl.item(), "ppo/vf_clipfrac": vst["vf_clipfrac"]})
+                if not in_reward:  # the KL in the loss: beta * the aggregated per-token estimate, with its gradient
+                    kl_loss = aggregate_loss(kl_estimate(logp, ref_logp[idx_t], self.cfg.kl.estimator), m_loss, c.loss_agg,
+                                             norm_len=self.cfg.generation.max_new_tokens)
+                    terms.append((beta * kl_loss, pshare))
+                    mvals["loss/kl"] = kl_loss.item()
                 if c.entropy_coef > 0 or not SPEEDUPS.entropy_without_grad:
                     ent = masked_mean(entropy_from_logits(mb_logits), m)
-                    loss = loss - c.entropy_coef * ent
+                    terms.append((-c.entropy_coef * ent, share))
                 else:  # logged only: no graph through a (b, R, V) softmax that the loss does not use
                     with torch.no_grad():
                         ent = masked_mean(entropy_from_logits(mb_logits), m)
-                share = dp.share(m.sum())  # every term is a mean over the minibatch's response tokens
-                gn = optimizer_step(self.opt, loss * share if dp.active else loss, self.model.parameters(), c.max_grad_norm,
-                                    reduce_grads=dp.reduce_grads)
+                mvals["loss/entropy"] = ent.item()
+                # one rank's loss, each term weighted by this rank's share of what it averages over (the sum over ranks is the
+                # minibatch's loss); on one rank the plain sum
+                loss = sum(t * w for t, w in terms) if dp.active else sum(t for t, _ in terms)
+                gn = optimizer_step(self.opt, loss, self.model.parameters(), c.max_grad_norm, reduce_grads=dp.reduce_grads)
                 if self.elastic is not None and self.cfg.elastic_reset.update == "step":
                     self.elastic.update(self.model)  # EMA after every optimiser step (an option; not the authors' cadence)
-                mstats = dp.weighted_sum({"loss/policy": pl.item(), "loss/value": vl.item(), "loss/entropy": ent.item(),
-                                          "ppo/clipfrac": pst["clipfrac"], "ppo/approx_kl": pst["approx_kl"],
-                                          "ppo/vf_clipfrac": vst["vf_clipfrac"]}, share)
+                mstats = dp.weighted_sum(mvals, share)
                 for k, v in (*mstats.items(), ("optim/grad_norm", float(gn))):
                     stats[k].append(v)
             if self.elastic is not None and self.cfg.elastic_reset.update == "epoch":
@@ -131,7 +161,8 @@ class PPOLearner(LearnerBase):
         self.kl_ctl.update(seq_kl, B)
         self.iteration += 1
         self.version += 1
-        out = {k: float(np.mean(v)) for k, v in stats.items()}
+        out = {k: float(np.mean(v)) for k, v in stats.items() if v}
+        out.update(gstats)
         out.update({
             "kl/to_ref": seq_kl,
             "kl/to_ref_exact": float(exact_kl.mean()),
@@ -153,6 +184,42 @@ class PPOLearner(LearnerBase):
         if self.elastic is not None:
             out["elastic_reset/count"] = float(self.elastic.n_resets)
         return out
+
+    def _advantages(self, scored: ScoredRollouts, scores, rewards, kl_tok, old_values, mask, beta_reward: float):
+        """(advantages (B, R), GAE's returns or None, groups (B,), rows kept in the loss (B,) bool, stats) for ppo.advantage."""
+        c, n = self.cfg.ppo, self.cfg.generation.n_per_prompt
+        B = mask.shape[0]
+        r = scored.rollouts
+        # the prompt each row answers: set by the driver (consecutive rows of one prompt), else blocks of n_per_prompt
+        groups = torch.as_tensor(r.groups if r.groups else [i // n for i in range(B)], dtype=torch.long, device=self.device)
+        returns = None
+        est = c.advantage
+        # a sequence's score for the outcome estimators: the proxy aggregate, minus beta * its summed KL estimate when the KL
+        # is in the reward (veRL sums the KL-shaped token rewards the same way)
+        seq = scores.float() - beta_reward * masked_sum(kl_tok, mask, dim=1)
+        if est == "gae":
+            adv, returns = gae(rewards=rewards, values=old_values, mask=mask, gamma=c.gamma, lam=c.lam)
+            if c.whiten_advantages:
+                adv = masked_whiten(adv, mask)
+        elif est in ("grpo", "dr_grpo", "rloo"):
+            a = rloo_advantages(seq, groups) if est == "rloo" else grpo_advantages(seq, groups, scale_by_std=est == "grpo")
+            adv = a[:, None].to(mask.device) * mask.float()
+        elif est == "reinforce_pp":
+            adv = reinforce_pp_advantages(rewards, mask, gamma=c.gamma)
+        elif est == "reinforce_pp_baseline":
+            adv = reinforce_pp_baseline_advantages(seq, groups, mask)
+        else:  # the schema's Literal names every estimator: this is a programming error
+            raise AssertionError(f"ppo.advantage {est!r} has no branch")
+        out: dict[str, float] = {"advantage/mean": float(masked_mean(adv, mask)), "advantage/abs_mean": float(masked_mean(adv.abs(), mask))}
+        keep = torch.ones(B, dtype=torch.bool, device=self.device)
+        if n > 1:
+            informative = informative_groups(scores.float(), groups)  # on the proxy scores, as DAPO on the accuracy
+            n_groups = int(torch.unique(groups).numel())
+            out["rollout/groups_uniform"] = float(n_groups - torch.unique(groups[informative]).numel())
+            if c.drop_uniform_groups:
+                keep = informative
+                out["rollout/groups_dropped"] = out["rollout/groups_uniform"]
+        return adv, returns, groups, keep, out
 
     def reset_now(self) -> None:
         """Elastic Reset: policy <- EMA, then EMA <- initial (optionally optimiser and value head too)."""

@@ -1,5 +1,6 @@
-"""Critic-free advantage estimators over groups of samples of one prompt, the sequence-level (GSPO) and asymmetric
-("clip-higher") policy losses, the loss aggregation modes and DAPO's filter of uninformative groups (issue 26).
+"""Critic-free advantage estimators over groups of samples of one prompt, the loss aggregation modes and DAPO's filter of
+uninformative groups (issue 26). The sequence-level (GSPO) and asymmetric ("clip-higher") ratios are options of PPO's
+clipped surrogate, ``learner.methods.ppo.policy_loss``.
 
 Shapes: ``scores`` (B,) one scalar per sample (the aggregated proxy reward); ``groups`` (B,) int64, the prompt each
 sample answers (samples of one prompt share a value); token tensors (B, T) with a 0/1 ``mask`` over response tokens.
@@ -23,12 +24,16 @@ fewer than 2 samples per prompt for these estimators, so a singleton only arises
 """
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 from torch import Tensor
 
+from learner.types import GROUP_ESTIMATORS, LossAggregation  # noqa: F401 - GROUP_ESTIMATORS re-exported
+
 from learner.methods.logprobs import masked_mean, masked_sum, masked_whiten
 
-LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+LOSS_AGGREGATIONS: tuple[str, ...] = get_args(LossAggregation)
 
 
 def _group_stats(scores: Tensor, groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -126,32 +131,3 @@ def aggregate_loss(per_token: Tensor, mask: Tensor, mode: str, *, norm_len: int 
             raise ValueError(f"the constant length normaliser must be >= 1, got {L}")
         return (sums / L).mean()
     raise ValueError(f"unknown loss aggregation {mode!r}; accepted: {', '.join(LOSS_AGGREGATIONS)}")
-
-
-def clipped_policy_loss(*, logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip_low: float,
-                        clip_high: float, level: str = "token", agg: str = "token-mean",
-                        norm_len: int | None = None) -> tuple[Tensor, dict[str, float]]:
-    """The clipped surrogate with an asymmetric range [1 - clip_low, 1 + clip_high] (clip_high > clip_low is DAPO's
-    clip-higher; equal values are PPO's clip). level "token": rho_t = pi/pi_old per token (PPO, GRPO). level "sequence":
-    GSPO's s_i = exp(mean_t log(pi/pi_old)) of each sequence, with the per-token form s_i,t = sg[s_i] * pi_t / sg[pi_t]
-    so that every token carries the sequence's ratio and the gradient of the mean log-ratio. advantages (B, T) (a
-    sequence-level estimator's A_i on every token). Stats: clipfrac, ratio_mean."""
-    if level not in ("token", "sequence"):
-        raise ValueError(f"unknown importance-ratio level {level!r}; accepted: token, sequence")
-    if not (clip_low >= 0 and clip_high >= 0):
-        raise ValueError(f"clip ranges must be >= 0, got low {clip_low}, high {clip_high}")
-    valid = mask.bool()
-    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
-    logr = torch.where(valid, logp - old_logp.detach(), zero)  # (B, T)
-    if level == "sequence":
-        seq = masked_mean(logr, valid, dim=1)  # (B,) mean log-ratio; 0 for an empty row
-        logr = torch.where(valid, seq.detach()[:, None] + logp - logp.detach(), zero)
-    ratio = torch.exp(logr)
-    adv = torch.where(valid, advantages.detach(), zero)
-    pg1 = -adv * ratio
-    pg2 = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    per_token = torch.maximum(pg1, pg2)
-    loss = aggregate_loss(per_token, valid, agg, norm_len=norm_len)
-    with torch.no_grad():
-        stats = {"clipfrac": masked_mean((pg2 > pg1).float(), valid).item(), "ratio_mean": masked_mean(ratio.float(), valid).item()}
-    return loss, stats

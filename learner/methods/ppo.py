@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor
 
+from learner.methods.advantages import aggregate_loss
 from learner.methods.logprobs import masked_mean
 
 
@@ -71,30 +72,44 @@ def gae(*, rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: flo
     return adv, returns
 
 
-def policy_loss(*, logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip: float,
-                weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-    """PPO clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise.
+def policy_loss(*, logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip: float, weights: Tensor | None = None,
+                clip_high: float | None = None, level: str = "token", agg: str = "token-mean",
+                norm_len: int | None = None) -> tuple[Tensor, dict[str, float]]:
+    """PPO clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise, and its variants (issue 26).
 
-    L = masked_mean(w * max(-A * rho, -A * clip(rho, 1 - eps, 1 + eps))), rho = exp(logp - old_logp).
-    logp, old_logp, advantages, mask: (B, T); ``weights`` w (B, T), constants (default 1): the off-policy correction of
-    stale rollouts (``truncated_is_weights``; the decoupled objective of Hilton et al. 2022, where the clip is taken
-    around the learner's own pi_old and w corrects for the policy that sampled). Stats: clipfrac, approx_kl (masked
-    mean of 0.5 * (logp - old_logp)^2, i.e. k2), ratio_mean.
+    L = agg(w * max(-A * rho, -A * clip(rho, 1 - clip, 1 + clip_high))), rho = exp(logp - old_logp).
+    logp, old_logp, advantages, mask: (B, T) (a sequence-level estimator's A_i on every token); ``weights`` w (B, T),
+    constants (default 1): the off-policy correction of stale rollouts (``truncated_is_weights``; the decoupled objective
+    of Hilton et al. 2022, where the clip is taken around the learner's own pi_old and w corrects for the policy that
+    sampled). ``clip_high`` > ``clip``: DAPO's clip-higher (None: symmetric, PPO). ``level`` "token": rho per token
+    (PPO, GRPO); "sequence": GSPO's s_i = exp(mean_t log(pi/pi_old)) of each sequence (Zheng et al. 2025), written per
+    token as s_i,t = sg[s_i] * pi_t / sg[pi_t] so that every token carries the sequence's ratio and the gradient of the
+    mean log-ratio. ``agg``: the loss aggregation (``learner.methods.advantages.aggregate_loss``; token-mean is PPO's).
+    Stats: clipfrac, approx_kl (masked mean of 0.5 * (logp - old_logp)^2, i.e. k2), ratio_mean.
     """
+    if level not in ("token", "sequence"):
+        raise ValueError(f"unknown importance-ratio level {level!r}; accepted: token, sequence")
+    hi = clip if clip_high is None else clip_high
+    if not (clip >= 0 and hi >= 0):
+        raise ValueError(f"clip ranges must be >= 0, got clip {clip}, clip_high {clip_high}")
     valid = mask.bool()  # (B, T)
     logr = torch.where(valid, logp - old_logp.detach(), _zero(logp))  # (B, T); 0 where masked, so no exp overflow
+    tok_logr = logr
+    if level == "sequence":
+        seq = masked_mean(logr, valid, dim=1)  # (B,) the mean log-ratio; 0 for an empty row
+        logr = torch.where(valid, seq.detach()[:, None] + logp - logp.detach(), _zero(logp))
     ratio = torch.exp(logr)  # (B, T)
     adv = torch.where(valid, advantages.detach(), _zero(advantages))  # (B, T)
     pg1 = -adv * ratio
-    pg2 = -adv * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    pg2 = -adv * torch.clamp(ratio, 1.0 - clip, 1.0 + hi)
     per_token = torch.maximum(pg1, pg2)
     if weights is not None:
         per_token = per_token * torch.where(valid, weights.detach(), _zero(per_token))
-    loss = masked_mean(per_token, valid)
+    loss = masked_mean(per_token, valid) if agg == "token-mean" else aggregate_loss(per_token, valid, agg, norm_len=norm_len)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((pg2 > pg1).float(), valid).item(),
-            "approx_kl": masked_mean(0.5 * logr.float() ** 2, valid).item(),
+            "approx_kl": masked_mean(0.5 * tok_logr.float() ** 2, valid).item(),
             "ratio_mean": masked_mean(ratio.float(), valid).item(),
         }
     return loss, stats

@@ -10,8 +10,10 @@ import torch
 
 def policy_weights(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The causal LM's weights in a learner checkpoint's ``model`` state: PPO's policy-with-value keeps them under ``lm.``
-    (beside its value head and critic); f-DPG's and Quark's model is the LM itself."""
-    if "value_head.weight" in model_state:
+    (beside its value head and critic, or alone with a critic-free ppo.advantage); f-DPG's and Quark's model is the LM
+    itself."""
+    wrapped = ("lm.", "value_head.", "critic.")
+    if model_state and all(k.startswith(wrapped) for k in model_state) and any(k.startswith("lm.") for k in model_state):
         return {k[len("lm."):]: v for k, v in model_state.items() if k.startswith("lm.")}
     return dict(model_state)
 

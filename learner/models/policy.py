@@ -23,20 +23,23 @@ class PolicyWithValue(nn.Module):
     head reads the policy's own last hidden state (one forward pass for both).
     """
 
-    def __init__(self, lm: nn.Module, *, separate_critic: bool = False):
+    def __init__(self, lm: nn.Module, *, separate_critic: bool = False, value: bool = True):
         super().__init__()
         self.lm = lm
         hidden = lm.config.hidden_size
-        self.critic = copy.deepcopy(getattr(lm, lm.base_model_prefix)) if separate_critic else None
-        self.value_head = nn.Linear(hidden, 1)
-        nn.init.zeros_(self.value_head.weight)
-        nn.init.zeros_(self.value_head.bias)
+        self.critic = copy.deepcopy(getattr(lm, lm.base_model_prefix)) if separate_critic and value else None
+        self.value_head = nn.Linear(hidden, 1) if value else None  # value=False: a critic-free estimator (no value network at all)
+        if value:
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (B, L', V) and values (B, L). ``keep`` > 0: the logits of the last ``keep`` positions only, where
+        """Logits (B, L', V) and values (B, L) (None without a value head). ``keep`` > 0: the logits of the last ``keep`` positions only, where
         the LM supports it (``lm_keep_kwargs``), else of all L positions."""
         pos = position_ids(attention_mask)
         kw = lm_keep_kwargs(self.lm, keep)
+        if self.value_head is None:  # no value network: values None
+            return self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, **kw).logits, None
         if self.critic is None:
             out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, output_hidden_states=True, **kw)
             return out.logits, self.values(out.hidden_states[-1])  # (B, L', V), (B, L)
@@ -122,6 +125,8 @@ def response_logprobs(lm_or_policy: nn.Module, batch: dict[str, torch.Tensor], *
     logp = logprobs_from_logits(logits, ids[:, P : P + R])
     out = [logp]
     if with_values:
+        if values is None:
+            raise ValueError("values were asked of a policy without a value head (a critic-free ppo.advantage)")
         out.append(response_slice(values, P, R))
     if return_logits:
         out.append(logits)

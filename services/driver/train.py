@@ -186,7 +186,7 @@ class Trainer:
         """Iteration ``it``'s training prompts and sampling seed: (train.seed, it) alone fix them."""
         cfg = self.cfg
         seed = cfg.train.seed * 1_000_003 + it
-        m_per = cfg.samples_per_prompt  # consecutive rows share a prompt (f-DPG's per-prompt Z); sampled with distinct seeds
+        m_per = cfg.samples_per_prompt  # consecutive rows share a prompt (a group; f-DPG's per-prompt Z); sampled with distinct seeds
         return self.task.prompts("train", cfg.rollout_batch_size // m_per, seed=seed).repeat_each(m_per), seed
 
     def generate(self, prompts: PromptSet, seed: int, prefix_ids: list[int] | None = None) -> Rollouts:
@@ -194,6 +194,7 @@ class Trainer:
         r = self.roles.generate(prompts.texts, seed, prefix_ids, prompts.ids)
         if prompts.meta:
             r.meta = list(prompts.meta)
+        r.groups = list(prompts.groups)  # the group estimators' prompt per row (ppo.advantage grpo, rloo, ...)
         return r
 
     def _generate_next(self, it: int):

@@ -33,6 +33,10 @@ BUILTIN: dict[str, tuple[str, dict[str, Any]]] = {
     "elastic-reset": ("PPO + Elastic Reset (Noukhovitch et al. 2023): a small KL penalty, EMA eta 0.995, reset every 17 iterations.",
                       {"name": "elastic-reset", **_PPO, "kl": {"mode": "fixed", "coef": 0.01},
                        "elastic_reset": {"enabled": True, "eta": 0.995, "every": 17}}),
+    "grpo": ("GRPO (Shao et al. 2024) on PPO's learner: 8 samples per prompt, group-normalised advantages, no value network, "
+             "the KL (k3, beta 0.01) in the loss.",
+             {"name": "grpo", **_PPO, "generation": {"n_per_prompt": 8}, "ppo": {**_PPO.get("ppo", {}), "advantage": "grpo"},
+              "kl": {"mode": "fixed", "coef": 0.01, "placement": "loss", "estimator": "k3"}}),
     "ensemble-uwo": ("PPO against a 4-member proxy ensemble aggregated by UWO (Coste et al. 2024, lambda 0.1).",
                      {"name": "ensemble-uwo", **_PPO, "kl": {"mode": "fixed", "coef": 0.01}, "proxy": {"n_members": 4},
                       "ensemble": {"aggregation": "uwo", "uwo_lambda": 0.1}}),

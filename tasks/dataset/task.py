@@ -58,7 +58,7 @@ class DatasetTask:
         if stage == "dataset_proxy":
             p = cfg.proxy
             extra = {"preferences": p.preferences.model_dump(), "files": _data_fingerprint(p.preferences.path)} if p.source == "preferences" \
-                else {"gold": cfg.gold.scorer_spec().model_dump(), "generation": cfg.generation.model_dump()}
+                else {"gold": cfg.gold.scorer_spec().model_dump(), "generation": cfg.generation.model_dump(exclude={"n_per_prompt"})}
             return {"prompts": prompts, "policy_files": _fingerprint(cfg.policy.name_or_path),
                     "proxy": p.model_dump(exclude={"scorers"}), **extra}
         raise KeyError(stage)

@@ -27,7 +27,8 @@ COMMITTED_GOLD = REPO_ASSETS / "imdb-gold"  # the default contextual judge: abou
 
 # Fields that build nothing of this task (the dataset task's, the user's scorers): left out of the stage keys, so that
 # adding them kept every existing artefact's key (the committed policy's among them).
-_NOT_BUILT = {"task": {"objective", "data"}, "gold": {"label", "scorer", "committed_checkpoint"}, "proxy": {"source", "scorers", "preferences"}}
+_NOT_BUILT = {"task": {"objective", "data"}, "gold": {"label", "scorer", "committed_checkpoint"}, "proxy": {"source", "scorers", "preferences"},
+              "generation": {"n_per_prompt"}}  # the proxies' pairs are one sample per prompt whatever a run's n_per_prompt
 
 
 def _parts(cfg: TetherConfig, stage: str) -> dict:
@@ -43,7 +44,7 @@ def _parts(cfg: TetherConfig, stage: str) -> dict:
     if stage == "proxy":
         return {
             "task": task, "tokenizer": cfg.tokenizer.model_dump(), "policy": pol, "gold": gold_dump,
-            "proxy": proxy_dump, "generation": cfg.generation.model_dump(),
+            "proxy": proxy_dump, "generation": cfg.generation.model_dump(exclude=_NOT_BUILT["generation"]),
         }
     if stage == "sft":
         r = cfg.reference

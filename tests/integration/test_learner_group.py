@@ -1,6 +1,6 @@
 """The learner group (runtime.learner.ranks): N learner actors in one torch.distributed group (gloo here), each
 taking its share of every batch. After the same iterations on the same global batches, 2 ranks hold the
-parameters 1 rank holds, for every algorithm; and a whole run with 2 ranks goes through Ray + vLLM."""
+parameters 1 rank holds, for every algorithm (and GRPO with a sequence-mean loss and the KL in the loss); and a whole run with 2 ranks goes through Ray + vLLM."""
 import copy
 
 import numpy as np
@@ -29,13 +29,21 @@ def test_a_group_of_one_is_the_identity():
         DataParallel(2, 2)
 
 
+GRPO = {"advantage": "grpo", "loss_agg": "seq-mean-token-mean"}  # a sequence mean: each rank's share is its rows, not its tokens
+
+
 def _setup(tiny_assets, tmp_path, algorithm: str):
     base, _, paths = tiny_assets
-    sec = {"ppo": {"batch_size": 8, "minibatch_size": 4, "epochs": 2, "lr": 3e-3},
+    grpo = algorithm == "grpo"  # PPO's learner with a critic-free estimator over groups, the KL in the loss
+    algorithm = "ppo" if grpo else algorithm
+    sec = {"ppo": {"batch_size": 8, "minibatch_size": 4, "epochs": 2, "lr": 3e-3, **(GRPO if grpo else {})},
            "fdpg": {"batch_size": 8, "minibatch_size": 4, "lr": 1e-3},
            "quark": {"batch_size": 8, "minibatch_size": 4, "steps_per_iteration": 2}}[algorithm]
     rt = base.runtime.model_copy(update={"mode": "ray", "learner": base.runtime.learner.model_copy(update={"num_cpus": 0.5, "ranks": 2})})
     cfg = base.model_copy(update={"algorithm": algorithm, algorithm: getattr(base, algorithm).model_copy(update=sec), "runtime": rt})
+    if grpo:
+        cfg = cfg.model_copy(update={"generation": cfg.generation.model_copy(update={"n_per_prompt": 2}),
+                                     "kl": cfg.kl.model_copy(update={"placement": "loss", "estimator": "k3", "mode": "fixed", "coef": 0.1})})
     policy, _ = learner_class(algorithm).prepare_policy(cfg, paths.policy, tmp_path)
     tok = AutoTokenizer.from_pretrained(str(policy))
     eng = TransformersEngine.from_path(policy, cfg.generation)
@@ -43,12 +51,13 @@ def _setup(tiny_assets, tmp_path, algorithm: str):
     for it in range(2):
         r = eng.generate(["Great film", "Awful", "I think", "The plot"] * 2, seed=it)
         score = [float(sum(t == tok.encode(" the", add_special_tokens=False)[0] for t in x)) + 0.1 * i for i, x in enumerate(r.response_ids)]
+        r.groups = [0, 1, 2, 3, 0, 1, 2, 3]  # each prompt's two samples (the driver puts a group's rows together; any order works)
         batches.append(ScoredRollouts(r, [[s] for s in score], score, [0.0] * 8, gold=[s - 0.5 for s in score]))
     return cfg, policy, batches
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["ppo", "fdpg", "quark"])
+@pytest.mark.parametrize("algorithm", ["ppo", "fdpg", "quark", "grpo"])
 def test_two_ranks_hold_the_parameters_of_one_rank(tiny_assets, ray_cluster, tmp_path, algorithm):
     from actors.roles import LearnerActor
 
@@ -62,7 +71,7 @@ def test_two_ranks_hold_the_parameters_of_one_rank(tiny_assets, ray_cluster, tmp
             want = single.step(copy.deepcopy(b))
             got = ray.get([a.step.remote(b) for a in ranks])
             for k, v in want.items():
-                if k.startswith(("loss/", "kl/", "ppo/", "fdpg/", "quark/", "optim/")) and np.isfinite(v):
+                if k.startswith(("loss/", "kl/", "ppo/", "fdpg/", "quark/", "optim/", "advantage/")) and np.isfinite(v):
                     assert got[0][k] == pytest.approx(v, rel=1e-4, abs=1e-5), k  # the group's statistics are the whole batch's
         states = ray.get([a.state_dict.remote() for a in ranks])
         assert ray.get(ranks[0].param_checksum.remote()) == ray.get(ranks[1].param_checksum.remote())  # replicas identical

@@ -194,3 +194,17 @@ def test_committed_gold_matches_default_config_and_is_used_unless_rebuilding(tmp
         _policy_stage(other, split, False)
         with pytest.raises(RuntimeError, match="trained"):
             _gold_stage(other, split, rebuild=rebuild)
+
+
+def test_samples_per_prompt_builds_nothing_so_it_keys_no_asset():
+    """generation.n_per_prompt (a run's groups) changes no proxy: a GRPO cell shares a PPO cell's assets; the generation
+    settings the proxies' pairs are sampled with still key them."""
+    from learner.config import load_config
+    from tasks.imdb.build import stage_folder
+
+    base = load_config("default")
+    grouped = load_config("default", ["generation.n_per_prompt=8", "ppo.advantage=grpo"])
+    longer = load_config("default", ["generation.max_new_tokens=32"])
+    for stage in ("policy", "gold", "proxy"):
+        assert stage_folder(base, stage) == stage_folder(grouped, stage), stage
+    assert stage_folder(base, "proxy") != stage_folder(longer, "proxy")

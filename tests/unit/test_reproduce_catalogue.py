@@ -25,7 +25,11 @@ def test_every_catalogue_key_is_a_sweep_spec_and_every_spec_is_in_the_catalogue(
 def test_the_catalogue_expands_to_the_claims_in_order():
     cat = load_catalogue()
     claims = [(stage, c) for stage, sc in cat.root.items() for c in sc.expand(30)]
-    assert len(claims) == 31 and len({c.claim for _, c in claims}) == 31
+    assert len(claims) == 40 and len({c.claim for _, c in claims}) == 40
+    cf = [c for stage, c in claims if stage == "critic_free"]  # 3 estimators x (frontier gap, peak gold, KL at the peak) vs PPO
+    assert [(c.arms, c.stat, c.of) for c in cf[:3]] == [(["grpo", "ppo"], "gap", "gold"), (["grpo", "ppo"], "diff", "peak_gold"),
+                                                        (["grpo", "ppo"], "diff", "kl_at_peak")]
+    assert [c.arms[0] for c in cf[::3]] == ["grpo", "dr_grpo", "rloo"] and cf[3].claim.startswith("Dr. GRPO reaches higher gold")
     ens = [c for stage, c in claims if stage == "ensembles"]
     assert [c.claim for c in ens[:2]] == ["PPO (KL 0, 25% label noise): WCO loses less gold after the peak than a single proxy",
                                           "PPO (KL 0, 25% label noise): WCO loses less gold after the peak than the ensemble mean"]

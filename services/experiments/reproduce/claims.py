@@ -115,10 +115,14 @@ class _LossAtKL:
         return {self.a: la, self.b: lb, "common KL": k}
 
 
-def _fall(v: C.RunView) -> float:
+def _overopt(v: C.RunView):
     from learner.analysis.overopt import peak_and_fall
 
-    return peak_and_fall(v.run.steps, v.gold, v.proxy, v.kl).fall_fraction
+    return peak_and_fall(v.run.steps, v.gold, v.proxy, v.kl)
+
+
+def _fall(v: C.RunView) -> float:
+    return _overopt(v).fall_fraction
 
 
 def _overopt_parts(arm: str):
@@ -191,6 +195,8 @@ RUN_VALUES: dict[str, Callable[[C.RunView], float]] = {  # diff's `of`: one valu
     "final_proxy": lambda v: C.final(v.proxy),
     "distinct_2": lambda v: C.distinct_n(v.run.texts, 2),
     "final_log_ppl": lambda v: math.log(C.final(v.run.extra["ppl_under_init"])),
+    "peak_gold": lambda v: _overopt(v).peak,  # the peak of the 3-point moving average of gold
+    "kl_at_peak": lambda v: _overopt(v).kl_at_peak,  # KL from pi_0 at that peak
 }
 STATS = {"fall": 1, "rl_r2": 1, "rl_peak_log_ratio": 1, "gap": 2, "diff": 2, "loss_at_kl": 2}  # statistic -> how many arms
 OF = {"gap": ("gold", "proxy"), "diff": tuple(RUN_VALUES)}  # the statistics that take an `of`, and its values

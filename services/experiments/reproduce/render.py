@@ -66,7 +66,8 @@ def claims_markdown(result: dict, figs: list[str]) -> str:
 
 
 def draw_plots(out_dir: Path, dirs: dict[str, Path], reader: RunReader | None = None) -> list[str]:
-    """claims_frontiers.png (gold frontier vs KL: Elastic Reset vs PPO + KL, SALSA vs baseline) and
+    """claims_frontiers.png (gold frontier vs KL: Elastic Reset vs PPO + KL, SALSA vs baseline, the critic-free estimators
+    vs PPO) and
     claims_ensembles.png (PPO gold vs iteration per proxy; best-of-n gold vs KL per aggregation); ``reader``: the
     report's runs (those the claims read are not read again)."""
     import matplotlib
@@ -81,8 +82,10 @@ def draw_plots(out_dir: Path, dirs: dict[str, Path], reader: RunReader | None = 
     figs = []
     panels = [("Elastic Reset vs PPO + KL", dirs["elastic_reset"], [("elastic_reset", dirs["elastic_reset"]), ("ppo_kl005", dirs["elastic_reset"]),
                                                                   ("ppo_kl001", dirs["overopt"])]),
-              ("SALSA vs one SFT model", dirs["salsa"], [("salsa", dirs["salsa"]), ("sft_ref", dirs["salsa"])])]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+              ("SALSA vs one SFT model", dirs["salsa"], [("salsa", dirs["salsa"]), ("sft_ref", dirs["salsa"])]),
+              ("GRPO, Dr. GRPO, RLOO vs PPO (KL 0.01)", dirs["critic_free"], [("grpo", dirs["critic_free"]), ("dr_grpo", dirs["critic_free"]),
+                                                                         ("rloo", dirs["critic_free"]), ("ppo_kl001", dirs["overopt"])])]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     drew = False
     for ax, (title, _, arms) in zip(axes, panels):
         runs = {m: reader.runs(d, m) for m, d in arms}

@@ -42,6 +42,8 @@ STAGES = (
     Stage("quark", "Quark vs PPO + KL on toxicity", SPEC_DIR / "quark.yaml"),
     Stage("salsa", "SALSA (soup) vs its one-SFT-model baseline", SPEC_DIR / "salsa.yaml"),
     Stage("fdpg", "f-DPG: JS vs forward KL vs reverse KL towards one RLHF target", SPEC_DIR / "fdpg.yaml"),
+    Stage("critic_free", "GRPO, Dr. GRPO and RLOO vs PPO (GAE; overopt's KL 0.01 arm) at the same KL coefficient (a measured "
+          "comparison)", SPEC_DIR / "critic_free.yaml"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
