@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sp = sub.add_parser("reproduce", help="measure every paper's headline claim on the default task (3 seeds, bootstrap CIs): "
                                           "the reproduction's sweeps and best-of-n (resumable), then claims.md")
-    sp.add_argument("--only", help="run only these stages, comma-separated (overopt, elastic_reset, ensembles, ensembles_clean, bon, quark, salsa, fdpg); "
+    sp.add_argument("--only", help="run only these stages, comma-separated (overopt, elastic_reset, ensembles, ensembles_clean, bon, quark, salsa, fdpg, "
+                                   "critic_free); "
                                    "the report still covers every claim with the runs there are")
     sp.add_argument("--plan", action="store_true", help="print the stages, their cells and the minutes left, and exit")
     sp.add_argument("--report-only", action="store_true", help="only (re)measure the claims from the runs there are")

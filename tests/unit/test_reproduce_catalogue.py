@@ -87,3 +87,16 @@ def test_a_bad_catalogue_is_refused_naming_the_stage_the_claim_and_the_field(tmp
         raw["elastic_reset"]["arms"]["kl001"]["stage"] = "bon"
 
     assert "elastic_reset.arms.kl001.stage: 'bon' is not a sweep stage" in _bad(tmp_path, other_stage)
+
+
+def test_reproduce_help_names_every_stage():
+    """The CLI keeps its help text literal (it imports nothing heavy); this keeps it true."""
+    import subprocess
+    import sys
+
+    from services.experiments.reproduce.stages import STAGE_NAMES
+
+    out = subprocess.run([sys.executable, "-m", "services.cli", "reproduce", "--help"], capture_output=True, text=True, timeout=120).stdout
+    opts = out.split("options:", 1)[1]
+    listed = opts.split("--only ONLY", 1)[1].split("(", 1)[1].split(")", 1)[0]
+    assert [x.strip() for x in listed.split(",")] == list(STAGE_NAMES)
