@@ -33,8 +33,13 @@ run: install
 	$(BIN)/tether prepare $(CONFIG)
 	$(BIN)/tether train $(CONFIG)
 
+# The unit tier (no Ray, vLLM or server) on every core, then the Ray and service tiers in one process (their tests share
+# one machine's Ray and vLLM; a local ray.init would join another's cluster). A tier that PYTEST_ARGS leaves empty
+# (pytest's exit status 5) is not a failure.
+TEST_WORKERS ?= auto
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/unit -n $(TEST_WORKERS) $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest tests/integration tests/service $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 bench: install $(VENV)/.installed-bench
 	$(BIN)/python bench/run_all.py

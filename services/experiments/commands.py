@@ -143,7 +143,7 @@ def reproduce_command(args) -> int:
             print(plan_table(plan(runs_dir)))
             return 0
         if args.report_only:
-            result = write_claims(out, runs_dir=runs_dir, n_boot=args.n_boot)
+            result = write_claims(out, runs_dir=runs_dir, n_boot=args.n_boot, only=only)
         else:
             print(plan_table(plan(runs_dir)))
             result = run_reproduction(out, only=only, n_boot=args.n_boot, say=tqdm.write)

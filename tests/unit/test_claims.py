@@ -230,6 +230,32 @@ def test_write_claims_measures_what_has_run_and_names_the_stage_for_the_rest(tmp
     assert res["timing"]["overopt"]["cells"] == 6
 
 
+def test_write_claims_of_one_stage_measures_the_critic_free_comparison_alone(tmp_path, monkeypatch):
+    """--report-only --only critic_free: that stage's rows only (its PPO arm read from the overopt sweep), the peak and
+    the KL at the peak measured per run; GRPO here peaks higher and later than PPO."""
+    import services.experiments.reproduce as R
+
+    runs = tmp_path / "runs"
+    kl = [0.0, 2, 4, 6, 8, 10, 12, 14]
+    ppo = [0.0, 1.0, 2.0, 3.0, 2.0, 0.0, -1.0, -2.0]  # peak 2.33 (3-point mean) at KL 6
+    late = [0.0, 1.0, 2.0, 3.0, 4.0, 8.0, 4.0, 1.0]  # peak 5.33 at KL 10
+    _write_sweep(runs / "sweep-overopt", {"ppo_kl001": [(ppo, kl)] * 3})
+    _write_sweep(runs / "sweep-repro-critic-free", {m: [(late, kl)] * 3 for m in ("grpo", "dr_grpo", "rloo")})
+    dirs = {s.name: runs / f"missing-{s.name}" for s in R.STAGES}
+    dirs.update({"overopt": runs / "sweep-overopt", "critic_free": runs / "sweep-repro-critic-free"})
+    monkeypatch.setattr(R, "stage_dirs", lambda runs_dir: dirs)
+    res = R.write_claims(tmp_path / "out", runs_dir=runs, n_boot=200, only=["critic_free"])
+    assert len(res["rows"]) == 9 and {r["paper"] for r in res["rows"]} == {"measured comparison (tether), not a paper's claim"}
+    by = {r["claim"]: r for r in res["rows"]}
+    peak = by["GRPO's gold peak is higher than PPO's"]
+    assert peak["verdict"] == C.HOLDS and peak["effect"]["point"] == pytest.approx(16 / 3 - 7 / 3, abs=0.05)  # the cells hold per-prompt noise
+    at = by["RLOO peaks at a larger KL from pi_0 than PPO (over-optimises later in KL)"]
+    assert at["effect"]["point"] == pytest.approx(10.0 - 6.0, abs=1e-6) and at["verdict"] == C.HOLDS
+    assert by["Dr. GRPO reaches higher gold than PPO (GAE) at equal KL from pi_0 (KL 0.01 in the reward for both)"]["verdict"] == C.HOLDS
+    md = (tmp_path / "out" / "claims.md").read_text()
+    assert "the stage(s) critic_free only" in md and not (tmp_path / "out" / "guard.json").exists()
+
+
 def test_cli_reproduce_rejects_unknown_stages_and_plans(capsys):
     from services.cli import main
 

@@ -48,28 +48,35 @@ def run_reproduction(out_dir: Path, *, only: list[str] | None = None, progress: 
 
 
 def write_claims(out_dir: Path, *, runs_dir: Path | None = None, base: str = "default", n_boot: int = 2000, seed: int = 0,
-                 plots: bool = True) -> dict:
+                 plots: bool = True, only: list[str] | None = None) -> dict:
     """Measure every claim on what has run; write claims.json, claims.md and plots into ``out_dir``. ``runs_dir``:
-    where the results are (default: the ``base`` config's). The result's ``unreadable_runs``: the finished run
-    folders that could not be read (folder -> why), left out of every claim."""
+    where the results are (default: the ``base`` config's). ``only``: the claims of these stages alone (``tether
+    reproduce --report-only --only S``; no guard grading then), for a stage measured on its own. The result's
+    ``unreadable_runs``: the finished run folders that could not be read (folder -> why), left out of every claim."""
     from learner.config import load_config
 
     runs_dir = Path(runs_dir or load_config(base).runs_dir)
     dirs = stage_dirs(runs_dir)
     reader = RunReader()
-    claims = sweep_claims(dirs, reader) + bon_claims(dirs["bon"])
+    cat = load_catalogue()
+    if only is not None:
+        from services.experiments.reproduce.catalogue import Catalogue
+
+        cat = Catalogue({k: v for k, v in cat.root.items() if k in only})
+    claims = sweep_claims(dirs, reader, cat) + (bon_claims(dirs["bon"]) if only is None or "bon" in only else [])
     rows = [c.evaluate(n_boot, seed) for c in claims]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     timing = stage_minutes(dirs)
     result = {"n_boot": n_boot, "seed": seed, "rows": rows, "timing": timing, "stage_dirs": {k: str(v) for k, v in dirs.items()},
-              "unreadable_runs": dict(reader.unreadable)}
+              "unreadable_runs": dict(reader.unreadable), "stages": only}
     (out_dir / "claims.json").write_text(json.dumps(result, indent=2))
     figs = draw_plots(out_dir, dirs, reader) if plots else []
     from services.experiments.guard_grade import write_guard_report
 
-    guard = write_guard_report(out_dir, dirs)  # the gold-free guard replayed on these runs and graded against their gold
-    result["guard_best_signal"] = guard.get("best_signal")
+    if only is None:
+        guard = write_guard_report(out_dir, dirs)  # the gold-free guard replayed on these runs and graded against their gold
+        result["guard_best_signal"] = guard.get("best_signal")
     (out_dir / "claims.md").write_text(claims_markdown(result, figs))
     return result
 

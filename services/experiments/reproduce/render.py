@@ -35,7 +35,10 @@ def claims_table(rows: list[dict]) -> str:
 def claims_markdown(result: dict, figs: list[str]) -> str:
     rows = result["rows"]
     counts = {v: sum(r["verdict"] == v for r in rows) for v in (C.HOLDS, C.FAILS, C.INCONCLUSIVE, "not measured")}
-    out = ["# The papers' claims, measured on tether's default task", "",
+    only = result.get("stages")
+    scope = ["", f"This report holds the claims of the stage(s) {', '.join(only)} only (`tether reproduce --report-only --only "
+                 f"{','.join(only)}`); the full table is claims.md of a whole reproduction."] if only else []
+    out = ["# The papers' claims, measured on tether's default task", *scope, "",
            "Written by `tether reproduce` (services/experiments/reproduce/). Each effect is measured on every finished run of its stage; "
            f"the 95% interval is a two-level percentile bootstrap ({result['n_boot']} resamples: seeds within each arm, then each "
            "run's eval prompts, the same draw at every evaluation of a run; learner/analysis/claims.py). A claim **holds** when the "
