@@ -116,6 +116,10 @@ class PPOConfig(Strict):
     def _mb(self) -> "PPOConfig":
         if self.batch_size % self.minibatch_size:
             raise ValueError(f"ppo.batch_size ({self.batch_size}) must be a multiple of ppo.minibatch_size ({self.minibatch_size})")
+        critic = sorted(self.model_fields_set & {"value_model", "value_coef", "value_clip", "lam", "whiten_advantages"})
+        if self.advantage != "gae" and critic:
+            raise ValueError(f"ppo.{', ppo.'.join(critic)} configure{'s' if len(critic) == 1 else ''} GAE's value network, which "
+                             f"ppo.advantage {self.advantage!r} does not build; remove {'it' if len(critic) == 1 else 'them'} or use ppo.advantage: gae")
         return self
 
 

@@ -194,6 +194,8 @@ def test_config_rules_name_what_is_wrong_and_what_would_do(tiny_cfg):
         _load(tiny_cfg, "algorithm=fdpg", "generation.n_per_prompt=2")
     with pytest.raises(ConfigError, match=r"ppo.advantage"):
         _load(tiny_cfg, "ppo.advantage=ppo")
+    with pytest.raises(ConfigError, match=r"ppo.value_coef configures GAE's value network, which ppo.advantage 'rloo' does not build"):
+        _load(tiny_cfg, "ppo.advantage=rloo", "generation.n_per_prompt=2", "ppo.value_coef=0.5")
     with pytest.raises(ConfigError, match=r"kl.placement"):
         _load(tiny_cfg, "kl.placement=both")
     cfg = _load(tiny_cfg, "ppo.advantage=reinforce_pp")  # no group baseline: one sample per prompt is fine
