@@ -1,5 +1,5 @@
-"""End to end through real Ray actors and real vLLM (CPU) on the tiny task: PPO + KL with Elastic Reset, several rollout
-actors, a bf16 learner."""
+"""End to end through real Ray actors and real vLLM (CPU) on the tiny task: PPO + KL with Elastic Reset; a bf16 learner
+with two rollout actors."""
 import json
 
 import numpy as np
@@ -96,43 +96,32 @@ def test_ppo_kl_with_elastic_reset_through_ray_and_vllm(tiny_assets, ray_cluster
         tr.close()
 
 
-def test_several_rollout_actors_split_and_sync(tiny_assets, ray_cluster, tmp_path):
-    """Two rollout actors (transformers engine, to keep the test light): order kept, both synced."""
-    from learner.config import RoleResources
-    from actors.roleset import RayRoleSet
-
-    cfg = _cfg(tiny_assets, train={"iterations": 2})
-    cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"engine": "transformers", "rollout_actors": 2, "rollout": RoleResources(num_cpus=0.25)})})
-    tr = Trainer(cfg, tmp_path / "two", progress=False)
-    try:
-        assert isinstance(tr.roles, RayRoleSet) and len(tr.roles.rollout) == 2
-        prompts = [f"Prompt number {i} is" for i in range(7)]
-        r = tr.roles.generate(prompts, seed=4)
-        assert r.prompts == prompts and len(r.response_ids) == 7
-        tr.run()
-        versions = ray.get([a.policy_version.remote() for a in tr.roles.rollout])
-        assert versions == [tr.roles.learner_version()] * 2
-        rows = [m for m in read_metrics(tmp_path / "two") if "loss/policy" in m]
-        assert all(m["rollout/behaviour_logp_gap"] < 1e-4 for m in rows)
-    finally:
-        tr.close()
-
-
-def test_bf16_learner_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):
-    """runtime.learner.precision bf16 (what a GPU user sets) on the default path: the learner role trains under bf16
+def test_bf16_learner_and_two_rollout_actors_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):
+    """One run for two neighbours of the default path. Two vLLM rollout actors: a batch is split between them, its order
+    kept, both synced. runtime.learner.precision bf16 (what a GPU user sets): the learner role trains under bf16
     autocast with fp32 weights, syncs them to vLLM and the next rollout samples from them. The cast-cache bug of session
     20 was caught by a learner-level test only (tests/unit/test_device.py); this runs the switch through Ray. With
     runtime.learner.compile the bodies keep their weights' names and give the same update
     (tests/unit/test_device.py::test_compile_gives_the_same_update_and_keeps_the_weights_names), which is what the sync to
     vLLM reads; that is left to the unit test (the compiled run through Ray cost about 150 s of CI, mostly inductor's
     compile)."""
+    from learner.config import RoleResources
+    from actors.roleset import RayRoleSet
+
     cfg = _cfg(tiny_assets, ppo={"lr": 3e-3}, train={"iterations": 2, "eval_every": 2})
     cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(
-        update={"learner": cfg.runtime.learner.model_copy(update={"precision": "bf16"})})})
+        update={"learner": cfg.runtime.learner.model_copy(update={"precision": "bf16"}), "rollout_actors": 2,
+                "rollout": RoleResources(num_cpus=0.25)})})
     tr = Trainer(cfg, tmp_path / "bf16", progress=False)
     try:
+        assert isinstance(tr.roles, RayRoleSet) and len(tr.roles.rollout) == 2
+        prompts = [f"Prompt number {i} is" for i in range(7)]
+        r = tr.roles.generate(prompts, seed=4)
+        assert r.prompts == prompts and len(r.response_ids) == 7  # split between the two, in order
         before = tr.roles.generate(["This movie was", "I did not"], seed=1)
         tr.run()
+        versions = ray.get([a.policy_version.remote() for a in tr.roles.rollout])
+        assert versions == [tr.roles.learner_version()] * 2  # both synced
         rows = [r for r in read_metrics(tmp_path / "bf16") if "loss/policy" in r]
         assert len(rows) == 2
         for r in rows:
