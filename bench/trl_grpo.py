@@ -17,7 +17,7 @@ with a separate value network, the KL in the reward.
   passes and the 16 steps), sync = the weights into vLLM.
 - TRL tokenises the prompt texts itself: its prompts lack tether's leading EOS token (one token fewer per sequence).
 
-Usage: python bench/trl_grpo.py [--rounds 5] [--threads 2] [--no-bf16]
+Usage: python bench/trl_grpo.py [--rounds 5] [--threads 2] [--no-bf16] [--config default]
 """
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ class TetherGRPO(TetherSide):
         self.engine.generate = grouped
 
 
-def run(rounds: int, threads: int, bf16: bool) -> tuple[str, str]:
+def run(rounds: int, threads: int, bf16: bool, config: str = "default") -> tuple[str, str]:
     import torch
 
     from learner.config import load_config
@@ -123,9 +123,9 @@ def run(rounds: int, threads: int, bf16: bool) -> tuple[str, str]:
     except ImportError as e:
         raise SystemExit(f"TRL is not installed ({e}): pip install -e '.[bench]'")
     torch.set_num_threads(threads)
-    cfg = load_config("default").expand()[0]
+    cfg = load_config(config).expand()[0]
     task = get_task(cfg)
-    paths = task.resolve(cfg_source="default")
+    paths = task.resolve(cfg_source=config)
     prompts = task.prompts("train", BATCH // N_PER_PROMPT, seed=11).texts  # 8 distinct prompts
     ppo_prompts = task.prompts("train", BATCH, seed=11).texts  # PPO's 64 distinct prompts
     head = (f"tether GRPO vs TRL {__import__('trl').__version__} GRPOTrainer ({os.cpu_count()} cores, {threads} torch threads, "
@@ -162,11 +162,13 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-bf16", action="store_true", help="only the fp32 sides (tether's default precision)")
+    ap.add_argument("--config", default="default", help="the task (a preset or YAML; its assets built): default is the benchmark, "
+                    "tiny a smoke run")
     ap.add_argument("--out", default=str(ROOT / "bench" / "trl_grpo_results.md"))
     args = ap.parse_args()
     if args.rounds < 2:
         raise SystemExit("--rounds must be >= 2: the first round is discarded as warm-up")
-    text, head = run(args.rounds, args.threads, not args.no_bf16)
+    text, head = run(args.rounds, args.threads, not args.no_bf16, args.config)
     print(text, flush=True)
     Path(args.out).write_text(f"# {head}, {time.strftime('%Y-%m-%d %H:%M')}\n{text}\n")
     print(f"\nwritten to {args.out}")

@@ -39,12 +39,11 @@ def _check_common(tr: Trainer, rows: list[dict], before) -> None:
 
 
 def _engine_core_children(tr: Trainer) -> list[str]:
-    import psutil
+    from engine_probe import vllm_children
 
     from actors.recovery import _pid
 
-    pid = ray.get(tr.roles.rollout[0].__ray_call__.remote(_pid))
-    return [c.name() for c in psutil.Process(pid).children(recursive=True) if "EngineCore" in c.name()]
+    return vllm_children(ray.get(tr.roles.rollout[0].__ray_call__.remote(_pid)))
 
 
 def test_ppo_kl_with_elastic_reset_through_ray_and_vllm(tiny_assets, ray_cluster, tmp_path):

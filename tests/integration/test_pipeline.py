@@ -108,8 +108,8 @@ def test_pipelined_run_in_process(tiny_assets, tmp_path):
 def test_pipelined_run_through_ray_and_vllm_with_the_engine_core_in_its_own_process(tiny_assets, ray_cluster, tmp_path):
     """Ray actors + vLLM with runtime.pipeline and the opt-in runtime.vllm_engine_core: process (vLLM's engine core in a child
     process of the rollout actor, as vLLM does by default; the default, auto, runs it in the actor: tests/integration/test_e2e_ray.py)."""
-    import psutil
     import ray
+    from engine_probe import vllm_children
 
     from actors.recovery import _pid
 
@@ -118,9 +118,8 @@ def test_pipelined_run_through_ray_and_vllm_with_the_engine_core_in_its_own_proc
     assert not cfg.vllm_in_actor
     tr = Trainer(cfg, tmp_path / "p", progress=False)
     try:
-        pid = ray.get(tr.roles.rollout[0].__ray_call__.remote(_pid))
-        kids = [c.name() for c in psutil.Process(pid).children(recursive=True)]
-        assert any("EngineCore" in k for k in kids), kids
+        kids = vllm_children(ray.get(tr.roles.rollout[0].__ray_call__.remote(_pid)))
+        assert kids, "no vLLM engine-core process under the rollout actor"
         summary = tr.run()
         assert tr.roles.generate(["This movie"], seed=1).policy_version == tr.roles.learner_version()  # synced at the end
     finally:
