@@ -112,6 +112,15 @@ class TetherGRPO(TetherSide):
         self.engine.generate = grouped
 
 
+def _trl_without_vllm() -> None:
+    """TRL 1.12 supports vLLM 0.19-0.27; with this machine's vLLM (0.32, the CPU build) its GRPOTrainer fails at import
+    (trl/generation/vllm_client.py imports an NCCL weight-transfer class that vLLM renamed). The bench runs TRL's
+    transformers generation (`use_vllm` False, TRL's default) anyway: TRL is told vLLM is absent before it imports it."""
+    import trl.import_utils as tiu
+
+    tiu.is_vllm_available = lambda *a, **k: False
+
+
 def run(rounds: int, threads: int, bf16: bool, config: str = "default") -> tuple[str, str]:
     import torch
 
@@ -119,6 +128,7 @@ def run(rounds: int, threads: int, bf16: bool, config: str = "default") -> tuple
     from tasks import get_task
 
     try:
+        _trl_without_vllm()
         from trl import GRPOTrainer  # noqa: F401
     except ImportError as e:
         raise SystemExit(f"TRL is not installed ({e}): pip install -e '.[bench]'")
