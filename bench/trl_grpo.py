@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.tables import table  # noqa: E402
-from bench.trl_side_by_side import BATCH, EPOCHS, MINIBATCH, Clock, TetherSide  # noqa: E402
+from bench.trl_side_by_side import BATCH, EPOCHS, MINIBATCH, Clock, TetherSide, interleaved, side_rows  # noqa: E402
 
 N_PER_PROMPT = 8
 BETA = 0.01
@@ -147,20 +146,8 @@ def run(rounds: int, threads: int, bf16: bool, config: str = "default") -> tuple
         if bf16:  # both GRPO sides in bf16 autocast (TRL: accelerate's bf16; tether: runtime.learner.precision bf16)
             sides["TRL GRPOTrainer, bf16"] = TRLGRPO(cfg, paths, prompts, Path(d) / "bf16", bf16=True)
             sides["tether GRPO (matched work), bf16"] = TetherGRPO(cfg, paths, prompts, precision="bf16")
-        res: dict[str, list[dict]] = {k: [] for k in sides}
-        from tqdm import tqdm
-
-        for _ in tqdm(range(rounds), desc="interleaved rounds (TRL, tether)", unit="round"):
-            for name, side in sides.items():
-                res[name].append(side.iteration())
-        for side in sides.values():
-            if isinstance(side, TetherSide):
-                side.engine.close()
-    med = {k: {ph: statistics.median(x[ph] for x in v[1:]) for ph in v[0]} for k, v in res.items()}
-    trl_it = med["TRL GRPOTrainer"]["iteration"]
-    same = lambda k: med["TRL GRPOTrainer, bf16" if "bf16" in k else "TRL GRPOTrainer"]["iteration"]  # noqa: E731
-    rows = [(k, *(f"{m[ph]:.2f}" for ph in ("rollout", "score", "learn", "sync", "iteration")), f"{trl_it / m['iteration']:.2f}x",
-             f"{same(k) / m['iteration']:.2f}x") for k, m in med.items()]
+        _, med = interleaved(sides, rounds)
+    rows = side_rows(med, "TRL GRPOTrainer")
     text = table(f"matched work: seconds per iteration (64 completions, 16 optimiser steps), median of rounds 2..{rounds} "
                  "(interleaved; fp32 unless named)", rows,
                  ("side", "rollout", "score", "learn", "sync", "iteration", "vs TRL fp32", "vs TRL, same precision"))

@@ -158,6 +158,30 @@ class TetherSide:
         return out
 
 
+def interleaved(sides: dict, rounds: int) -> tuple[dict[str, list[dict]], dict[str, dict[str, float]]]:
+    """Each side's ``iteration()`` once per round, the sides in turn; then tether's engines closed. Returns every round's
+    phase seconds per side and their medians over rounds 2.. (round 1 is warm-up)."""
+    from tqdm import tqdm
+
+    res: dict[str, list[dict]] = {k: [] for k in sides}
+    for _ in tqdm(range(rounds), desc="interleaved rounds (TRL, tether)", unit="round"):
+        for name, side in sides.items():
+            res[name].append(side.iteration())
+    for side in sides.values():
+        if isinstance(side, TetherSide):
+            side.engine.close()
+    return res, {k: {ph: statistics.median(x[ph] for x in v[1:]) for ph in v[0]} for k, v in res.items()}
+
+
+def side_rows(med: dict[str, dict[str, float]], trl: str) -> list[tuple]:
+    """Table rows: each side's phase medians, its speed against TRL fp32 (side ``trl``) and against TRL at its own precision
+    (``trl + ", bf16"`` for a bf16 side)."""
+    base = med[trl]["iteration"]
+    same = lambda k: med[f"{trl}, bf16" if "bf16" in k else trl]["iteration"]  # noqa: E731
+    return [(k, *(f"{m[ph]:.2f}" for ph in ("rollout", "score", "learn", "sync", "iteration")), f"{base / m['iteration']:.2f}x",
+             f"{same(k) / m['iteration']:.2f}x") for k, m in med.items()]
+
+
 def roofline(cfg, paths, threads: int, learn_s: float, mean_prompt: float) -> list[tuple]:
     """Matmul FLOP/s at the model's shapes (one minibatch's tokens) and the learn phase's achieved FLOP/s."""
     import torch
@@ -232,20 +256,8 @@ def matched(rounds: int, threads: int, bf16: bool = True, compile: bool = True) 
             sides["tether (matched work), bf16"] = TetherSide(cfg, paths, prompts, precision="bf16")
             if compile:
                 sides["tether (matched work), bf16 + compile"] = TetherSide(cfg, paths, prompts, precision="bf16", compile=True)
-        res: dict[str, list[dict]] = {k: [] for k in sides}
-        from tqdm import tqdm
-
-        for _ in tqdm(range(rounds), desc="interleaved rounds (TRL, tether)", unit="round"):
-            for name, side in sides.items():
-                res[name].append(side.iteration())
-        for side in sides.values():
-            if isinstance(side, TetherSide):
-                side.engine.close()
-    med = {k: {ph: statistics.median(x[ph] for x in v[1:]) for ph in v[0]} for k, v in res.items()}
-    trl_it = med["TRL PPOTrainer"]["iteration"]
-    same = lambda k: med["TRL PPOTrainer, bf16" if "bf16" in k else "TRL PPOTrainer"]["iteration"]  # noqa: E731
-    rows = [(k, *(f"{m[ph]:.2f}" for ph in ("rollout", "score", "learn", "sync", "iteration")), f"{trl_it / m['iteration']:.2f}x",
-             f"{same(k) / m['iteration']:.2f}x") for k, m in med.items()]
+        res, med = interleaved(sides, rounds)
+    rows = side_rows(med, "TRL PPOTrainer")
     text = table(f"matched work: seconds per PPO iteration, median of rounds 2..{rounds} (interleaved)", rows,
                  ("side", "rollout", "score", "learn", "sync", "iteration", "vs TRL fp32", "vs TRL, same precision"))
     warm = [f"{k}: {v[0]['learn']:.0f} s" for k, v in res.items() if k.endswith("compile")]

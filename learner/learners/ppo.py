@@ -96,7 +96,7 @@ class PPOLearner(LearnerBase):
             beta = self.kl_ctl.value
             in_reward = self.cfg.kl.placement == "reward"
             rewards = per_token_rewards(scores=scores, kl=kl_tok, mask=mask, beta=beta if in_reward else 0.0)
-            adv, returns, groups, keep, gstats = self._advantages(scored, scores, rewards, kl_tok, old_values, mask, beta if in_reward else 0.0)
+            adv, returns, keep, gstats = self._advantages(scored, scores, rewards, kl_tok, old_values, mask, beta if in_reward else 0.0)
             beh = self.tensor([x + [0.0] * (mask.shape[1] - len(x)) for x in r.behaviour_logprobs])
             behaviour_gap = masked_mean((beh - old_logp).abs(), mask)
             # stale rollouts (runtime.pipeline): weight each token by min(pi_old / mu, cap); fresh ones are not reweighted
@@ -123,7 +123,10 @@ class PPOLearner(LearnerBase):
                                       weights=None if is_w is None else is_w[idx_t], clip_high=c.clip_high, level=c.ratio_level,
                                       agg=c.loss_agg, norm_len=self.cfg.generation.max_new_tokens)
                 share = dp.share(m.sum())  # token-mean terms are means over the minibatch's response tokens
-                pshare = dp.share(float(keep[idx_t].sum())) if by_rows else dp.share(m_loss.sum())
+                if by_rows:
+                    pshare = dp.share(float(keep[idx_t].sum()))
+                else:  # without the filter every row is kept: the same tokens as `share` (no second all-reduce)
+                    pshare = dp.share(m_loss.sum()) if c.drop_uniform_groups else share
                 terms = [(pl, pshare)]
                 mvals = {"loss/policy": pl.item(), "ppo/clipfrac": pst["clipfrac"], "ppo/approx_kl": pst["approx_kl"]}
                 if self.critic:
@@ -186,7 +189,7 @@ class PPOLearner(LearnerBase):
         return out
 
     def _advantages(self, scored: ScoredRollouts, scores, rewards, kl_tok, old_values, mask, beta_reward: float):
-        """(advantages (B, R), GAE's returns or None, groups (B,), rows kept in the loss (B,) bool, stats) for ppo.advantage."""
+        """(advantages (B, R), GAE's returns or None, rows kept in the loss (B,) bool, stats) for ppo.advantage."""
         c, n = self.cfg.ppo, self.cfg.generation.n_per_prompt
         B = mask.shape[0]
         r = scored.rollouts
@@ -219,7 +222,7 @@ class PPOLearner(LearnerBase):
             if c.drop_uniform_groups:
                 keep = informative
                 out["rollout/groups_dropped"] = out["rollout/groups_uniform"]
-        return adv, returns, groups, keep, out
+        return adv, returns, keep, out
 
     def reset_now(self) -> None:
         """Elastic Reset: policy <- EMA, then EMA <- initial (optionally optimiser and value head too)."""
