@@ -36,7 +36,8 @@ class RoleLost(RuntimeError):
 
 class Recovery:
     """Needs ``self._ray``, ``self.cfg``, ``self.rollout``, ``self.learners`` / ``self.learner``, ``self.reward``,
-    ``self.collective_rollouts``, ``self.restarts``, ``self._pids``, ``self.uwo_lambda`` and ``self._weight_group``."""
+    ``self.collective_rollouts``, ``self.restarts``, ``self._pids``, ``self.uwo_lambda``, ``self._weight_group`` and
+    ``self._rebind_restarted(role, actor)``."""
 
     def _join_weight_group(self) -> None:
         """Learner rank 0 and every rollout engine's workers in one process group (actors/collective.py)."""
@@ -113,7 +114,8 @@ class Recovery:
                     after_restart()
 
     def _resync(self, actor) -> None:
-        """Give a restarted rollout actor the learner's current weights and version."""
+        """Give a restarted rollout actor the run's settings (after a rebind) and the learner's current weights and version."""
+        self._rebind_restarted("rollout", actor)
         if any(a is actor for a in self.collective_rollouts):  # its old ranks are gone: a new group, then one broadcast to all
             self._weight_group = None
             self._sync_collective_retrying()
@@ -155,6 +157,7 @@ class Recovery:
                 self._back("rollout", actor, e)
 
     def _restore_reward(self) -> None:
+        self._rebind_restarted("reward", self.reward)
         if self.uwo_lambda is not None:
             self._ray.get(self.reward.set_uwo_lambda.remote(self.uwo_lambda))
 

@@ -31,6 +31,11 @@ def _threads(n: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(n)
 
 
+def _retag(metrics, run: str) -> None:
+    if metrics is not None:
+        metrics.tags = {"run": run}
+
+
 @ray.remote
 class RolloutActor(RolloutWorker):
     def __init__(self, cfg: TetherConfig, policy_path: str, index: int, run_id: str):
@@ -39,6 +44,11 @@ class RolloutActor(RolloutWorker):
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         super().__init__(cfg, policy_path, index, run_id)
         self.metrics = role_metrics(cfg.name, ["perf/rollout_tokens_per_s"])
+
+    def rebind(self, cfg: TetherConfig, run_id: str, index: int) -> None:
+        _threads(cfg.runtime.rollout.threads)
+        super().rebind(cfg, run_id, index)
+        _retag(self.metrics, cfg.name)
 
     def generate(self, prompts: list[str], seed: int, prefix_ids: list[int] | None = None, prompt_ids: list[list[int]] | None = None):
         t = time.perf_counter()
@@ -55,6 +65,12 @@ class RewardActor(RewardWorker):
         super().__init__(cfg, member_paths)
         self.metrics = role_metrics(cfg.name, ["reward/proxy_mean", "ensemble/std"])
 
+    def rebind(self, cfg: TetherConfig, member_paths: list) -> None:
+        """Another run's proxy ensemble (a warm sweep's next cell): rebuilt in this process, which keeps its imports."""
+        _threads(cfg.runtime.reward.threads)
+        RewardWorker.__init__(self, cfg, member_paths)
+        _retag(self.metrics, cfg.name)
+
     def score(self, rollouts):
         scored = super().score(rollouts)
         if self.metrics:
@@ -68,6 +84,12 @@ class GoldActor(GoldWorker):
         _threads(cfg.runtime.gold.threads)
         super().__init__(cfg, gold_path, policy_path)
         self.metrics = role_metrics(cfg.name, ["reward/gold_mean", "kl/from_init"])
+
+    def rebind(self, cfg: TetherConfig, gold_path, policy_path: str) -> None:
+        """Another run's gold and pi_0 (a warm sweep's next cell): rebuilt in this process, which keeps its imports."""
+        _threads(cfg.runtime.gold.threads)
+        GoldWorker.__init__(self, cfg, gold_path, policy_path)
+        _retag(self.metrics, cfg.name)
 
     def evaluate(self, rollouts, prefix: str) -> dict:
         out = super().evaluate(rollouts, prefix)

@@ -94,6 +94,30 @@ class LocalRoleSet:
         self.learner.close()
 
 
+# Runtime settings a run's driver or its fresh learner reads, not the actors a warm sweep keeps (RayRoleSet.rebind).
+PER_RUN_RUNTIME = ("checkpoint_every", "keep_checkpoints", "max_staleness", "pipeline", "restart_timeout_s", "connect_timeout_s")
+PER_RUN_LEARNER = ("threads", "device", "backend", "precision", "gradient_checkpointing", "compile")
+
+
+def warm_key(cfg: TetherConfig, paths: TaskPaths) -> str | None:
+    """What the actors a run builds depend on: two runs with the same key can share rollout engines, reward and gold actors
+    (a warm sweep, services/experiments/sweep/warm.py). Every runtime setting but the per-run ones above (the placement's
+    bundles include the learner's resources), and the models the engines, the ensemble, the gold and the drift load; not
+    the sampling settings, seeds or algorithm, which rebind hands over. None: never shared (local mode; the collective
+    weight sync, whose group includes the learner)."""
+    import json
+
+    rt = cfg.runtime
+    if rt.mode != "ray" or rt.weight_sync == "collective":
+        return None
+    d = rt.model_dump(mode="json", exclude=set(PER_RUN_RUNTIME))
+    d["learner"] = {k: v for k, v in d["learner"].items() if k not in PER_RUN_LEARNER}
+    d["vllm_in_actor"] = cfg.vllm_in_actor
+    models = {"policy": str(paths.policy), "proxies": [spec(p) for p in paths.proxies], "gold": spec(paths.gold),
+              "drift": str(paths.drift_policy or paths.policy)}
+    return json.dumps({"runtime": d, "models": models}, sort_keys=True, default=str)
+
+
 def collective_receivers(weight_sync: str, learner_node: str, rollout_nodes: list[str]) -> list[int]:
     """The rollout actors (indices) that take the weights through the collective group; the others read a file handle.
     auto: those on another node than the learner; collective: all; tmpfs / object_store: none."""
@@ -112,7 +136,7 @@ class RayRoleSet(Recovery):
         import ray
 
         from actors.placement import connect, place
-        from actors.roles import GoldActor, LearnerActor, RewardActor, RolloutActor
+        from actors.roles import GoldActor, RewardActor, RolloutActor
 
         self._ray = ray
         self.cfg = cfg
@@ -124,22 +148,18 @@ class RayRoleSet(Recovery):
             # also stops Ray's abort watchdog, so that close() can finish).
             signal.signal(signal.SIGTERM, on_sigterm)
         self.placement = place(rt)
-        run_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
+        self.key = warm_key(cfg, paths)
+        self.run_id = run_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
         pol, gold, drift = str(paths.policy), spec(paths.gold), str(paths.drift_policy or paths.policy)
-        o = lambda role, i, res: {**self.placement.options(role, i, res), "max_restarts": rt.max_restarts}  # noqa: E731
-        self.rollout = [RolloutActor.options(**o("rollout", i, rt.rollout), name=None).remote(cfg, pol, i, run_id) for i in range(rt.rollout_actors)]
-        self.reward = RewardActor.options(**o("reward", 0, rt.reward)).remote(cfg, [spec(p) for p in paths.proxies])
-        self.gold = GoldActor.options(**o("gold", 0, rt.gold)).remote(cfg, gold, drift)
-        self.uwo_lambda = None  # a live change (set_uwo_lambda) to re-apply to a restarted reward actor
-        self.restarts: dict[str, int] = {}  # role -> actor restarts survived (metrics: runtime/restarts_<role>)
-        self._pids: dict[str, int] = {}  # actor id -> process id after its latest restart
-        self.learners = [LearnerActor.options(**o("learner", i, rt.learner)).remote(
-            cfg, pol, run_id, [str(p) for p in paths.reference], list(paths.reference_weights)) for i in range(rt.learner.ranks)]
-        self.learner = self.learners[0]  # rank 0: publishes the weights, saves checkpoints, answers for the group
+        self.rollout = [RolloutActor.options(**self._options("rollout", i, rt.rollout), name=None).remote(cfg, pol, i, run_id)
+                        for i in range(rt.rollout_actors)]
+        self.reward = RewardActor.options(**self._options("reward", 0, rt.reward)).remote(cfg, [spec(p) for p in paths.proxies])
+        self.gold = GoldActor.options(**self._options("gold", 0, rt.gold)).remote(cfg, gold, drift)
+        self._rebound: tuple | None = None  # (cfg, paths) after rebind: what a restarted actor (built from the first run's) takes again
+        self._start_learners(paths)
         # Wait for every constructor here, so a failure surfaces at start-up with its actor's name.
-        ray.get([a.policy_version.remote() for a in self.rollout] + [a.version.remote() for a in self.learners])
-        self.learner_backend = self._join_group()
-        self._note_pids(self.learners)
+        ray.get([a.policy_version.remote() for a in self.rollout])
+        self._wait_learners()
         # Which rollout actors take the weights through the collective group, and which through a file handle
         # (tmpfs / object store). auto: the learner's node -> tmpfs, any other node -> collective.
         self.nodes = dict(zip(["learner", *[f"rollout-{i}" for i in range(len(self.rollout))]],
@@ -150,6 +170,61 @@ class RayRoleSet(Recovery):
         self._weight_group: dict | None = None  # the collective sync's group: set up now, rebuilt after a restart
         if self.collective_rollouts:
             self._join_weight_group()
+
+    def _options(self, role: str, i: int, res) -> dict:
+        return {**self.placement.options(role, i, res), "max_restarts": self.cfg.runtime.max_restarts}
+
+    def _start_learners(self, paths: TaskPaths) -> None:
+        """A fresh learner group for the run (each rank its own process); its per-run recovery state starts empty."""
+        from actors.roles import LearnerActor
+
+        cfg, rt = self.cfg, self.cfg.runtime
+        self.uwo_lambda = None  # a live change (set_uwo_lambda) to re-apply to a restarted reward actor
+        self.restarts: dict[str, int] = {}  # role -> actor restarts survived (metrics: runtime/restarts_<role>)
+        self._pids: dict[str, int] = {}  # actor id -> process id after its latest restart
+        self.learners = [LearnerActor.options(**self._options("learner", i, rt.learner)).remote(
+            cfg, str(paths.policy), self.run_id, [str(p) for p in paths.reference], list(paths.reference_weights)) for i in range(rt.learner.ranks)]
+        self.learner = self.learners[0]  # rank 0: publishes the weights, saves checkpoints, answers for the group
+
+    def _wait_learners(self) -> None:
+        self._ray.get([a.version.remote() for a in self.learners])
+        self.learner_backend = self._join_group()
+        self._note_pids(self.learners)
+
+    def rebind(self, cfg: TetherConfig, paths: TaskPaths) -> None:
+        """Serve another run with the same actors (a warm sweep's next cell; its ``warm_key`` must equal this set's): a fresh
+        learner group, the rollout engines keep their loaded model and take the run's sampling settings and, by one sync, its
+        initial weights; the reward and gold actors rebuild their models in their processes. Nothing of the previous run is
+        left: no weights, no KL state, no restart counts, no live settings."""
+        if warm_key(cfg, paths) != self.key:
+            raise ValueError("rebind: this run needs other actors (its runtime settings or task assets differ); start a new role set")
+        ray = self._ray
+        try:
+            ray.get([a.close.remote() for a in self.learners], timeout=30)
+        except Exception:  # noqa: BLE001 - a broken learner is killed below either way
+            log.warning("closing the previous run's learner failed", exc_info=True)
+        for a in self.learners:
+            ray.kill(a, no_restart=True)
+        self.cfg, self.run_id = cfg, f"{cfg.name}-{uuid.uuid4().hex[:8]}"
+        self._rebound = (cfg, paths)
+        self._start_learners(paths)  # starts while the others rebind
+        ray.get([a.rebind.remote(cfg, self.run_id, i) for i, a in enumerate(self.rollout)]
+                + [self.reward.rebind.remote(cfg, [spec(p) for p in paths.proxies]),
+                   self.gold.rebind.remote(cfg, spec(paths.gold), str(paths.drift_policy or paths.policy))])
+        self._wait_learners()
+        self.sync()  # the run's initial weights (its learner's) into every engine, at version 0
+
+    def _rebind_restarted(self, role: str, actor) -> None:
+        """A restarted actor was rebuilt by Ray from the first run's arguments: give it the current run's again."""
+        if self._rebound is None:
+            return
+        cfg, paths = self._rebound
+        if role == "rollout":
+            self._ray.get(actor.rebind.remote(cfg, self.run_id, next(i for i, a in enumerate(self.rollout) if a is actor)))
+        elif role == "reward":
+            self._ray.get(actor.rebind.remote(cfg, [spec(p) for p in paths.proxies]))
+        else:
+            self._ray.get(actor.rebind.remote(cfg, spec(paths.gold), str(paths.drift_policy or paths.policy)))
 
     def generate(self, prompts: list[str], seed: int, prefix_ids: list[int] | None = None, prompt_ids: list[list[int]] | None = None) -> Rollouts:
         n = len(self.rollout)
@@ -172,7 +247,8 @@ class RayRoleSet(Recovery):
         first = {"score": self.reward.score.remote(ref), "gold": self.gold.drift_and_gold.remote(ref, prefix)}  # the judge scores once
         again = {"score": lambda a: a.score.remote(ref), "gold": lambda a: a.drift_and_gold.remote(ref, prefix)}
         out = {}
-        for key, role, actor, after in (("score", "reward", self.reward, self._restore_reward), ("gold", "gold", self.gold, None)):
+        for key, role, actor, after in (("score", "reward", self.reward, self._restore_reward),
+                                        ("gold", "gold", self.gold, lambda: self._rebind_restarted("gold", self.gold))):
             pending = [first[key]]
             out[key] = self._retry(role, actor, lambda a, key=key, pending=pending: pending.pop() if pending else again[key](a), after_restart=after)
         drift, gold = out["gold"]

@@ -55,6 +55,19 @@ class RolloutWorker:
 
             self.sync = make_weight_sync(file_backend(cfg), run_id=f"{run_id}-r{index}")
 
+    def rebind(self, cfg: TetherConfig, run_id: str, index: int) -> None:
+        """Serve another run (a warm sweep's next cell, actors/roleset.py::RayRoleSet.rebind): the loaded engine stays, with
+        that run's sampling settings and engine seed; a new weight-sync endpoint under its run id. The caller checked that the
+        engine itself is the same (warm_key) and loads the run's initial weights next."""
+        self.engine.gen = cfg.generation
+        if hasattr(self.engine, "seed"):
+            self.engine.seed = cfg.train.seed + index
+        if self.sync is not None:
+            self.sync.close()
+            from actors.weight_sync import make_weight_sync
+
+            self.sync = make_weight_sync(file_backend(cfg), run_id=f"{run_id}-r{index}")
+
     def generate(self, prompts: list[str], seed: int, prefix_ids: list[int] | None = None, prompt_ids: list[list[int]] | None = None):
         return self.engine.generate(prompts, seed=seed, prefix_ids=prefix_ids, prompt_ids=prompt_ids)  # None: the engine encodes (imdb)
 

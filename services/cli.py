@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --submit: also make each cell a run of the `tether serve` on this Redis (metrics, page, commands); "
                          "default env TETHER_REDIS_URL")
     sp.add_argument("--report-only", action="store_true", help="only (re)write the report of the sweep folder")
+    sp.add_argument("--cold", action="store_true", help="start every cell's actors afresh (default: consecutive cells that need the same "
+                    "actors share one set; each cell gets a fresh learner and its own weights, settings and seeds)")
     sp.set_defaults(fn=cmd_sweep)
 
     sp = sub.add_parser("reproduce", help="measure every paper's headline claim on the default task (3 seeds, bootstrap CIs): "

@@ -46,7 +46,7 @@ EVAL_SEED = 10_000_019  # the same seed at every evaluation: correlated samples,
 class Trainer:
     """Runs one config (one variant) in a run folder; resumable from its checkpoints."""
 
-    def __init__(self, cfg: TetherConfig, run_dir: Path, *, cfg_source: str = "<config>", progress: bool = True, roles=None):
+    def __init__(self, cfg: TetherConfig, run_dir: Path, *, cfg_source: str = "<config>", progress: bool = True, roles=None, pool=None):
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.run_dir.mkdir(parents=True, exist_ok=True)
         require_packages(cfg.tracking)  # an enabled tracker without its package fails here, before the task and the roles are built
@@ -55,7 +55,10 @@ class Trainer:
         # the policy every role loads (e.g. SALSA's soup, with the algorithm's extra tokens) and pi_0 for drift
         self.paths, self.algorithm, self.control_ids = resolve_policies(cfg, self.task, self.run_dir, cfg_source=cfg_source)
         self.eval_prompts = self.task.prompts("heldout", cfg.train.eval_prompts, seed=cfg.train.seed + HELDOUT_SEED_OFFSET)
-        if roles is None:
+        self.pool = pool  # a warm sweep's services.experiments.sweep.warm.WarmRoles: the actors come from it and go back to it
+        if roles is None and pool is not None:
+            roles = pool.acquire(cfg, self.paths)
+        elif roles is None:
             from actors.roleset import make_roleset
 
             roles = make_roleset(cfg, self.paths)
@@ -299,31 +302,41 @@ class Trainer:
         """A checkpoint's policy as a Hugging Face folder (learner/models/export.py): from_pretrained and vLLM load it."""
         return checkpoints.export(self.paths.policy, checkpoint, out, run_name=self.cfg.name)
 
-    def close(self) -> None:
+    def close(self, *, ok: bool = True) -> None:
+        """Stop the prefetch thread; the actors are closed, or handed back to the pool (kept for its next run when ``ok``)."""
         self.next_batch.close()
-        self.roles.close()
+        if self.pool is not None:
+            self.pool.release(self.roles, ok=ok)
+        else:
+            self.roles.close()
 
 
 def train(cfg: TetherConfig, run_dir: Path, *, cfg_source: str = "<config>", progress: bool = True, roles=None, resume: bool = False,
-          control=None) -> dict:
-    """Run one config in ``run_dir``; ``control`` (a services.driver.control.RunControl) connects it to the REST service."""
-    tr = Trainer(cfg, run_dir, cfg_source=cfg_source, progress=progress, roles=roles)
+          control=None, pool=None) -> dict:
+    """Run one config in ``run_dir``; ``control`` (a services.driver.control.RunControl) connects it to the REST service;
+    ``pool`` (a WarmRoles) lends the actors (a warm sweep). ``roles`` given: the caller's, not closed here."""
+    tr = Trainer(cfg, run_dir, cfg_source=cfg_source, progress=progress, roles=roles, pool=pool)
     tr.commands = control
+    ok = False
     try:
-        return tr.run(resume=resume)
+        out = tr.run(resume=resume)
+        ok = True
+        return out
     finally:
         if roles is None:
-            tr.close()
+            tr.close(ok=ok)
+        else:
+            tr.next_batch.close()
 
 
 def run_or_resume(cfg: TetherConfig, run_dir: Path, *, cfg_source: str = "<config>", progress: bool = True,
-                  control=None) -> tuple[str, dict | None]:
+                  control=None, pool=None) -> tuple[str, dict | None]:
     """The one orchestration of a run, for `tether train` (each variant, and --resume) and for a sweep cell.
 
     Skipped when ``run_dir`` already finished; resumed from its latest complete checkpoint when there is
     one; else started afresh, after clearing the logs of an attempt that died before its first checkpoint
     (so no iteration is logged twice). Then the run's report.html is written.
-    Returns (skipped | resumed | ran, the summary or None when skipped).
+    Returns (skipped | resumed | ran, the summary or None when skipped). ``pool``: a warm sweep's WarmRoles.
     """
     from services.driver.report import write_run_report
 
@@ -335,6 +348,6 @@ def run_or_resume(cfg: TetherConfig, run_dir: Path, *, cfg_source: str = "<confi
         for stale in ("metrics.jsonl", "summary.json", "status.json"):
             (run_dir / stale).unlink(missing_ok=True)
         shutil.rmtree(run_dir / "tb", ignore_errors=True)
-    summary = train(cfg, run_dir, cfg_source=cfg_source, progress=progress, resume=resume, control=control)
+    summary = train(cfg, run_dir, cfg_source=cfg_source, progress=progress, resume=resume, control=control, pool=pool)
     write_run_report(run_dir, cfg.name)
     return ("resumed" if resume else "ran"), summary

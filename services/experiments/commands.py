@@ -98,7 +98,7 @@ def sweep_command(args) -> int:
     else:
         try:
             result = run_sweep(args.spec, args.dir, submit=args.submit, ray_auth=args.ray_auth, max_parallel=args.max_parallel, notify=tqdm.write,
-                               redis_url=args.redis_url)
+                               redis_url=args.redis_url, warm=not args.cold)
         except (ConfigError, AssetError, RuntimeSetupError) as e:
             sys.exit(f"tether: {e}")
         except RuntimeError as e:  # Ray job submission (unreachable dashboard, missing auth token)

@@ -39,11 +39,17 @@ def run_reproduction(out_dir: Path, *, only: list[str] | None = None, progress: 
     stages = [s for s in STAGES if only is None or s.name in only]
     from tqdm.auto import tqdm
 
-    for s in tqdm(stages, desc="reproduce", unit="stage", disable=not progress):
-        say(f"=== stage {s.name}: {s.what}")
-        t0 = time.perf_counter()
-        status = run_stage(s, runs_dir, base_cfg, base=base, progress=progress, say=say)
-        say(f"=== stage {s.name}: {status} ({(time.perf_counter() - t0) / 60:.1f} min)")
+    from services.experiments.sweep.warm import WarmRoles
+
+    pool = WarmRoles()  # warm actors across cells and stages (a new set where a stage needs other actors)
+    try:
+        for s in tqdm(stages, desc="reproduce", unit="stage", disable=not progress):
+            say(f"=== stage {s.name}: {s.what}")
+            t0 = time.perf_counter()
+            status = run_stage(s, runs_dir, base_cfg, base=base, progress=progress, say=say, pool=pool)
+            say(f"=== stage {s.name}: {status} ({(time.perf_counter() - t0) / 60:.1f} min)")
+    finally:
+        pool.close()
     return write_claims(out_dir, runs_dir=runs_dir, base=base, n_boot=n_boot)
 
 

@@ -95,21 +95,24 @@ def _prepare_assets(cells) -> None:
 
 
 def run_stage(stage: Stage, runs_dir: Path, base_cfg, *, base: str = "default", progress: bool = True,
-              say: Callable[[str], None] = print) -> str:
+              say: Callable[[str], None] = print, pool=None) -> str:
     """Run (or resume, or skip) one stage; returns 'done' or 'failed: ...'. The best-of-n stage samples from ``base_cfg``,
-    loaded from ``base`` (a preset name or YAML path; its clean-label twin is ``base`` with proxy.label_noise=0)."""
+    loaded from ``base`` (a preset name or YAML path; its clean-label twin is ``base`` with proxy.label_noise=0). ``pool``:
+    the warm actors (a WarmRoles) the sweep stages share; the best-of-n stage closes them first (it runs its own engine)."""
     from services.experiments.sweep import load_sweep, run_sweep
 
     if stage.kind == "sweep":
         sw = load_sweep(stage.spec)
         _prepare_assets(sw.cells)
-        res = run_sweep(stage.spec, progress=progress, notify=say)
+        res = run_sweep(stage.spec, progress=progress, notify=say, pool=pool)
         failed = [k for k, v in res.statuses.items() if v == "failed"]
         return f"failed: {', '.join(failed)}" if failed else "done"
     out = stage_dirs(runs_dir)["bon"]
     if (out / "samples.npz").is_file() and (out / "bon.json").is_file():
         say(f"== bon: finished already in {out}, skipped")
         return "done"
+    if pool is not None:
+        pool.close()
     from learner.config import load_config
     from services.experiments.bon import run_bon
     from tasks import get_task

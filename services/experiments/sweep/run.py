@@ -36,11 +36,12 @@ class SweepResult:
     summary: dict = field(default_factory=dict)
 
 
-def run_cell(cell_dir: str | Path, *, progress: bool = True, run_id: str | None = None, redis_url: str | None = None) -> str:
+def run_cell(cell_dir: str | Path, *, progress: bool = True, run_id: str | None = None, redis_url: str | None = None, pool=None) -> str:
     """Run the cell in ``cell_dir`` (its cell.yaml): skipped when finished, resumed from a checkpoint when
     there is one, else started afresh (logs of an attempt that died before its first checkpoint are cleared).
     With ``run_id`` and ``redis_url`` it reports to that Redis (a `tether serve`'s) as that run: metrics,
-    state, commands. Returns skipped | resumed | ran. The entrypoint of a sweep's Ray jobs (``cell_entrypoint``)."""
+    state, commands. ``pool``: a warm sweep's WarmRoles (services/experiments/sweep/warm.py) lends the actors. Returns
+    skipped | resumed | ran. The entrypoint of a sweep's Ray jobs (``cell_entrypoint``)."""
     from services.driver.train import run_or_resume
 
     cell_dir = Path(cell_dir)
@@ -56,7 +57,7 @@ def run_cell(cell_dir: str | Path, *, progress: bool = True, run_id: str | None 
 
         control = RunControl(redis_url, run_id)
         control.register(name=cfg.name, config=cfg.dump())
-    return run_or_resume(cfg, cell_dir, cfg_source=str(spec), progress=progress, control=control)[0]
+    return run_or_resume(cfg, cell_dir, cfg_source=str(spec), progress=progress, control=control, pool=pool)[0]
 
 
 def cell_entrypoint(cell_dir: str | Path, *, python: str | None = None, run_id: str | None = None, redis_url: str | None = None) -> str:
@@ -81,10 +82,12 @@ def _check_assets(cells: list[Cell]) -> None:
 
 def run_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None, *, submit: str | None = None, progress: bool = True,
               ray_auth: str = "token", max_parallel: int | None = None, poll_s: float = 5.0,
-              notify: Callable[[str], None] | None = None, redis_url: str | None = None) -> SweepResult:
+              notify: Callable[[str], None] | None = None, redis_url: str | None = None, warm: bool = True, pool=None) -> SweepResult:
     """Run every unfinished cell of a sweep, then write its report.
 
-    Locally (``submit`` None) cells run one after another in this process; with ``submit`` = a Ray
+    Locally (``submit`` None) cells run one after another in this process, on warm actors (``warm``; services/experiments/
+    sweep/warm.py: consecutive cells that need the same actors share them; ``pool`` a WarmRoles of the caller's, kept
+    open, e.g. across the stages of `tether reproduce`); with ``submit`` = a Ray
     dashboard address each is a Ray job (at most ``max_parallel`` at a time; None = as many as the cluster's
     CPUs/GPUs hold for what a cell declares, see ``auto_parallel``), waited for.
     ``notify`` receives one line per cell started / skipped (default: logging). With ``redis_url`` (a
@@ -107,10 +110,18 @@ def run_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None, *, sub
     bar = tqdm(total=len(sweep.cells), initial=len(statuses), desc=f"sweep {sweep.name}", unit="cell", disable=not progress)
     try:
         if submit is None:
-            for c in todo:
-                say(f"== {c.id}: {'resuming' if latest_checkpoint(c.dir) is not None else 'starting'} in {c.dir}")
-                statuses[c.id] = _run_local(c, progress=progress)
-                bar.update(1)
+            from services.experiments.sweep.warm import WarmRoles
+
+            own = pool is None and warm
+            lend = WarmRoles() if own else pool if warm else None
+            try:
+                for c in todo:
+                    say(f"== {c.id}: {'resuming' if latest_checkpoint(c.dir) is not None else 'starting'} in {c.dir}")
+                    statuses[c.id] = _run_local(c, progress=progress, pool=lend)
+                    bar.update(1)
+            finally:
+                if own:
+                    lend.close()
         elif todo:
             from services.state.jobs import RayJobs
 
@@ -150,12 +161,12 @@ def auto_parallel(cells: list[Cell], jobs) -> int:
     return max(1, min(fits)) if fits else len(cells)
 
 
-def _run_local(c: Cell, *, progress: bool) -> str:
+def _run_local(c: Cell, *, progress: bool, pool=None) -> str:
     from actors.errors import RuntimeSetupError
     from tasks.store import AssetError
 
     try:
-        return run_cell(c.dir, progress=progress)
+        return run_cell(c.dir, progress=progress, pool=pool)
     except (AssetError, RuntimeSetupError, SweepSpecError):
         raise  # the same for every cell: stop and say so
     except Exception:  # noqa: BLE001 - one broken cell must not lose the others; the traceback is logged
