@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                                    "critic_free); "
                                    "the report still covers every claim with the runs there are")
     sp.add_argument("--plan", action="store_true", help="print the stages, their cells and the minutes left, and exit")
+    sp.add_argument("--seeds", type=int, default=None, metavar="N",
+                    help="seeds 0..N-1 for every sweep stage instead of each spec's three (the cells of seeds 0-2 are the same cells)")
     sp.add_argument("--report-only", action="store_true", help="only (re)measure the claims from the runs there are")
     sp.add_argument("--out", help="folder for claims.md, claims.json and plots (default <runs_dir>/reproduce; the committed ones: docs/results)")
     sp.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples per claim (default 2000)")

@@ -134,19 +134,24 @@ def reproduce_command(args) -> int:
         # each resample re-measures every claim (about 0.2 ms a claim here): 100000 resamples of 41 claims take about 15 minutes
         sys.exit(f"tether: --n-boot must be between 100 and 100000 (bootstrap resamples for the 95% intervals; the committed "
                  f"results use the default, 2000), got {args.n_boot}")
+    seeds = None
+    if args.seeds is not None:
+        if not 1 <= args.seeds <= 100:
+            sys.exit(f"tether: --seeds must be between 1 and 100 (seeds 0..N-1 for every sweep stage; the specs have 3), got {args.seeds}")
+        seeds = list(range(args.seeds))
     from learner.config import load_config
 
     runs_dir = Path(load_config("default").runs_dir)
     out = Path(args.out) if args.out else runs_dir / "reproduce"
     try:
         if args.plan:
-            print(plan_table(plan(runs_dir)))
+            print(plan_table(plan(runs_dir, seeds=seeds)))
             return 0
         if args.report_only:
             result = write_claims(out, runs_dir=runs_dir, n_boot=args.n_boot, only=only)
         else:
-            print(plan_table(plan(runs_dir)))
-            result = run_reproduction(out, only=only, n_boot=args.n_boot, say=tqdm.write)
+            print(plan_table(plan(runs_dir, seeds=seeds)))
+            result = run_reproduction(out, only=only, n_boot=args.n_boot, say=tqdm.write, seeds=seeds)
     except (ConfigError, AssetError, RuntimeSetupError) as e:
         sys.exit(f"tether: {e}")
     print(claims_table(result["rows"]))

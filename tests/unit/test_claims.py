@@ -385,3 +385,38 @@ def test_the_rl_form_fits_the_measured_runs_once_for_every_claim_on_them(monkeyp
     resample = {"kl0": [runs[0].view(np.full(32, 2)), runs[0].view(), runs[2].view()]}
     form.r2(resample)
     assert len(calls) == 2  # a bootstrap resample is fitted on its own
+
+
+def test_plan_measures_seconds_per_iteration_on_finished_cells_and_takes_more_seeds(tmp_path, monkeypatch, capsys):
+    """The plan's minutes: per iteration as a stage's finished cells took (config.json -> status.json), else the default
+    estimate; one cold start per stage, warm ones after it where the stage shares actors; --seeds N for every sweep stage."""
+    import json
+    import os
+
+    from services.cli import main
+    from services.experiments.reproduce import CELL_START_S, SECONDS_PER_ITERATION, WARM_CELL_START_S, plan
+
+    monkeypatch.chdir(tmp_path)  # the specs' runs_dir is relative: runs/ here
+    runs = tmp_path / "runs"
+    for seed, took in ((0, 400.0), (1, 480.0)):  # two finished overopt cells of 40 iterations: 10 and 12 s per iteration
+        d = runs / "sweep-overopt" / "ppo_kl0" / "default" / f"seed-{seed}"
+        d.mkdir(parents=True)
+        (d / "config.json").write_text("{}")
+        (d / "status.json").write_text(json.dumps({"state": "finished", "iteration": 40}))
+        os.utime(d / "config.json", (1000.0, 1000.0))
+        os.utime(d / "status.json", (1000.0 + took, 1000.0 + took))
+    rows = {r["stage"]: r for r in plan(runs)}
+    o = rows["overopt"]
+    assert (o["cells"], o["finished"], o["s_per_iteration"]) == (6, 2, 11.0)
+    assert o["minutes_left"] == pytest.approx((4 * 40 * 11.0 + CELL_START_S + 3 * WARM_CELL_START_S) / 60)
+    e = rows["elastic_reset"]
+    assert e["s_per_iteration"] is None and e["minutes_left"] == pytest.approx((6 * 40 * SECONDS_PER_ITERATION + CELL_START_S + 5 * WARM_CELL_START_S) / 60)
+    q = rows["quark"]  # each Quark cell writes its own policy folder (reward tokens): every start cold
+    assert q["minutes_left"] == pytest.approx((q["iterations"] * SECONDS_PER_ITERATION + q["cells"] * CELL_START_S) / 60)
+    five = {r["stage"]: r for r in plan(runs, seeds=list(range(5)))}
+    assert (five["overopt"]["cells"], five["overopt"]["finished"], five["critic_free"]["cells"]) == (10, 2, 15)
+    assert main(["reproduce", "--plan", "--seeds", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "11.0" in out and " h; s/iter '-'" in out
+    with pytest.raises(SystemExit, match="--seeds must be between 1 and 100"):
+        main(["reproduce", "--plan", "--seeds", "0"])

@@ -23,15 +23,15 @@ from services.experiments.reproduce.claims import MIN_SEEDS, Claim, RLForm, _Dif
 from services.experiments.reproduce.render import (README_END, README_START, claims_markdown, claims_table, draw_plots, fmt, plan_table,
                                                    update_readme)
 from services.experiments.reproduce.runs import LoadedRuns, RunReader, load_runs, read_run
-from services.experiments.reproduce.stages import (BON_ARGS, CELL_START_S, ROOT, SECONDS_PER_ITERATION, SPEC_DIR, STAGE_NAMES, STAGES,
+from services.experiments.reproduce.stages import (BON_ARGS, CELL_START_S, WARM_CELL_START_S, ROOT, SECONDS_PER_ITERATION, SPEC_DIR, STAGE_NAMES, STAGES,
                                                    Stage, plan, run_stage, stage_dirs, stage_minutes)
 
 
 def run_reproduction(out_dir: Path, *, only: list[str] | None = None, progress: bool = True, n_boot: int = 2000,
-                     base: str = "default", say: Callable[[str], None] = print) -> dict:
+                     base: str = "default", say: Callable[[str], None] = print, seeds: list[int] | None = None) -> dict:
     """Every stage (or those in ``only``) in order, resumable, then the claims report in ``out_dir``. ``base``: the
     config (preset name or YAML path) the best-of-n stage samples from and whose runs_dir holds the results (the sweep
-    stages run their specs' own base)."""
+    stages run their specs' own base). ``seeds``: every sweep stage's, instead of its spec's (`tether reproduce --seeds N`)."""
     from learner.config import load_config
 
     base_cfg = load_config(base)
@@ -46,7 +46,7 @@ def run_reproduction(out_dir: Path, *, only: list[str] | None = None, progress: 
         for s in tqdm(stages, desc="reproduce", unit="stage", disable=not progress):
             say(f"=== stage {s.name}: {s.what}")
             t0 = time.perf_counter()
-            status = run_stage(s, runs_dir, base_cfg, base=base, progress=progress, say=say, pool=pool)
+            status = run_stage(s, runs_dir, base_cfg, base=base, progress=progress, say=say, pool=pool, seeds=seeds)
             say(f"=== stage {s.name}: {status} ({(time.perf_counter() - t0) / 60:.1f} min)")
     finally:
         pool.close()
@@ -87,7 +87,7 @@ def write_claims(out_dir: Path, *, runs_dir: Path | None = None, base: str = "de
     return result
 
 
-__all__ = ["BON_ARGS", "CATALOGUE", "CELL_START_S", "MIN_SEEDS", "README_END", "README_START", "ROOT", "SECONDS_PER_ITERATION",
+__all__ = ["BON_ARGS", "CATALOGUE", "CELL_START_S", "WARM_CELL_START_S", "MIN_SEEDS", "README_END", "README_START", "ROOT", "SECONDS_PER_ITERATION",
            "SPEC_DIR", "STAGES", "STAGE_NAMES", "CatalogueError", "Claim", "LoadedRuns", "RLForm", "RunReader", "Stage", "_Diff", "_Gap",
            "_LossAtKL", "bon_claims", "claims_markdown", "claims_table", "draw_plots", "fmt", "load_catalogue", "load_runs", "plan",
            "plan_table", "ppo_ensemble_arms", "read_run", "run_reproduction", "run_stage", "stage_dirs", "stage_minutes", "sweep_claims",

@@ -178,9 +178,15 @@ def update_readme(path: Path, rows: list[dict]) -> bool:
 
 
 def plan_table(rows: list[dict]) -> str:
-    lines = [f"{'stage':<15} {'cells':>5} {'done':>5} {'iters':>6} {'min left':>9}  what"]
+    """The plan: per stage its cells, those done, iterations, seconds per iteration (measured on its finished cells; '-':
+    the default estimate) and minutes left."""
+    lines = [f"{'stage':<15} {'cells':>5} {'done':>5} {'iters':>6} {'s/iter':>7} {'min left':>9}  what"]
     for r in rows:
-        lines.append(f"{r['stage']:<15} {r['cells']:>5} {r['finished']:>5} {r['iterations']:>6} {r['minutes_left']:>9.0f}  {r['what']}")
-    lines.append(f"{'total':<15} {'':>5} {'':>5} {'':>6} {sum(r['minutes_left'] for r in rows):>9.0f}")
+        per = r.get("s_per_iteration")
+        lines.append(f"{r['stage']:<15} {r['cells']:>5} {r['finished']:>5} {r['iterations']:>6} {'-' if per is None else f'{per:.1f}':>7} "
+                     f"{r['minutes_left']:>9.0f}  {r['what']}")
+    total = sum(r["minutes_left"] for r in rows)
+    lines.append(f"{'total':<15} {'':>5} {'':>5} {'':>6} {'':>7} {total:>9.0f}  ({total / 60:.1f} h; s/iter '-': "
+                 f"the default estimate until a cell of that stage finishes)")
     return "\n".join(lines)
 

@@ -16,8 +16,9 @@ log = logging.getLogger(__name__)
 ROOT = PRESETS_DIR.parent
 SPEC_DIR = PRESETS_DIR / "reproduce"
 BON_ARGS = {"n_max": 512, "n_best": 256, "n_prompts": 32, "uwo_lambda": 0.5}
-SECONDS_PER_ITERATION = 8.5  # PPO on the default task here (2 cores); f-DPG and Quark are a little faster
-CELL_START_S = 40.0  # a cell's Ray + vLLM start
+SECONDS_PER_ITERATION = 8.5  # PPO on the default task here (2 cores), for a stage none of whose cells has finished yet
+CELL_START_S = 40.0  # a cold cell's start: Ray actors, vLLM and every model loaded afresh, until its first iteration
+WARM_CELL_START_S = 12.0  # a warm cell's (services/experiments/sweep/warm.py): a fresh learner, a rebind, one sync (bench/warm_sweep.py)
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Stage:
     name: str
     what: str
     spec: Path | None = None  # a sweep spec; None = the best-of-n stage
+    warm: bool = True  # its cells share warm actors; not where each cell writes its own policy folder (SALSA's soup, Quark's tokens)
 
     @property
     def kind(self) -> str:
@@ -39,8 +41,8 @@ STAGES = (
     Stage("ensembles_clean", "PPO with a single proxy, the mean, WCO and UWO on clean labels (no label noise)",
           SPEC_DIR / "ensembles_clean.yaml"),
     Stage("bon", "best-of-n to n = 256 from N = 512 samples per prompt, noisy and clean labels, every aggregation"),
-    Stage("quark", "Quark vs PPO + KL on toxicity", SPEC_DIR / "quark.yaml"),
-    Stage("salsa", "SALSA (soup) vs its one-SFT-model baseline", SPEC_DIR / "salsa.yaml"),
+    Stage("quark", "Quark vs PPO + KL on toxicity", SPEC_DIR / "quark.yaml", warm=False),
+    Stage("salsa", "SALSA (soup) vs its one-SFT-model baseline", SPEC_DIR / "salsa.yaml", warm=False),
     Stage("fdpg", "f-DPG: JS vs forward KL vs reverse KL towards one RLHF target", SPEC_DIR / "fdpg.yaml"),
     Stage("critic_free", "GRPO, Dr. GRPO and RLOO vs PPO (GAE; overopt's KL 0.01 arm) at the same KL coefficient (a measured "
           "comparison)", SPEC_DIR / "critic_free.yaml"),
@@ -58,8 +60,24 @@ def stage_dirs(runs_dir: Path) -> dict[str, Path]:
     return {k: (v if v.is_absolute() else Path.cwd() / v) for k, v in out.items()}
 
 
-def plan(runs_dir: Path) -> list[dict]:
-    """Per stage: cells, iterations, cells already finished, and an estimate of the minutes left on 2 cores."""
+def measured_iteration_s(cells) -> float | None:
+    """Seconds per iteration of a stage's finished cells (from config.json, written once a cell's actors are up, to its
+    status.json: iterations, evaluations and checkpoints, not the start), their median; None when none has finished."""
+    import statistics
+
+    from services.state.runlog import run_state
+
+    per = []
+    for c in cells:
+        if run_state(c.dir) == "finished" and (c.dir / "config.json").is_file():
+            per.append(((c.dir / "status.json").stat().st_mtime - (c.dir / "config.json").stat().st_mtime) / c.config.train.iterations)
+    return statistics.median(per) if per else None
+
+
+def plan(runs_dir: Path, seeds: list[int] | None = None) -> list[dict]:
+    """Per stage: cells, iterations, cells already finished, and the minutes left on this machine: per iteration as the
+    stage's finished cells measured (else SECONDS_PER_ITERATION), per cell its start (the first cold, the others warm
+    where the stage shares actors). ``seeds``: every sweep stage's, instead of its spec's."""
     from services.state.runlog import run_state
     from services.experiments.sweep import load_sweep
 
@@ -69,14 +87,17 @@ def plan(runs_dir: Path) -> list[dict]:
             done = (stage_dirs(runs_dir)["bon"] / "samples.npz").is_file()
             n = BON_ARGS["n_max"] * BON_ARGS["n_prompts"]
             rows.append({"stage": s.name, "what": s.what, "cells": 1, "finished": int(done), "iterations": 0,
-                         "minutes_left": 0.0 if done else n / 2200.0 + 3.0})
+                         "minutes_left": 0.0 if done else n / 2200.0 + 3.0, "s_per_iteration": None})
             continue
-        sw = load_sweep(s.spec)
+        sw = load_sweep(s.spec, seeds=seeds)
         left = [c for c in sw.cells if run_state(c.dir) != "finished"]
         its = sum(c.config.train.iterations for c in left)
+        measured = measured_iteration_s(sw.cells)
+        per_it = measured if measured is not None else SECONDS_PER_ITERATION
+        starts = (CELL_START_S + (len(left) - 1) * (WARM_CELL_START_S if s.warm else CELL_START_S)) if left else 0.0
         rows.append({"stage": s.name, "what": s.what, "cells": len(sw.cells), "finished": len(sw.cells) - len(left),
-                     "iterations": sum(c.config.train.iterations for c in sw.cells),
-                     "minutes_left": (its * SECONDS_PER_ITERATION + len(left) * CELL_START_S) / 60.0})
+                     "iterations": sum(c.config.train.iterations for c in sw.cells), "s_per_iteration": measured,
+                     "minutes_left": (its * per_it + starts) / 60.0})
     return rows
 
 
@@ -95,16 +116,17 @@ def _prepare_assets(cells) -> None:
 
 
 def run_stage(stage: Stage, runs_dir: Path, base_cfg, *, base: str = "default", progress: bool = True,
-              say: Callable[[str], None] = print, pool=None) -> str:
+              say: Callable[[str], None] = print, pool=None, seeds: list[int] | None = None) -> str:
     """Run (or resume, or skip) one stage; returns 'done' or 'failed: ...'. The best-of-n stage samples from ``base_cfg``,
     loaded from ``base`` (a preset name or YAML path; its clean-label twin is ``base`` with proxy.label_noise=0). ``pool``:
-    the warm actors (a WarmRoles) the sweep stages share; the best-of-n stage closes them first (it runs its own engine)."""
+    the warm actors (a WarmRoles) the sweep stages share; the best-of-n stage closes them first (it runs its own engine).
+    ``seeds``: a sweep stage's seeds instead of its spec's."""
     from services.experiments.sweep import load_sweep, run_sweep
 
     if stage.kind == "sweep":
-        sw = load_sweep(stage.spec)
+        sw = load_sweep(stage.spec, seeds=seeds)
         _prepare_assets(sw.cells)
-        res = run_sweep(stage.spec, progress=progress, notify=say, pool=pool)
+        res = run_sweep(stage.spec, progress=progress, notify=say, pool=pool if stage.warm else None, warm=stage.warm, seeds=seeds)
         failed = [k for k, v in res.statuses.items() if v == "failed"]
         return f"failed: {', '.join(failed)}" if failed else "done"
     out = stage_dirs(runs_dir)["bon"]

@@ -82,12 +82,13 @@ def _check_assets(cells: list[Cell]) -> None:
 
 def run_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None, *, submit: str | None = None, progress: bool = True,
               ray_auth: str = "token", max_parallel: int | None = None, poll_s: float = 5.0,
-              notify: Callable[[str], None] | None = None, redis_url: str | None = None, warm: bool = True, pool=None) -> SweepResult:
+              notify: Callable[[str], None] | None = None, redis_url: str | None = None, warm: bool = True, pool=None,
+              seeds: list[int] | None = None) -> SweepResult:
     """Run every unfinished cell of a sweep, then write its report.
 
     Locally (``submit`` None) cells run one after another in this process, on warm actors (``warm``; services/experiments/
     sweep/warm.py: consecutive cells that need the same actors share them; ``pool`` a WarmRoles of the caller's, kept
-    open, e.g. across the stages of `tether reproduce`); with ``submit`` = a Ray
+    open, e.g. across the stages of `tether reproduce`; ``seeds`` instead of the spec's); with ``submit`` = a Ray
     dashboard address each is a Ray job (at most ``max_parallel`` at a time; None = as many as the cluster's
     CPUs/GPUs hold for what a cell declares, see ``auto_parallel``), waited for.
     ``notify`` receives one line per cell started / skipped (default: logging). With ``redis_url`` (a
@@ -96,7 +97,7 @@ def run_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None, *, sub
     before anything runs when any cell's config is invalid, AssetError when task assets are missing.
     """
     say = notify or log.info
-    sweep = load_sweep(spec_path, sweep_dir)
+    sweep = load_sweep(spec_path, sweep_dir, seeds=seeds)
     write_sweep_files(sweep)
     _check_assets(sweep.cells)
     statuses: dict[str, str] = {}

@@ -153,8 +153,9 @@ def _method(mname: Any, m: Any, where: str, *, seeds: list[int] | None) -> tuple
     return mconf, {str(k): v for k, v in grid.items()}
 
 
-def load_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None) -> Sweep:
-    """Parse a spec and build (and validate) every cell; nothing is written. Raises SweepSpecError, naming
+def load_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None, *, seeds: list[int] | None = None) -> Sweep:
+    """Parse a spec and build (and validate) every cell; nothing is written. ``seeds``: instead of the spec's (e.g.
+    `tether reproduce --seeds 5`; the cells of seeds both list are the same cells). Raises SweepSpecError, naming
     every invalid cell at once."""
     spec_path = Path(spec_path)
     where = f"sweep spec {spec_path}"
@@ -175,7 +176,7 @@ def load_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None) -> Sw
     overrides = _mapping(spec.get("set"), f"{where}: 'set'", "dotted config field -> value, e.g. {train.iterations: 12}")
     for k in overrides:
         _check_field(str(k), f"{where}: 'set'")
-    seeds = _seeds(spec.get("seeds"), where)
+    seeds = _seeds(spec.get("seeds") if seeds is None else list(seeds), where)
     methods = _mapping(spec.get("methods"), f"{where}: 'methods'", "method name -> {config: ..., grid: ...}")
     if not methods:
         raise SweepSpecError(f"{where}: 'methods' is empty; give at least one method, e.g. methods: {{ppo_kl: {{config: {{kl: {{coef: 0.05}}}}}}}}")
