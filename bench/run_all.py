@@ -8,8 +8,9 @@
   5. the learn phase's speed-ups, each one's share (bench/learn_phase.py)
   6. tether vs TRL's PPOTrainer: matched work interleaved in this process, the default job of section 3 against the same
      TRL median, and the roofline (bench/trl_side_by_side.py; TRL from the `bench` extra)
+  7. warm vs cold sweep cells: seconds per cell, the start's share, cells per hour (bench/warm_sweep.py)
 
-Usage: python bench/run_all.py [--config default] [--iterations 6] [--skip-job] [--skip-trl] [--rounds 5]
+Usage: python bench/run_all.py [--config default] [--iterations 6] [--skip-job] [--skip-trl] [--skip-warm] [--rounds 5]
 """
 from __future__ import annotations
 
@@ -212,6 +213,7 @@ def main() -> int:
     ap.add_argument("--skip-job", action="store_true", help="skip the per-iteration split and the peak-memory run")
     ap.add_argument("--skip-trl", action="store_true", help="skip sections 5-6 (the learn phase's shares, the TRL side-by-side)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of sections 5-6 (the first is discarded)")
+    ap.add_argument("--skip-warm", action="store_true", help="skip section 7 (warm vs cold sweep cells)")
     ap.add_argument("--rollout-probe", action="store_true", help=argparse.SUPPRESS)  # section 1's in-process engine core, in its own process
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -270,6 +272,15 @@ def main() -> int:
                                     "compiles, left out like every first iteration), against the TRL bf16 median above",
                                     trl.default_rows(fast_runs, med["TRL PPOTrainer, bf16"]["iteration"]), trl.DEFAULT_HEADER))
         print("\n".join(report[-2:]), flush=True)
+    if not args.skip_warm:  # in a process of its own: its cells start Ray as a sweep does
+        with tempfile.TemporaryDirectory() as d:
+            warm = subprocess.run([sys.executable, str(ROOT / "bench" / "warm_sweep.py"), "--config", args.config, "--cells", "3",
+                                   "--iterations", "2", "--rounds", "2", "--out", str(Path(d) / "warm.md")], capture_output=True, text=True, cwd=ROOT)
+            if warm.returncode != 0:
+                raise RuntimeError(f"bench/warm_sweep.py failed:\n{warm.stderr[-3000:]}")
+            text = (Path(d) / "warm.md").read_text()
+        report.append(text.replace("\n## ", "\n## 7. ", 1).rstrip())
+        print(report[-1], flush=True)
     out.write_text("\n".join(report) + "\n")
     print(f"\nwritten to {out}")
     return 0
