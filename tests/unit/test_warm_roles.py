@@ -96,3 +96,34 @@ def test_a_local_run_is_never_kept(fake):
     a = pool.acquire(cfg("a", "runtime.mode=local"), PATHS)
     pool.release(a, ok=True)
     assert a.closed and pool.roles is None
+
+
+def test_a_stage_that_cannot_share_actors_closes_the_held_ones_first(monkeypatch, tmp_path):
+    """tether reproduce keeps one pool across stages: SALSA's and Quark's cells start their own actors, which the held set's
+    placement group would keep from placing (2 CPUs here); their stage closes it first, and runs cold."""
+    import services.experiments.sweep as sweep_pkg
+    from services.experiments.reproduce import stages
+
+    events = []
+
+    class Pool:
+        def close(self):
+            events.append("close")
+
+    def fake_run_sweep(spec, **kw):
+        events.append(("sweep", Path(spec).stem, kw["warm"], kw["pool"] is not None))
+
+        class R:
+            statuses = {}
+        return R()
+
+    from pathlib import Path
+
+    monkeypatch.setattr(stages, "_prepare_assets", lambda cells: None)
+    monkeypatch.setattr(sweep_pkg, "run_sweep", fake_run_sweep)
+    by = {s.name: s for s in stages.STAGES}
+    pool = Pool()
+    assert stages.run_stage(by["overopt"], tmp_path, None, pool=pool, say=lambda m: None) == "done"
+    assert stages.run_stage(by["salsa"], tmp_path, None, pool=pool, say=lambda m: None) == "done"
+    assert events == [("sweep", "overopt", True, True), "close", ("sweep", "salsa", False, False)]
+    assert not by["quark"].warm and by["critic_free"].warm

@@ -126,6 +126,8 @@ def run_stage(stage: Stage, runs_dir: Path, base_cfg, *, base: str = "default", 
     if stage.kind == "sweep":
         sw = load_sweep(stage.spec, seeds=seeds)
         _prepare_assets(sw.cells)
+        if pool is not None and not stage.warm:
+            pool.close()  # the held actors' placement group would keep this stage's cold cells from placing theirs
         res = run_sweep(stage.spec, progress=progress, notify=say, pool=pool if stage.warm else None, warm=stage.warm, seeds=seeds)
         failed = [k for k, v in res.statuses.items() if v == "failed"]
         return f"failed: {', '.join(failed)}" if failed else "done"
