@@ -81,8 +81,10 @@ class LearnerResources(RoleResources):
         "stay identical on every rank (learner/parallel.py). The batch and minibatch sizes must divide by it.")
     backend: Literal["auto", "gloo", "nccl"] = Field(
         "auto", description="The learner group's torch.distributed backend: auto = nccl when the learner is on a GPU, else gloo.")
-    precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="bf16: the learner's forward passes under bf16 autocast (weights, optimiser and gradients stay fp32).")
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="bf16: the learner's forward passes under bf16 autocast (weights, optimiser and gradients stay fp32). "
+        "auto: bf16 where the learner's device computes bf16 natively (a CUDA GPU with bf16; a CPU with AVX512-BF16 or AMX, "
+        "as this project's machine), fp32 elsewhere; resolved on the learner's own machine (learner/models/device.py).")
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass (Hugging Face gradient checkpointing): less memory, more compute.")
     compile: bool = Field(

@@ -35,7 +35,7 @@ def make_learner(cfg: TetherConfig, policy_path, *, reference: list | None = Non
     import torch
     from transformers import AutoTokenizer
 
-    from learner.models.device import role_device
+    from learner.models.device import resolve_precision, role_device
     from learner.models.policy import load_policy
     from learner.models.tokenizer import pad_token_id
 
@@ -44,7 +44,12 @@ def make_learner(cfg: TetherConfig, policy_path, *, reference: list | None = Non
     tok = AutoTokenizer.from_pretrained(str(policy_path))
     init_lm = load_policy(policy_path).to(device)
     ref = load_reference(list(reference or []), list(reference_weights or []), init_lm).to(device)
-    if lr.precision == "bf16" and device.type == "cpu":
+    precision = resolve_precision(lr.precision, device)
+    if lr.precision == "auto":
+        import logging
+
+        logging.getLogger(__name__).info("runtime.learner.precision auto: %s on %s", precision, device)
+    if precision == "bf16" and device.type == "cpu":
         # PyTorch's CPU SDPA backward is slow in bf16 (bench/learn_phase.py: the learn phase 1.50x faster than fp32 with SDPA,
         # 1.61x with the eager attention); the critic is copied from init_lm below, so it inherits the setting
         for m in (init_lm, ref):

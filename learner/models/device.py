@@ -48,12 +48,44 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def native_bf16(device: torch.device, cpu_flags: set[str] | None = None) -> bool:
+    """Whether ``device`` computes bf16 matmuls natively: a CUDA GPU that supports bf16, or a CPU with AVX512-BF16 or AMX-BF16
+    (``cpu_flags``: the CPU's flags; default /proc/cpuinfo's, empty where it cannot be read)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    if cpu_flags is None:
+        cpu_flags = _cpu_flags()
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """runtime.learner.precision on ``device``: fp32 and bf16 as they are; auto = bf16 where it is native (native_bf16), else fp32."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast of the forward passes on ``device`` when ``precision`` is 'bf16'; a no-op for 'fp32'."""
+    """bf16 autocast of the forward passes on ``device`` when ``precision`` is 'bf16' (or 'auto' resolving to it); a no-op
+    for 'fp32'."""
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision != "bf16":
-        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+        raise ValueError(f"precision must be fp32, bf16 or auto, got {precision!r}")
     # cache_enabled=False: autocast's cache keeps the bf16 copy of each weight made at its first use inside the
     # context, and the learner wraps a whole iteration (many optimiser steps) in one context; with the cache every
     # forward after the first update ran on the weights from before it (PPO's ratio stayed at 1). Without it each

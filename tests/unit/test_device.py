@@ -38,7 +38,7 @@ def test_device_and_precision_are_config_fields_with_readable_errors():
         load_config("tiny", ["runtime.learner.device=gpu"])
     with pytest.raises(ConfigError, match="runtime.reward.precision"):  # a learner-only option
         load_config("tiny", ["runtime.reward.precision=bf16"])
-    with pytest.raises(ValueError, match="fp32 or bf16"):
+    with pytest.raises(ValueError, match="fp32, bf16 or auto"):
         autocast(torch.device("cpu"), "fp16")
 
 
@@ -73,6 +73,30 @@ def test_bf16_autocast_changes_the_forward_numerics_but_not_the_stored_precision
     for k in ("loss/value", "kl/to_ref", "ppo/approx_kl"):
         assert s16[k] == pytest.approx(s32[k], rel=0.1, abs=5e-3), k
     assert l16.device == torch.device("cpu")
+
+
+def test_auto_precision_is_bf16_where_the_device_has_it_natively(tiny_assets, monkeypatch):
+    """runtime.learner.precision auto: bf16 on a CPU with AVX512-BF16 or AMX (this project's machine) or a bf16 CUDA GPU, fp32
+    elsewhere; the learner's step with auto is the step of what it resolves to, bit for bit."""
+    from learner.models import device as dev
+
+    cpu = torch.device("cpu")
+    assert dev.native_bf16(cpu, {"avx2", "avx512f", "avx512_bf16"}) and dev.native_bf16(cpu, {"amx_bf16", "amx_tile"})
+    assert not dev.native_bf16(cpu, {"avx2", "avx512f"}) and not dev.native_bf16(torch.device("meta"), {"avx512_bf16"})
+    assert dev.resolve_precision("fp32", cpu) == "fp32" and dev.resolve_precision("bf16", cpu) == "bf16"
+    for flags, want in (({"avx512_bf16"}, "bf16"), ({"avx2"}, "fp32")):
+        monkeypatch.setattr(dev, "_cpu_flags", lambda flags=flags: set(flags))
+        assert dev.resolve_precision("auto", cpu) == want
+        assert isinstance(dev.autocast(cpu, "auto"), torch.autocast) == (want == "bf16")
+    monkeypatch.undo()
+    here = dev.resolve_precision("auto", cpu)  # what this machine resolves to (bf16 on AVX512-BF16)
+    cfg_auto, _, paths, scored = _learner_and_batch(tiny_assets, precision="auto")
+    cfg_here, *_ = _learner_and_batch(tiny_assets, precision=here)
+    seeded = lambda st: {k: v for k, v in st.items() if not k.startswith("time_s/")}  # noqa: E731
+    assert seeded(_step(cfg_auto, paths, scored)[1]) == seeded(_step(cfg_here, paths, scored)[1])
+    assert load_config("tiny", ["runtime.learner.precision=auto"]).runtime.learner.precision == "auto"
+    with pytest.raises(ConfigError, match="runtime.learner.precision"):
+        load_config("tiny", ["runtime.learner.precision=fp16"])
 
 
 def test_bf16_forwards_after_an_optimiser_step_see_the_updated_weights(tiny_assets):
