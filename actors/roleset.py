@@ -101,7 +101,7 @@ PER_RUN_LEARNER = ("threads", "device", "backend", "precision", "gradient_checkp
 
 def warm_key(cfg: TetherConfig, paths: TaskPaths) -> str | None:
     """What the actors a run builds depend on: two runs with the same key can share rollout engines, reward and gold actors
-    (a warm sweep, services/experiments/sweep/warm.py). Every runtime setting but the per-run ones above (the placement's
+    (a warm sweep, services/driver/warm.py). Every runtime setting but the per-run ones above (the placement's
     bundles include the learner's resources), and the models the engines, the ensemble, the gold and the drift load; not
     the sampling settings, seeds or algorithm, which rebind hands over. None: never shared (local mode; the collective
     weight sync, whose group includes the learner)."""

@@ -1,5 +1,5 @@
 """Warm actors across sweep cells against the same cells started cold: seconds per cell, the start's share, and cells per
-hour at the reproduction's budget (services/experiments/sweep/warm.py).
+hour at the reproduction's budget (services/driver/warm.py).
 
 Each arm runs the same cells (one PPO cell per seed, the default Ray + vLLM runtime, default precision fp32, no compile)
 in folders of its own, one after the other in this process, as `tether sweep` runs them: cold = every cell builds its
@@ -32,7 +32,7 @@ def run_arm(spec: Path, folder: Path, *, warm: bool) -> list[dict]:
     """The spec's cells in ``folder``, cold or on one warm pool; per cell {wall, start, rest} seconds."""
     from services.experiments.sweep import load_sweep, write_sweep_files
     from services.experiments.sweep.run import run_cell
-    from services.experiments.sweep.warm import WarmRoles
+    from services.driver.warm import WarmRoles
 
     sw = load_sweep(spec, folder)
     write_sweep_files(sw)

@@ -112,19 +112,26 @@ def train_command(args) -> int:
     dirs: dict[str, Path] = {}
     summaries = {}
     print(f"run folder: {root}")
-    for rc in runs:
-        sub = rc.name[len(cfg.name) + 1 :] if cfg.variants and rc.name.startswith(cfg.name + "-") else "main"
-        d = root / sub
-        dirs[rc.name] = d
-        print(f"== {rc.name}: {d}")
-        try:
-            outcome, summary = run_or_resume(rc, d, cfg_source=args.config if not args.resume else str(root / "tether.yaml"), control=control)
-        except (AssetError, RuntimeSetupError) as e:
-            sys.exit(f"tether: {e}")
-        if outcome == "skipped":
-            print(f"== {rc.name}: finished already, skipped")
-        else:
-            summaries[rc.name] = summary
+    from services.driver.warm import WarmRoles
+
+    pool = WarmRoles()  # the variants share warm actors where theirs would be the same (a fresh learner each)
+    try:
+        for rc in runs:
+            sub = rc.name[len(cfg.name) + 1 :] if cfg.variants and rc.name.startswith(cfg.name + "-") else "main"
+            d = root / sub
+            dirs[rc.name] = d
+            print(f"== {rc.name}: {d}")
+            try:
+                outcome, summary = run_or_resume(rc, d, cfg_source=args.config if not args.resume else str(root / "tether.yaml"),
+                                                 control=control, pool=pool)
+            except (AssetError, RuntimeSetupError) as e:
+                sys.exit(f"tether: {e}")
+            if outcome == "skipped":
+                print(f"== {rc.name}: finished already, skipped")
+            else:
+                summaries[rc.name] = summary
+    finally:
+        pool.close()
     if len(dirs) > 1:
         page = write_comparison_report(dirs, root, f"tether comparison: {cfg.name}")
     else:

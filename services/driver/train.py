@@ -55,7 +55,7 @@ class Trainer:
         # the policy every role loads (e.g. SALSA's soup, with the algorithm's extra tokens) and pi_0 for drift
         self.paths, self.algorithm, self.control_ids = resolve_policies(cfg, self.task, self.run_dir, cfg_source=cfg_source)
         self.eval_prompts = self.task.prompts("heldout", cfg.train.eval_prompts, seed=cfg.train.seed + HELDOUT_SEED_OFFSET)
-        self.pool = pool  # a warm sweep's services.experiments.sweep.warm.WarmRoles: the actors come from it and go back to it
+        self.pool = pool  # a warm sweep's services.driver.warm.WarmRoles: the actors come from it and go back to it
         if roles is None and pool is not None:
             roles = pool.acquire(cfg, self.paths)
         elif roles is None:

@@ -1,4 +1,4 @@
-"""Warm actors across sweep cells (services/experiments/sweep/warm.py) in the default mode, Ray actors + vLLM: a cell on
+"""Warm actors across sweep cells (services/driver/warm.py) in the default mode, Ray actors + vLLM: a cell on
 rebound actors gives the results of the same cell started cold, exactly (vLLM samples with a seed per request, the
 learner is a fresh process, the engines get the cell's initial weights); a crashed cell's actors are not handed on."""
 import json
@@ -9,7 +9,7 @@ import yaml
 
 from services.experiments.sweep import load_sweep, run_sweep
 from services.experiments.sweep.run import run_cell
-from services.experiments.sweep.warm import WarmRoles
+from services.driver.warm import WarmRoles
 
 pytestmark = pytest.mark.slow
 

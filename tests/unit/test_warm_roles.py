@@ -1,11 +1,11 @@
-"""Which runs can share actors (actors/roleset.py::warm_key) and the pool that lends them (services/experiments/sweep/warm.py),
+"""Which runs can share actors (actors/roleset.py::warm_key) and the pool that lends them (services/driver/warm.py),
 without Ray: the real sets are tested in tests/integration/test_warm_sweep.py."""
 import pytest
 
 from actors.roleset import warm_key
 from learner.config import load_config
-from services.experiments.sweep import warm
-from services.experiments.sweep.warm import WarmRoles
+from services.driver import warm
+from services.driver.warm import WarmRoles
 from tasks.contract import TaskPaths
 
 PATHS = TaskPaths(policy="/d/policy", gold="/d/gold", proxies=["/d/p0", "/d/p1"], drift_policy="/d/policy")

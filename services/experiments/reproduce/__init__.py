@@ -39,7 +39,7 @@ def run_reproduction(out_dir: Path, *, only: list[str] | None = None, progress: 
     stages = [s for s in STAGES if only is None or s.name in only]
     from tqdm.auto import tqdm
 
-    from services.experiments.sweep.warm import WarmRoles
+    from services.driver.warm import WarmRoles
 
     pool = WarmRoles()  # warm actors across cells and stages (a new set where a stage needs other actors)
     try:

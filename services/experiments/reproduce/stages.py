@@ -18,7 +18,7 @@ SPEC_DIR = PRESETS_DIR / "reproduce"
 BON_ARGS = {"n_max": 512, "n_best": 256, "n_prompts": 32, "uwo_lambda": 0.5}
 SECONDS_PER_ITERATION = 8.5  # PPO on the default task here (2 cores), for a stage none of whose cells has finished yet
 CELL_START_S = 40.0  # a cold cell's start: Ray actors, vLLM and every model loaded afresh, until its first iteration
-WARM_CELL_START_S = 12.0  # a warm cell's (services/experiments/sweep/warm.py): a fresh learner, a rebind, one sync (bench/warm_sweep.py)
+WARM_CELL_START_S = 12.0  # a warm cell's (services/driver/warm.py): a fresh learner, a rebind, one sync (bench/warm_sweep.py)
 
 
 @dataclass(frozen=True)

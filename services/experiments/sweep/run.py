@@ -40,7 +40,7 @@ def run_cell(cell_dir: str | Path, *, progress: bool = True, run_id: str | None 
     """Run the cell in ``cell_dir`` (its cell.yaml): skipped when finished, resumed from a checkpoint when
     there is one, else started afresh (logs of an attempt that died before its first checkpoint are cleared).
     With ``run_id`` and ``redis_url`` it reports to that Redis (a `tether serve`'s) as that run: metrics,
-    state, commands. ``pool``: a warm sweep's WarmRoles (services/experiments/sweep/warm.py) lends the actors. Returns
+    state, commands. ``pool``: a warm sweep's WarmRoles (services/driver/warm.py) lends the actors. Returns
     skipped | resumed | ran. The entrypoint of a sweep's Ray jobs (``cell_entrypoint``)."""
     from services.driver.train import run_or_resume
 
@@ -86,8 +86,8 @@ def run_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None, *, sub
               seeds: list[int] | None = None) -> SweepResult:
     """Run every unfinished cell of a sweep, then write its report.
 
-    Locally (``submit`` None) cells run one after another in this process, on warm actors (``warm``; services/experiments/
-    sweep/warm.py: consecutive cells that need the same actors share them; ``pool`` a WarmRoles of the caller's, kept
+    Locally (``submit`` None) cells run one after another in this process, on warm actors (``warm``; services/driver/
+    warm.py: consecutive cells that need the same actors share them; ``pool`` a WarmRoles of the caller's, kept
     open, e.g. across the stages of `tether reproduce`; ``seeds`` instead of the spec's); with ``submit`` = a Ray
     dashboard address each is a Ray job (at most ``max_parallel`` at a time; None = as many as the cluster's
     CPUs/GPUs hold for what a cell declares, see ``auto_parallel``), waited for.
@@ -111,7 +111,7 @@ def run_sweep(spec_path: str | Path, sweep_dir: str | Path | None = None, *, sub
     bar = tqdm(total=len(sweep.cells), initial=len(statuses), desc=f"sweep {sweep.name}", unit="cell", disable=not progress)
     try:
         if submit is None:
-            from services.experiments.sweep.warm import WarmRoles
+            from services.driver.warm import WarmRoles
 
             own = pool is None and warm
             lend = WarmRoles() if own else pool if warm else None

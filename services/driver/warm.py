@@ -1,5 +1,5 @@
-"""Warm actors across sweep cells: one set of Ray actors (rollout engines, the reward and gold actors) serves every cell
-in a row whose actors would be the same (actors/roleset.py::warm_key: runtime settings and the models loaded), instead
+"""Warm actors across runs: one set of Ray actors (rollout engines, the reward and gold actors) serves every run (a sweep's
+cell, `tether reproduce`'s cells across stages, a config's variants in `tether train`) in a row whose actors would be the same (actors/roleset.py::warm_key: runtime settings and the models loaded), instead
 of each cell starting Ray actors, vLLM and every reward model afresh. Each cell gets a fresh learner group and its own
 initial weights, sampling settings and seeds (RayRoleSet.rebind), so its results are those of a cold start (tested in
 tests/integration/test_warm_sweep.py).
