@@ -1,6 +1,7 @@
 """The critic-free estimators through the default runtime (Ray actors + vLLM, issue 26): GRPO and RLOO with several samples
 per prompt, Elastic Reset and a WCO ensemble; no value network in the learner actor; a run resumed from a checkpoint
-redoes the same iterations as the uninterrupted one (vLLM's CPU kernels are not bit-reproducible: a tolerance). RLOO with
+redoes the same iterations as the uninterrupted one (vLLM's CPU kernels are not bit-reproducible: a tolerance), on the
+first run's actors rebound to it (a warm pool). RLOO with
 Elastic Reset and WCO runs through the default runtime in tests/integration/test_warm_sweep.py (its warm cell)."""
 import shutil
 
@@ -8,6 +9,7 @@ import pytest
 import ray
 
 from services.driver.train import Trainer
+from services.driver.warm import WarmRoles
 from services.state.runlog import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -35,7 +37,8 @@ def _steps(run_dir):
 
 def test_grpo_with_elastic_reset_and_wco_through_ray_and_vllm_and_its_resume(tiny_assets, ray_cluster, tmp_path):
     cfg = _cfg(tiny_assets, "grpo", placement="loss", estimator="k3")  # GRPO's own form: the KL in the loss
-    tr = Trainer(cfg, tmp_path / "full", progress=False)
+    pool = WarmRoles()  # the resumed run below takes this run's actors, rebound (services/driver/warm.py), as a sweep's next cell
+    tr = Trainer(cfg, tmp_path / "full", progress=False, pool=pool)
     try:
         prompts, _ = tr.batch_prompts(0)
         assert prompts.groups == [0, 0, 0, 0, 1, 1, 1, 1] and len(set(prompts.texts)) == 2
@@ -58,11 +61,15 @@ def test_grpo_with_elastic_reset_and_wco_through_ray_and_vllm_and_its_resume(tin
     for ck in (cut / "checkpoints").glob("step-*"):
         if int(ck.name.split("-")[1]) > 2:
             shutil.rmtree(ck)
-    tr = Trainer(cfg, cut, progress=False)
     try:
-        tr.run(resume=True)
+        tr = Trainer(cfg, cut, progress=False, pool=pool)
+        try:
+            tr.run(resume=True)
+        finally:
+            tr.close()
     finally:
-        tr.close()
+        pool.close()
+    assert pool.counts == {"cold": 1, "warm": 1}
     again = _steps(cut)
     assert sorted(again) == list(range(1, ITERATIONS + 1))  # each iteration logged once
     for step in (3, 4):
