@@ -26,7 +26,7 @@ def _samples(run_dir):
     return {p.name: [json.loads(x) for x in p.read_text().splitlines()] for p in sorted((run_dir / "samples").glob("*.jsonl"))}
 
 
-def test_warm_cells_equal_cold_ones_and_a_crash_is_not_handed_on(tiny_assets, tmp_path, monkeypatch):
+def test_warm_cells_equal_cold_ones_and_a_crash_is_not_handed_on(tiny_assets, ray_cluster, tmp_path, monkeypatch):
     base = tiny_assets[0].dump()
     base["train"] = {**base.get("train", {}), "iterations": 2, "eval_every": 1}
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
@@ -65,11 +65,11 @@ def test_warm_cells_equal_cold_ones_and_a_crash_is_not_handed_on(tiny_assets, tm
 
     monkeypatch.setattr(pool, "acquire", lend)
     cold = tmp_path / "cold" / "rloo"
-    cold.mkdir(parents=True)
-    shutil.copy(cells["rloo"].dir / "cell.yaml", cold / "cell.yaml")
     try:
         statuses = {**run_sweep(first, tmp_path / "first", progress=False, pool=pool).statuses,
                     **run_sweep(second, tmp_path / "second", progress=False, pool=pool).statuses}
+        cold.mkdir(parents=True)
+        shutil.copy(cells["rloo"].dir / "cell.yaml", cold / "cell.yaml")
         assert run_cell(cold, progress=False, pool=pool) == "ran"
     finally:
         pool.close()
