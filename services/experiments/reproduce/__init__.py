@@ -77,7 +77,7 @@ def write_claims(out_dir: Path, *, runs_dir: Path | None = None, base: str = "de
     result = {"n_boot": n_boot, "seed": seed, "rows": rows, "timing": timing, "stage_dirs": {k: str(v) for k, v in dirs.items()},
               "unreadable_runs": dict(reader.unreadable), "stages": only}
     (out_dir / "claims.json").write_text(json.dumps(result, indent=2))
-    figs = draw_plots(out_dir, dirs, reader) if plots else []
+    figs = draw_plots(out_dir, dirs, reader, stages=only) if plots else []
     from services.experiments.guard_grade import write_guard_report
 
     if only is None:

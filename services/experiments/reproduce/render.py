@@ -68,7 +68,7 @@ def claims_markdown(result: dict, figs: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def draw_plots(out_dir: Path, dirs: dict[str, Path], reader: RunReader | None = None) -> list[str]:
+def draw_plots(out_dir: Path, dirs: dict[str, Path], reader: RunReader | None = None, stages: list[str] | None = None) -> list[str]:
     """claims_frontiers.png (gold frontier vs KL: Elastic Reset vs PPO + KL, SALSA vs baseline, the critic-free estimators
     vs PPO) and
     claims_ensembles.png (PPO gold vs iteration per proxy; best-of-n gold vs KL per aggregation); ``reader``: the
@@ -83,14 +83,15 @@ def draw_plots(out_dir: Path, dirs: dict[str, Path], reader: RunReader | None = 
     reader = reader if reader is not None else RunReader()
     catalogue = load_catalogue()
     figs = []
-    panels = [("Elastic Reset vs PPO + KL", dirs["elastic_reset"], [("elastic_reset", dirs["elastic_reset"]), ("ppo_kl005", dirs["elastic_reset"]),
-                                                                  ("ppo_kl001", dirs["overopt"])]),
-              ("SALSA vs one SFT model", dirs["salsa"], [("salsa", dirs["salsa"]), ("sft_ref", dirs["salsa"])]),
-              ("GRPO, Dr. GRPO, RLOO vs PPO (KL 0.01)", dirs["critic_free"], [("grpo", dirs["critic_free"]), ("dr_grpo", dirs["critic_free"]),
-                                                                         ("rloo", dirs["critic_free"]), ("ppo_kl001", dirs["overopt"])])]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    panels = [("elastic_reset", "Elastic Reset vs PPO + KL", [("elastic_reset", dirs["elastic_reset"]), ("ppo_kl005", dirs["elastic_reset"]),
+                                                              ("ppo_kl001", dirs["overopt"])]),
+              ("salsa", "SALSA vs one SFT model", [("salsa", dirs["salsa"]), ("sft_ref", dirs["salsa"])]),
+              ("critic_free", "GRPO, Dr. GRPO, RLOO vs PPO (KL 0.01)", [("grpo", dirs["critic_free"]), ("dr_grpo", dirs["critic_free"]),
+                                                                     ("rloo", dirs["critic_free"]), ("ppo_kl001", dirs["overopt"])])]
+    panels = [p for p in panels if stages is None or p[0] in stages]  # a report of some stages plots theirs alone
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(max(16 * len(panels) / 3, 6), 4), squeeze=False)
     drew = False
-    for ax, (title, _, arms) in zip(axes, panels):
+    for ax, (_, title, arms) in zip(axes[0], panels):
         runs = {m: reader.runs(d, m) for m, d in arms}
         views = [r.view() for rs in runs.values() for r in rs]
         if not views:
@@ -115,6 +116,9 @@ def draw_plots(out_dir: Path, dirs: dict[str, Path], reader: RunReader | None = 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     drew = False
     for ax, stage, label in ((axes[0], "ensembles", "25% label noise"), (axes[1], "ensembles_clean", "clean labels")):
+        if stages is not None and stage not in stages:
+            ax.set_visible(False)
+            continue
         ens, _ = ppo_ensemble_arms(dirs, stage, reader, catalogue)
         if not any(ens.values()):
             ax.set_visible(False)
@@ -130,7 +134,7 @@ def draw_plots(out_dir: Path, dirs: dict[str, Path], reader: RunReader | None = 
         ax.legend(fontsize=8)
         drew = True
     path = Path(dirs["bon"]) / "samples.npz"
-    if path.is_file():
+    if path.is_file() and (stages is None or "bon" in stages):
         from learner.analysis.best_of_n import bon_gold_per_prompt, bon_ns, kl_bon
 
         z = np.load(path)
