@@ -16,9 +16,12 @@ log = logging.getLogger(__name__)
 ROOT = PRESETS_DIR.parent
 SPEC_DIR = PRESETS_DIR / "reproduce"
 BON_ARGS = {"n_max": 512, "n_best": 256, "n_prompts": 32, "uwo_lambda": 0.5}
-SECONDS_PER_ITERATION = 8.5  # PPO on the default task here (2 cores), for a stage none of whose cells has finished yet
-CELL_START_S = 40.0  # a cold cell's start: Ray actors, vLLM and every model loaded afresh, until its first iteration
-WARM_CELL_START_S = 12.0  # a warm cell's (services/driver/warm.py): a fresh learner, a rebind, one sync (bench/warm_sweep.py)
+# For a stage none of whose cells has finished yet: PPO on the default task here (2 cores), the median per iteration of
+# overopt's ppo_kl001 cells measured 2026-12-07 (11.5-12.8 s; evaluations and checkpoints included; 8.5 s in an earlier,
+# quieter session). The group estimators of critic_free took about 7.3 s.
+SECONDS_PER_ITERATION = 11.5
+CELL_START_S = 20.6  # a cold cell's start until its first iteration: Ray actors, vLLM, every model (bench/warm_sweep.py, 2026-12-07)
+WARM_CELL_START_S = 6.3  # a warm cell's (services/driver/warm.py): a fresh learner, a rebind, one sync (the same bench)
 
 
 @dataclass(frozen=True)
