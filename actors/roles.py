@@ -46,7 +46,7 @@ class RolloutActor(RolloutWorker):
         self.metrics = role_metrics(cfg.name, ["perf/rollout_tokens_per_s"])
 
     def rebind(self, cfg: TetherConfig, run_id: str, index: int) -> None:
-        _threads(cfg.runtime.rollout.threads)
+        # no _threads: the thread count is part of warm_key (and vLLM's CPU worker, bound to its threads, warns at each set)
         super().rebind(cfg, run_id, index)
         _retag(self.metrics, cfg.name)
 
@@ -67,8 +67,7 @@ class RewardActor(RewardWorker):
 
     def rebind(self, cfg: TetherConfig, member_paths: list) -> None:
         """Another run's proxy ensemble (a warm sweep's next cell): rebuilt in this process, which keeps its imports."""
-        _threads(cfg.runtime.reward.threads)
-        RewardWorker.__init__(self, cfg, member_paths)
+        RewardWorker.__init__(self, cfg, member_paths)  # its threads: part of warm_key, unchanged
         _retag(self.metrics, cfg.name)
 
     def score(self, rollouts):
@@ -87,8 +86,7 @@ class GoldActor(GoldWorker):
 
     def rebind(self, cfg: TetherConfig, gold_path, policy_path: str) -> None:
         """Another run's gold and pi_0 (a warm sweep's next cell): rebuilt in this process, which keeps its imports."""
-        _threads(cfg.runtime.gold.threads)
-        GoldWorker.__init__(self, cfg, gold_path, policy_path)
+        GoldWorker.__init__(self, cfg, gold_path, policy_path)  # its threads: part of warm_key, unchanged
         _retag(self.metrics, cfg.name)
 
     def evaluate(self, rollouts, prefix: str) -> dict:

@@ -26,7 +26,7 @@ def test_runs_differing_in_what_rebind_hands_over_share_actors():
 
 def test_runs_needing_other_actors_do_not():
     k = key()
-    for over in (["runtime.rollout_actors=2"], ["runtime.engine=transformers"], ["runtime.kv_cache_gib=2"], ["runtime.rollout.threads=2"],
+    for over in (["runtime.rollout_actors=2"], ["runtime.engine=transformers"], ["runtime.kv_cache_gib=2"], ["runtime.rollout.threads=2"], ["runtime.reward.threads=2"], ["runtime.gold.threads=2"],
                  ["runtime.learner.num_cpus=0.5"], ["runtime.learner.ranks=2"], ["runtime.vllm_engine_core=process"]):
         assert key(*over) != k, over
     for p in (TaskPaths(policy="/d/soup", gold="/d/gold", proxies=["/d/p0", "/d/p1"]),
