@@ -121,6 +121,7 @@ def test_ray_job_submit_cli_runs_tether_train_in_the_default_mode(ray_head, tiny
     # vLLM's known-harmless "RotaryEmbedding: Failed to load weights" at every weight sync is filtered at its logger
     # (actors/vllm_logging.py); the job's log (the actors' included) is what a user reads
     assert "Failed to load weights" not in out.stdout + out.stderr
+    assert "not found in LD_PRELOAD" not in out.stdout + out.stderr  # vLLM's preload advice: measured and declined (the same file)
     (run,) = list(tmp_path.glob("*-tiny"))
     assert len((run / "main" / "metrics.jsonl").read_text().splitlines()) == cfg.train.iterations + 1
     from services.state.redis_store import RunStore
