@@ -1,6 +1,7 @@
 """tether benchmarks: prints a table; every figure is measured side by side with its named baseline.
 
   1. rollout tokens/s: vLLM vs transformers `generate` (same model, prompts, sampling with log-probs)
+  1b. the rollout with and without Intel's OpenMP runtime preloaded (bench/rollout_preload.py)
   2. weight sync: tmpfs + vLLM reload, and the Ray object store, vs a plain in-memory copy of the
      same state dict (load_state_dict into a transformers model)
   3. seconds per PPO iteration split into rollout / reward+gold / learn / sync (the Ray runtime)
@@ -233,6 +234,13 @@ def main() -> int:
     rows, eng = bench_rollout(cfg, Path(paths.policy))
     report.append(table(f"1. rollout throughput, {cfg.generation.max_new_tokens} new tokens, sampling + log-probs, median of 3 (vLLM start-up {eng['vllm_startup_s']:.0f}s)",
                         rows, ("prompts", "engine", "tokens/s", "vs transformers")))
+    print(report[-1], flush=True)
+    from bench import rollout_preload  # vLLM's LD_PRELOAD advice, each arm in a process of its own
+
+    pre_rows, _ = rollout_preload.measure(args.config, 2)
+    report.append(table("1b. rollout with and without libiomp5 preloaded (vLLM engine core in the process; median of 2 processes per arm)",
+                        pre_rows, ("prompts", "LD_PRELOAD", "transformers", "vLLM", "vLLM vs transformers", "vLLM vs no preload",
+                                   "libiomp warning")))
     print(report[-1], flush=True)
     report.append(table("2. weight sync, median of 5", bench_sync(eng, Path(paths.policy)), ("path", "ms", "vs plain copy")))
     print(report[-1], flush=True)
