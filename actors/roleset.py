@@ -171,6 +171,12 @@ class RayRoleSet(Recovery):
         if self.collective_rollouts:
             self._join_weight_group()
 
+    @property
+    def shareable(self) -> bool:
+        """Whether the next run may take this set (services/driver/warm.py): its key allows sharing, no actor restarted (Ray's
+        restart budget is per actor) and no rollout actor is in a collective weight group (whose rank 0 is the learner)."""
+        return self.key is not None and not self.restarts and not self.collective_rollouts
+
     def _options(self, role: str, i: int, res) -> dict:
         return {**self.placement.options(role, i, res), "max_restarts": self.cfg.runtime.max_restarts}
 

@@ -7,6 +7,7 @@ assigned (index 0 of what it sees). Nothing else in tether picks a device: every
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -48,7 +49,7 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def native_bf16(device: torch.device, cpu_flags: set[str] | None = None) -> bool:
+def native_bf16(device: torch.device, cpu_flags: set[str] | frozenset[str] | None = None) -> bool:
     """Whether ``device`` computes bf16 matmuls natively: a CUDA GPU that supports bf16, or a CPU with AVX512-BF16 or AMX-BF16
     (``cpu_flags``: the CPU's flags; default /proc/cpuinfo's, empty where it cannot be read)."""
     if device.type == "cuda":
@@ -60,15 +61,17 @@ def native_bf16(device: torch.device, cpu_flags: set[str] | None = None) -> bool
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags)
 
 
-def _cpu_flags() -> set[str]:
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's flags from /proc/cpuinfo, read once (autocast resolves precision 'auto' at every learner step)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -1,11 +1,11 @@
 """Warm actors across runs: one set of Ray actors (rollout engines, the reward and gold actors) serves every run (a sweep's
-cell, `tether reproduce`'s cells across stages, a config's variants in `tether train`) in a row whose actors would be the same (actors/roleset.py::warm_key: runtime settings and the models loaded), instead
-of each cell starting Ray actors, vLLM and every reward model afresh. Each cell gets a fresh learner group and its own
-initial weights, sampling settings and seeds (RayRoleSet.rebind), so its results are those of a cold start (tested in
-tests/integration/test_warm_sweep.py).
+cell, `tether reproduce`'s cells across stages, a config's variants in `tether train`) in a row whose actors would be
+the same (actors/roleset.py::warm_key: runtime settings and the models loaded), instead of each starting Ray actors,
+vLLM and every reward model afresh. Each run gets a fresh learner group and its own initial weights, sampling settings
+and seeds (RayRoleSet.rebind), so its results are those of a cold start (tested in tests/integration/test_warm_sweep.py).
 
-A cell that fails, or whose actors were restarted (Ray's restart budget is per actor, not per cell), hands its actors
-back broken: they are closed and the next cell starts a new set. One set is kept at a time (the machine holds one).
+A run that fails, or whose actors were restarted (Ray's restart budget is per actor, not per run), hands its actors
+back broken: they are closed and the next run starts a new set (RayRoleSet.shareable). One set is kept at a time.
 """
 from __future__ import annotations
 
@@ -44,10 +44,9 @@ class WarmRoles:
         return make_roleset(cfg, paths)
 
     def release(self, roles, *, ok: bool) -> None:
-        """A run is done with ``roles``: kept for the next one when it ended well (``ok``) with no actor restarted and its
-        key allows sharing; closed otherwise."""
-        keep = ok and getattr(roles, "key", None) is not None and not getattr(roles, "restarts", None) and not getattr(roles, "collective_rollouts", None)
-        if not keep:
+        """A run is done with ``roles``: kept for the next one when it ended well (``ok``) and the set is shareable (no actor
+        restarted, its key allows sharing); closed otherwise."""
+        if not (ok and getattr(roles, "shareable", False)):  # RayRoleSet.shareable; a local set never is
             _close(roles)
             return
         if self.roles is not None and self.roles is not roles:

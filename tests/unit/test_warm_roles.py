@@ -44,6 +44,10 @@ class FakeSet:
         self.key, self.restarts, self.collective_rollouts = warm_key(cfg, paths), {}, []
         self.bound, self.closed = [cfg.name], False
 
+    @property
+    def shareable(self):  # as RayRoleSet.shareable
+        return self.key is not None and not self.restarts and not self.collective_rollouts
+
     def rebind(self, cfg, paths):
         if cfg.name == "unbindable":
             raise RuntimeError("actor gone")

@@ -63,17 +63,22 @@ def stage_dirs(runs_dir: Path) -> dict[str, Path]:
     return {k: (v if v.is_absolute() else Path.cwd() / v) for k, v in out.items()}
 
 
-def measured_iteration_s(cells) -> float | None:
-    """Seconds per iteration of a stage's finished cells (from config.json, written once a cell's actors are up, to its
-    status.json: iterations, evaluations and checkpoints, not the start), their median; None when none has finished."""
-    import statistics
-
+def cell_run_s(cell_dir: Path) -> float | None:
+    """Seconds a finished cell ran: from its config.json (written once its actors are up) to its status.json (written when
+    it finished): iterations, evaluations and checkpoints, not the start. None when it has not finished."""
     from services.state.runlog import run_state
 
-    per = []
-    for c in cells:
-        if run_state(c.dir) == "finished" and (c.dir / "config.json").is_file():
-            per.append(((c.dir / "status.json").stat().st_mtime - (c.dir / "config.json").stat().st_mtime) / c.config.train.iterations)
+    if run_state(cell_dir) != "finished" or not (cell_dir / "config.json").is_file():
+        return None
+    return (cell_dir / "status.json").stat().st_mtime - (cell_dir / "config.json").stat().st_mtime
+
+
+def measured_iteration_s(cells) -> float | None:
+    """Seconds per iteration of a stage's finished cells (cell_run_s over its iterations), their median; None when none has
+    finished."""
+    import statistics
+
+    per = [t / c.config.train.iterations for c in cells if (t := cell_run_s(c.dir)) is not None]
     return statistics.median(per) if per else None
 
 
@@ -156,8 +161,6 @@ def stage_minutes(dirs: dict[str, Path]) -> dict[str, dict]:
     """Minutes each stage's finished work took, measured from its run folders: per sweep cell from its config.json
     (written once the cell's actors are up) to its status.json (written when it finished); the best-of-n stage's
     own timing. Ray and vLLM start-up (about half a minute per cell) is not included."""
-    from services.state.runlog import run_state
-
     out = {}
     for s in STAGES:
         d = dirs[s.name]
@@ -167,12 +170,8 @@ def stage_minutes(dirs: dict[str, Path]) -> dict[str, dict]:
                 out[s.name] = {"minutes": float(t["time_s/total"]) / 60.0, "cells": 1}
             continue
         meta = read_json(d / "cells.json")
-        mins, n = 0.0, 0
-        for c in meta.get("cells", []):
-            cd = d / c["dir"]
-            if run_state(cd) == "finished" and (cd / "config.json").is_file():
-                mins += ((cd / "status.json").stat().st_mtime - (cd / "config.json").stat().st_mtime) / 60.0
-                n += 1
+        took = [t for c in meta.get("cells", []) if (t := cell_run_s(d / c["dir"])) is not None]
+        mins, n = sum(took) / 60.0, len(took)
         if n:
             out[s.name] = {"minutes": mins, "cells": n, "of": len(meta.get("cells", []))}
     return out
