@@ -140,6 +140,31 @@ class WeightReceiverExtension:
         self._tether_dev = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
         return rank
 
+    def reload_file(self, path: str, version: int, fast: bool = True) -> str:
+        """Reload every weight in place from views of a mapped safetensors file (actors/weight_sync.py: TensorFile); fails
+        if the file does not hold ``version`` or was rewritten during the reload. ``fast``: the CPU path of
+        actors/vllm_reload.py where it applies, else vLLM's ``reload_weights``. Returns the path taken ("fast" or "vllm")."""
+        from actors import vllm_reload
+        from actors.weight_sync import mapped
+
+        f = mapped(path)
+        with f.reading(version) as views:
+            plan = None
+            if fast:
+                model = self.model_runner.get_model()
+                shapes = {k: tuple(v.shape) for k, v in views.items()}
+                cached = getattr(self, "_tether_plan", None)
+                if cached is not None and cached[0] is model and cached[1] == shapes:
+                    plan = cached[2]
+                else:
+                    plan = vllm_reload.plan(model, shapes, self.vllm_config)
+                    self._tether_plan = (model, shapes, plan)
+            if plan is None:
+                self.model_runner.reload_weights(weights_iterator=iter(views.items()), is_checkpoint_format=True)
+                return "vllm"
+            vllm_reload.apply(plan, views, f.buffer)
+        return "fast"
+
     def receive_weights_collective(self, meta: Meta, bucket_mb: float) -> int:
         """Receive every weight from rank 0 and reload it in place (checkpoint names, as vLLM's loader maps them)."""
         n = [0]

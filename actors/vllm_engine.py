@@ -4,8 +4,9 @@ A plain class (no Ray decorator): it runs in-process for tests and debugging, an
 vLLM starts helper processes with spawn, so an entry script that builds one needs
 ``if __name__ == "__main__":`` (docs/cpu-notes.md, "vLLM on CPU").
 
-Weights are updated in place, without a restart: safetensors in a tmpfs folder, then the worker method
-``reload_weights`` (the model's own ``load_weights`` fails on CPU after start-up).
+Weights are updated in place, without a restart: a safetensors file in tmpfs, which each vLLM worker maps and hands to
+its ``reload_weights`` as views (actors/collective.py: WeightReceiverExtension.reload_file; the model's own
+``load_weights`` fails on CPU after start-up).
 """
 from __future__ import annotations
 
@@ -67,9 +68,11 @@ class VLLMEngine:
             max_num_seqs=max_num_seqs,
             worker_extension_cls="actors.collective.WeightReceiverExtension",  # the collective weight sync's receiving end
         )
-        # Local folder for load_weights(state_dict): vLLM's reload reads safetensors from a folder.
+        # This engine's own tmpfs slots for load_weights(state_dict): its workers read a file.
         self._sync = TmpfsWeightSync(run_id=run_id or f"vllm-{os.getpid()}-{id(self):x}")
         self.policy_version = 0
+        self.fast_reload = True  # actors/vllm_reload.py where it applies (vLLM's CPU backend); False: vLLM's reload_weights
+        self.last_reload_path: str | None = None
         if warmup:  # the first call is 1.5-4x slower; any prompt will do (each request has its own seed)
             self.generate([""], seed=seed, prompt_ids=[[self.stop_ids[0]]])
         self.startup_s = time.perf_counter() - t0
@@ -113,18 +116,19 @@ class VLLMEngine:
             n_prefix=len(prefix),
         )
 
-    def load_weights_from_folder(self, folder: str | Path, version: int) -> None:
-        """Reload every weight in place from <folder>/*.safetensors (checkpoint names, e.g. a WeightSync folder)."""
+    def load_weights_from_file(self, path: str | Path, version: int) -> None:
+        """Reload every weight in place from one safetensors file (checkpoint names, e.g. a WeightSync slot): each worker
+        maps it and reloads from views of the mapping, checking that the file holds ``version`` and was not rewritten."""
         t0 = time.perf_counter()
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(folder), "is_checkpoint_format": True})
+        self.last_reload_path = self.llm.collective_rpc("reload_file", args=(str(path), int(version), self.fast_reload))[0]
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         self.policy_version = int(version)
         self.last_reload_s = time.perf_counter() - t0
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
-        """Same call as TransformersEngine.load_weights: written to this engine's tmpfs folder, then reloaded."""
-        folder = self._sync.send(state_dict.items(), version)
-        self.load_weights_from_folder(folder, version)
+        """Same call as TransformersEngine.load_weights: written to this engine's tmpfs slot, then reloaded."""
+        path, version = self._sync.receive_file(self._sync.send(state_dict.items(), version))
+        self.load_weights_from_file(path, version)
 
     @property
     def n_workers(self) -> int:
@@ -145,8 +149,8 @@ class VLLMEngine:
 
     def receive_weights(self, sync: WeightSync, handle) -> int:
         """Load what a learner published through any WeightSync backend; returns the new version."""
-        folder, version = sync.receive_folder(handle)
-        self.load_weights_from_folder(folder, version)
+        path, version = sync.receive_file(handle)
+        self.load_weights_from_file(path, version)
         return version
 
     def close(self) -> None:

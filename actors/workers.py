@@ -74,9 +74,9 @@ class RolloutWorker:
     def load(self, handle, version: int) -> float:
         """Receive weights published by the learner; returns the seconds it took."""
         t = time.perf_counter()
-        if hasattr(self.engine, "load_weights_from_folder"):
-            folder, v = self.sync.receive_folder(handle)
-            self.engine.load_weights_from_folder(folder, v)
+        if hasattr(self.engine, "load_weights_from_file"):
+            path, v = self.sync.receive_file(handle)
+            self.engine.load_weights_from_file(path, v)
         else:
             sd, v = self.sync.receive(handle)
             self.engine.load_weights(sd, v)

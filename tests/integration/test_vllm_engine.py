@@ -1,11 +1,12 @@
 """actors.vllm_engine + actors.weight_sync against real vLLM (CPU build), real Ray and the transformers reference.
 
 One VLLMEngine for the whole module (start-up is ~25 s); every test loads the weights it needs first
-(an in-place reload of the tiny model takes ~15 ms), so the tests do not depend on their order.
+(an in-place reload of the tiny model takes ~10 ms), so the tests do not depend on their order.
 """
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -195,28 +196,82 @@ def test_object_store_reload_equals_tmpfs_reload(ray_local, engine, policy, pert
     assert not tmpfs.folder.exists() and (store._local is None or not store._local.folder.exists())
 
 
-def test_tmpfs_keeps_lm_head_separate_and_cleans_old_versions(policy, tmp_path):
+def _sampled(engine):
+    with generation(engine, temperature=1.0):
+        r = engine.generate(MANY_PROMPTS, seed=21)
+    return r.response_ids, r.behaviour_logprobs
+
+
+def test_fast_cpu_reload_equals_vllms_reload_and_a_cold_start(engine, policy, perturbed, tiny_assets, tmp_path):
+    """actors/vllm_reload.py against vLLM's own reload_weights and against an engine started from the same weights: the
+    same tokens and the same behaviour log-probs, exactly (the same CPU kernels on the same weights and seeds)."""
+    from actors.vllm_engine import VLLMEngine
+
+    engine.load_weights(policy.state_dict(), version=0)
+    assert engine.last_reload_path == "fast"
+    engine.load_weights(perturbed.state_dict(), version=1)
+    assert engine.last_reload_path == "fast"
+    fast = _sampled(engine)
+    engine.load_weights(policy.state_dict(), version=2)
+    assert _sampled(engine) != fast
+    engine.fast_reload = False
+    try:
+        engine.load_weights(perturbed.state_dict(), version=3)
+        assert engine.last_reload_path == "vllm"
+        assert _sampled(engine) == fast
+    finally:
+        engine.fast_reload = True
+    folder = tmp_path / "perturbed"
+    perturbed.save_pretrained(folder)
+    for f in Path(tiny_assets[2].policy).iterdir():  # the tokenizer's files
+        if f.name.startswith("tokenizer"):
+            (folder / f.name).write_bytes(f.read_bytes())
+    cold = VLLMEngine(folder, GenerationConfig(max_new_tokens=NEW_TOKENS), seed=0, kv_cache_gib=1, run_id="pytest-cold")
+    try:
+        assert _sampled(cold) == fast
+    finally:
+        cold.close()
+
+
+def test_engine_keeps_its_weights_when_the_slot_it_read_is_rewritten(engine, policy, perturbed, tok):
+    """The fast reload packs the weights into the engine's own kernels: no layer keeps pointing into the mapped file, so a
+    later write into the same slot (one slot here) changes nothing until the engine is told to load it."""
+    sync = TmpfsWeightSync(run_id="pytest-alias", keep=1)
+    try:
+        assert engine.receive_weights(sync, sync.send(perturbed.state_dict().items(), version=7)) == 7
+        assert engine.last_reload_path == "fast"
+        h = sync.send(policy.state_dict().items(), version=8)  # the same file, rewritten in place
+        assert vllm_greedy(engine) == hf_greedy(perturbed, tok)
+        assert engine.receive_weights(sync, h) == 8
+        assert vllm_greedy(engine) == hf_greedy(policy, tok)
+    finally:
+        sync.close()
+
+
+def test_tmpfs_keeps_lm_head_separate_and_rewrites_its_slots(policy, tmp_path):
     from safetensors import safe_open
 
     sd = policy.state_dict()
     assert sd["lm_head.weight"].data_ptr() == sd["model.embed_tokens.weight"].data_ptr()  # the tiny policy is tied
     sync = TmpfsWeightSync(run_id="pytest-tmpfs", root=tmp_path, keep=2)
-    for v in range(1, 5):
-        handle = sync.send(sd.items(), version=v)
+    handles = [sync.send(sd.items(), version=v) for v in range(1, 5)]
     assert sync.versions() == [3, 4]
-    assert not (sync.folder / "v1").exists() and not (sync.folder / "v2").exists()
-    with safe_open(str(sync.folder / "v4" / WEIGHTS_FILE), framework="pt") as f:
+    assert sorted(p.name for p in sync.folder.glob("slot*")) == ["slot0", "slot1"]  # two files, rewritten in turn
+    with safe_open(handles[3]["file"], framework="pt") as f:  # a plain safetensors file: any reader opens it
         assert "lm_head.weight" in f.keys()
-    got, version = sync.receive(handle)
+        assert torch.equal(f.get_tensor("model.norm.weight"), sd["model.norm.weight"])
+    got, version = sync.receive(handles[3])
     assert version == 4 and torch.equal(got["lm_head.weight"], sd["model.embed_tokens.weight"])
     # Sent without lm_head (named_parameters() drops the tied copy): the output layer is still written.
-    sync.send(dict(policy.named_parameters()).items(), version=5)
-    got, _ = sync.receive(str(sync.folder / "v5"))
+    h5 = sync.send(dict(policy.named_parameters()).items(), version=5)
+    got, _ = sync.receive(h5)
     assert torch.equal(got["lm_head.weight"], sd["model.embed_tokens.weight"])
-    with pytest.raises(FileNotFoundError, match="cleaned"):
-        sync.receive(str(sync.folder / "v1"))
+    with pytest.raises(FileNotFoundError, match="now holds version 5, not 1"):  # slot0 was rewritten since
+        sync.receive(handles[0])
     sync.close()
     assert not sync.folder.exists()
+    with pytest.raises(FileNotFoundError, match="closed"):
+        sync.receive(h5)
 
 
 def test_unknown_backend_lists_names():
