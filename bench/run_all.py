@@ -2,8 +2,7 @@
 
   1. rollout tokens/s: vLLM vs transformers `generate` (same model, prompts, sampling with log-probs)
   1b. the rollout with and without Intel's OpenMP runtime preloaded (bench/rollout_preload.py)
-  2. weight sync: tmpfs + vLLM reload, and the Ray object store, vs a plain in-memory copy of the
-     same state dict (load_state_dict into a transformers model)
+  2. weight sync at 4.5M and 135M parameters, each path against a plain memcpy of the same bytes (bench/weight_sync.py)
   3. seconds per PPO iteration split into rollout / reward+gold / learn / sync (the Ray runtime)
   4. peak memory (PSS, all processes) of the default `make run` job
   5. the learn phase's speed-ups, each one's share (bench/learn_phase.py)
@@ -84,57 +83,6 @@ def bench_rollout(cfg, policy_path: Path, repeats: int = 3) -> tuple[list[tuple]
     if probe is None:
         rows.append(("-", f"in-process engine core probe failed: {out.stderr[-300:]!r}", "", ""))
     return rows, eng
-
-
-def bench_sync(engines: dict, policy_path: Path, repeats: int = 5) -> list[tuple]:
-    import ray
-
-    from actors.weight_sync import make_weight_sync
-    from learner.models.policy import load_policy
-
-    sd = {k: v.clone() for k, v in load_policy(policy_path).state_dict().items()}
-    target = load_policy(policy_path)
-    mb = sum(v.numel() * v.element_size() for v in sd.values()) / 2**20
-
-    def timed(fn) -> float:
-        fn()  # warm-up
-        ts = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        return statistics.median(ts)
-
-    plain = timed(lambda: target.load_state_dict(sd))
-    vllm = engines["vllm"]
-    tmpfs = make_weight_sync("tmpfs", run_id=f"bench-{os.getpid()}")
-    version = [0]
-
-    def via_tmpfs():
-        version[0] += 1
-        folder, v = tmpfs.receive_folder(tmpfs.send(sd.items(), version[0]))
-        vllm.load_weights_from_folder(folder, v)
-
-    t_tmpfs = timed(via_tmpfs)
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
-    store = make_weight_sync("object_store", run_id=f"bench-{os.getpid()}")
-
-    def via_store():
-        version[0] += 1
-        folder, v = store.receive_folder(store.send(sd.items(), version[0]))
-        vllm.load_weights_from_folder(folder, v)
-
-    t_store = timed(via_store)
-    tmpfs.close()
-    store.close()
-    t_coll = bench_collective(vllm, sd, timed)
-    return [
-        (f"plain memcpy of the same bytes (load_state_dict, {mb:.0f} MiB)", f"{plain * 1000:.1f}", "1.00x"),
-        ("tmpfs safetensors + vLLM reload_weights", f"{t_tmpfs * 1000:.1f}", f"{t_tmpfs / plain:.2f}x"),
-        ("Ray object store + vLLM reload_weights", f"{t_store * 1000:.1f}", f"{t_store / plain:.2f}x"),
-        ("collective (gloo broadcast, 64 MiB buckets) into vLLM's in-place reload", f"{t_coll * 1000:.1f}", f"{t_coll / plain:.2f}x"),
-    ]
 
 
 def bench_collective(vllm, sd: dict, timed, bucket_mb: float = 64.0) -> float:
@@ -242,12 +190,12 @@ def main() -> int:
                         pre_rows, ("prompts", "LD_PRELOAD", "transformers", "vLLM", "vLLM vs transformers", "vLLM vs no preload",
                                    "libiomp warning")))
     print(report[-1], flush=True)
-    report.append(table("2. weight sync, median of 5", bench_sync(eng, Path(paths.policy)), ("path", "ms", "vs plain copy")))
-    print(report[-1], flush=True)
+    eng["vllm"].close()
     del eng
-    import ray
+    from bench import weight_sync  # both sizes, each in a process of its own (its engine core in that process)
 
-    ray.shutdown()
+    text, _ = weight_sync.main(["--config", args.config])
+    report.append(text.replace("\n## ", "\n## 2. ", 1))
     job_runs = []
     if not args.skip_job:
         with tempfile.TemporaryDirectory() as d:
