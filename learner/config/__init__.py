@@ -20,12 +20,12 @@ from learner.config.methods import (
     ReferenceConfig,
 )
 from learner.config.run import GuardConfig, LearnerResources, RoleResources, RuntimeConfig, TetherConfig, TrainConfig, config_from_dump, validate_dict
-from learner.config.task import GoldConfig, PolicyConfig, ProxyConfig, TaskConfig, TokenizerConfig
+from learner.config.task import GoldConfig, LoraSettings, PolicyConfig, ProxyConfig, TaskConfig, TokenizerConfig
 from learner.config.tracking import MLflowTrackingConfig, TrackingConfig, WandbTrackingConfig
 
 __all__ = [
     "ALGORITHMS", "ALGORITHM_SECTIONS", "ConfigError", "DatasetConfig", "PreferenceConfig", "ScorerConfig", "ElasticResetConfig", "EnsembleConfig", "FDPGConfig",
-    "GenerationConfig", "GoldConfig", "GuardConfig", "KLConfig", "LearnerResources", "PPOConfig", "PRESETS_DIR", "PolicyConfig", "ProxyConfig",
+    "GenerationConfig", "GoldConfig", "GuardConfig", "KLConfig", "LearnerResources", "LoraSettings", "PPOConfig", "PRESETS_DIR", "PolicyConfig", "ProxyConfig",
     "QuarkConfig", "ReferenceConfig", "RoleResources", "RuntimeConfig", "Strict", "TaskConfig", "TetherConfig",
     "TokenizerConfig", "TrackingConfig", "MLflowTrackingConfig", "WandbTrackingConfig", "TrainConfig", "compose_dict", "config_from_dump", "deep_merge", "load_config", "nest",
     "parse_overrides", "preset_or_file", "read_config_file", "validate_dict", "without_other_algorithms",

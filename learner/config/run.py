@@ -202,6 +202,18 @@ class TetherConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _lora(self) -> "TetherConfig":
+        if self.policy.lora is None:
+            return self
+        if self.algorithm != "ppo":
+            raise ValueError(f"policy.lora applies to algorithm 'ppo' (every ppo.advantage); algorithm '{self.algorithm}' trains the whole "
+                             "model: remove policy.lora or set algorithm: ppo")
+        if self.kl.reference == "ema":
+            raise ValueError("kl.reference 'ema' with policy.lora is not supported: the LoRA reference is the policy with its adapters off; "
+                             "use kl.reference: initial")
+        return self
+
+    @model_validator(mode="after")
     def _learner_group(self) -> "TetherConfig":
         n = self.runtime.learner.ranks
         if n == 1:

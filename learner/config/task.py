@@ -47,6 +47,18 @@ class TokenizerConfig(Strict):
     vocab_size: int = Field(4096, ge=260, le=65536, description="Byte-level BPE vocabulary trained on the IMDB training text.")
 
 
+class LoraSettings(Strict):
+    """LoRA adapters on the policy (peft): only the adapters (and a value head) train and are checkpointed; the KL reference is
+    the same model with its adapters off; the rollout engines receive the merged weights."""
+
+    r: int = Field(8, ge=1, le=4096, description="Rank of each adapter.")
+    alpha: float = Field(16.0, gt=0, description="Scaling numerator: the update is (alpha / r) * B A.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input while training.")
+    target_modules: list[str] | None = Field(
+        None, min_length=1, description="Names of the linear layers that get adapters (e.g. [q_proj, v_proj]); None = every linear "
+        "layer of the transformer blocks (peft's 'all-linear': the LM head excluded).")
+
+
 class PolicyConfig(Strict):
     """The initial policy pi_0: a small Llama-style causal LM pretrained on IMDB (the analogue of gpt2-imdb)."""
 
@@ -67,6 +79,8 @@ class PolicyConfig(Strict):
         True,
         description="Use the checkpoint committed under assets/ when its config matches, instead of pretraining (pass --rebuild to pretrain anyway).",
     )
+    lora: LoraSettings | None = Field(
+        None, description="Train LoRA adapters instead of every weight (algorithm ppo, every ppo.advantage). None = full fine-tuning.")
 
     @model_validator(mode="after")
     def _heads(self) -> "PolicyConfig":

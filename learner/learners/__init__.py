@@ -43,7 +43,9 @@ def make_learner(cfg: TetherConfig, policy_path, *, reference: list | None = Non
     device = role_device(cfg, "learner") if device is None else torch.device(device)
     tok = AutoTokenizer.from_pretrained(str(policy_path))
     init_lm = load_policy(policy_path).to(device)
-    ref = load_reference(list(reference or []), list(reference_weights or []), init_lm).to(device)
+    # with policy.lora and no SALSA soup the learner makes the reference itself: the policy with its adapters off (no copy)
+    ref = None if cfg.policy.lora is not None and not reference else \
+        load_reference(list(reference or []), list(reference_weights or []), init_lm).to(device)
     precision = resolve_precision(lr.precision, device)
     if lr.precision == "auto":
         import logging
@@ -53,7 +55,7 @@ def make_learner(cfg: TetherConfig, policy_path, *, reference: list | None = Non
         # PyTorch's CPU SDPA backward is slow in bf16 (bench/learn_phase.py: the learn phase 1.50x faster than fp32 with SDPA,
         # 1.61x with the eager attention); the critic is copied from init_lm below, so it inherits the setting
         for m in (init_lm, ref):
-            if hasattr(m, "set_attn_implementation"):
+            if m is not None and hasattr(m, "set_attn_implementation"):
                 m.set_attn_implementation("eager")
     if lr.gradient_checkpointing:  # the policy only: the reference never runs a backward pass
         init_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -109,13 +109,38 @@ class LearnerBase:
     def load_extra_state(self, sd: dict) -> None:
         pass
 
+    def model_state(self) -> dict:
+        """The model's checkpointed weights: all of them; with policy.lora only those that train (the adapters, a value head)."""
+        sd = self.model.state_dict()
+        if self.cfg.policy.lora is None:
+            return sd
+        from learner.models.lora import adapter_names
+
+        keep = adapter_names(self.model)
+        return {k: v for k, v in sd.items() if k in keep}
+
+    def load_model_state(self, sd: dict) -> None:
+        if self.cfg.policy.lora is None:
+            self.model.load_state_dict(sd)
+            return
+        from learner.models.lora import adapter_names
+
+        want, have = adapter_names(self.model), self.model.state_dict()
+        shapes = sorted(k for k in set(sd) & want if tuple(sd[k].shape) != tuple(have[k].shape))
+        if set(sd) != want or shapes:
+            raise ValueError(f"checkpoint does not hold this LoRA policy's trainable weights (policy.lora changed?): missing "
+                             f"{sorted(want - set(sd))[:3]}, unexpected {sorted(set(sd) - want)[:3]}, other shapes {shapes[:3]}")
+        self.model.load_state_dict(sd, strict=False)
+
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), **self.extra_state(),
+        lora = self.cfg.policy.lora
+        return {"model": self.model_state(), "opt": self.opt.state_dict(), **self.extra_state(),
+                **({"lora": lora.model_dump()} if lora is not None else {}),
                 "iteration": self.iteration, "version": self.version, "torch_rng": torch.get_rng_state(),
                 **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})}
 
     def load_state_dict(self, sd: dict) -> None:
-        self.model.load_state_dict(sd["model"])
+        self.load_model_state(sd["model"])
         self.opt.load_state_dict(sd["opt"])
         self.load_extra_state(sd)
         self.iteration, self.version = sd["iteration"], sd["version"]

@@ -36,12 +36,19 @@ class PPOLearner(LearnerBase):
         return cfg.elastic_reset.enabled
 
     def __init__(self, cfg: TetherConfig, init_lm: torch.nn.Module, *, pad_id: int, ref_lm: torch.nn.Module | None = None):
+        self.lora = cfg.policy.lora is not None
+        if self.lora:  # adapters on pi_0; the reference is the same model with them off (unless a SALSA soup was given)
+            from learner.models.lora import AdaptersOff, wrap
+
+            init_lm = wrap(init_lm, cfg.policy.lora)
+            ref_lm = AdaptersOff(init_lm) if ref_lm is None else ref_lm
         super().__init__(cfg, init_lm, pad_id=pad_id, ref_lm=ref_lm)  # self.ref: pi_0, a SALSA soup, or (kl.reference: ema) the EMA
         # the value head (and a separate critic) are made on the CPU: move them to the policy's device
         self.critic = cfg.ppo.advantage == "gae"  # the other estimators need no value network: none is built
         self.model = PolicyWithValue(init_lm, separate_critic=cfg.ppo.value_model == "separate", value=self.critic).to(self.device)
         self.model.train()
-        self.opt = make_adam(self.model.parameters(), cfg.ppo.lr, self.device)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]  # every weight, or (policy.lora) adapters + value net
+        self.opt = make_adam(self.trainable, cfg.ppo.lr, self.device)
         k = cfg.kl
         self.kl_ctl = make_kl_controller(mode=k.mode, coef=k.coef, target=k.target, horizon=k.horizon)
         er = cfg.elastic_reset
@@ -49,13 +56,21 @@ class PPOLearner(LearnerBase):
         if er.enabled:
             # the value function (head, and the separate critic) is neither averaged nor reset, as in the authors' code
             exclude = (lambda n: False) if er.include_value_head else (lambda n: n.startswith(("value_head", "critic.")))
-            self.elastic = ElasticReset(self.model, eta=er.eta, exclude=exclude)
+            trains = {n for n, p in self.model.named_parameters() if p.requires_grad}
+            # with policy.lora the EMA and the resets act on the adapters: the frozen base never moves
+            self.elastic = ElasticReset(self.model, eta=er.eta, exclude=lambda n: exclude(n) or n not in trains,
+                                        frozen=lambda n: n not in trains)
         if cfg.kl.reference == "ema" and self.elastic is None:
             raise ValueError("kl.reference 'ema' needs elastic_reset.enabled: true (there is no EMA otherwise); use kl.reference: initial")
 
     # -- weights ---------------------------------------------------------------------------------
     def policy_state_dict(self) -> dict[str, torch.Tensor]:
-        """The causal LM's weights (no value head), as the rollout engines expect them."""
+        """The causal LM's weights (no value head), as the rollout engines expect them; with policy.lora the base weights with
+        the adapters merged in (the model itself is unchanged)."""
+        if self.lora:
+            from learner.models.lora import merged_state_dict
+
+            return merged_state_dict(self.model.lm)
         return {k: v.detach() for k, v in self.model.lm.state_dict().items()}
 
     def _ref_for_kl(self) -> torch.nn.Module:
@@ -148,7 +163,7 @@ class PPOLearner(LearnerBase):
                 # one rank's loss, each term weighted by this rank's share of what it averages over (the sum over ranks is the
                 # minibatch's loss); on one rank the plain sum
                 loss = sum(t * w for t, w in terms) if dp.active else sum(t for t, _ in terms)
-                gn = optimizer_step(self.opt, loss, self.model.parameters(), c.max_grad_norm, reduce_grads=dp.reduce_grads)
+                gn = optimizer_step(self.opt, loss, self.trainable, c.max_grad_norm, reduce_grads=dp.reduce_grads)
                 if self.elastic is not None and self.cfg.elastic_reset.update == "step":
                     self.elastic.update(self.model)  # EMA after every optimiser step (an option; not the authors' cadence)
                 mstats = dp.weighted_sum(mvals, share)

@@ -25,13 +25,16 @@ def _default_exclude(name: str) -> bool:
 class ElasticReset:
     """EMA of the policy with periodic reset. ``exclude(name)`` -> True keeps a parameter out of the EMA."""
 
-    def __init__(self, model: nn.Module, *, eta: float, exclude: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, model: nn.Module, *, eta: float, exclude: Callable[[str], bool] | None = None,
+                 frozen: Callable[[str], bool] | None = None) -> None:
         if not 0.0 <= eta < 1.0:
             raise ValueError(f"eta must be in [0, 1), got {eta}")
         self.eta = float(eta)
         self.exclude = exclude if exclude is not None else _default_exclude
-        # theta_0 of every parameter, excluded ones too, so reset_value_head can restore them
-        self.initial: dict[str, Tensor] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        # theta_0 of every parameter, excluded ones too, so reset_value_head can restore them; ``frozen`` ones (a LoRA policy's
+        # base weights, which never change) are neither averaged nor stored
+        frozen = frozen or (lambda n: False)
+        self.initial: dict[str, Tensor] = {n: p.detach().clone() for n, p in model.named_parameters() if not frozen(n)}
         # The EMA is kept in float32 for low-precision models: with eta = 0.995 a bf16 EMA would round
         # the (1 - eta) * theta increment away.
         self.ema: dict[str, Tensor] = {

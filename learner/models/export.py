@@ -29,6 +29,12 @@ def export_policy(start_folder: str | Path, checkpoint: str | Path, out_dir: str
     sd = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
     model = AutoModelForCausalLM.from_pretrained(start_folder, dtype=torch.float32)
     weights = policy_weights(sd["model"])
+    if sd.get("lora") is not None:  # policy.lora: the checkpoint holds the adapters; the export is the start policy with them merged
+        from learner.config import LoraSettings
+        from learner.models.lora import merge_into
+
+        model = merge_into(model, weights, LoraSettings(**sd["lora"]))
+        weights = model.state_dict()
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = {k for k in missing if k.endswith("lm_head.weight")} if getattr(model.config, "tie_word_embeddings", False) else set()
     if unexpected or set(missing) - tied:

@@ -27,7 +27,9 @@ class PolicyWithValue(nn.Module):
         super().__init__()
         self.lm = lm
         hidden = lm.config.hidden_size
-        self.critic = copy.deepcopy(getattr(lm, lm.base_model_prefix)) if separate_critic and value else None
+        body = lm.get_base_model() if hasattr(lm, "get_base_model") else lm  # a LoRA policy (peft): the model it wraps
+        # a LoRA policy's critic is a copy with its own adapters (its base frozen, as the policy's)
+        self.critic = copy.deepcopy(getattr(body, body.base_model_prefix)) if separate_critic and value else None
         self.value_head = nn.Linear(hidden, 1) if value else None  # value=False: a critic-free estimator (no value network at all)
         if value:
             nn.init.zeros_(self.value_head.weight)
@@ -60,6 +62,8 @@ def lm_keep_kwargs(lm: nn.Module, keep: int) -> dict:
     the LM head's matmul (and its backward) on every prompt position."""
     if keep <= 0 or not SPEEDUPS.response_logits_only:
         return {}
+    if hasattr(lm, "get_base_model") and hasattr(lm, "disable_adapter"):  # peft passes **kwargs on to the model it wraps
+        lm = lm.get_base_model()
     fwd = type(lm).forward
     ok = _KEEP_ARG.get(fwd)
     if ok is None:

@@ -33,7 +33,7 @@ _NOT_BUILT = {"task": {"objective", "data"}, "gold": {"label", "scorer", "commit
 
 def _parts(cfg: TetherConfig, stage: str) -> dict:
     task = cfg.task.model_dump(exclude=_NOT_BUILT["task"])  # the objective picks scorers, it builds nothing here
-    pol = cfg.policy.model_dump(exclude={"committed_checkpoint"})
+    pol = cfg.policy.model_dump(exclude={"committed_checkpoint", "lora"})  # lora: how a run trains it, not the asset
     gold_dump, proxy_dump = cfg.gold.model_dump(exclude=_NOT_BUILT["gold"]), cfg.proxy.model_dump(exclude=_NOT_BUILT["proxy"])
     if stage == "policy":
         return {"task": task, "tokenizer": cfg.tokenizer.model_dump(), "policy": pol}
