@@ -120,7 +120,7 @@ class Recovery:
             self._weight_group = None
             self._sync_collective_retrying()
             return
-        handle, version, _ = self._learner_call(lambda: self._ray.get(self.learner.publish.remote()))
+        handle, version, _ = self._publish()
         self._ray.get(actor.load.remote(handle, version))
 
     def _sync_collective(self) -> dict:

@@ -282,7 +282,7 @@ class RayRoleSet(Recovery):
         out: dict[str, float] = {"sync/collective_receivers": float(len(self.collective_rollouts)),
                                  "sync/file_receivers": float(len(self.file_rollouts))}
         if self.file_rollouts:
-            handle, version, send_s = self._learner_call(lambda: self._ray.get(self.learner.publish.remote()))
+            handle, version, send_s = self._publish()
             recv = [self._retry("rollout", a, lambda x: x.load.remote(handle, version), after_restart=lambda a=a: self._resync(a))
                     for a in self.file_rollouts]
             out.update({"time_s/sync_send": send_s, "time_s/sync_receive": max(r or 0.0 for r in recv)})
@@ -293,8 +293,22 @@ class RayRoleSet(Recovery):
         out["time_s/sync"] = time.perf_counter() - t
         return out
 
+    @property
+    def sharded(self) -> bool:
+        return self.cfg.runtime.learner.sharding != "none"
+
+    def _publish(self) -> tuple:
+        """(handle, version, seconds) of the learner's weights in the file sync; sharded, every rank takes part in the gathers
+        and rank 0's handle is the one."""
+        if self.sharded:
+            return self._learner_call(lambda: self._ray.get([a.publish.remote() for a in self.learners]))[0]
+        return self._learner_call(lambda: self._ray.get(self.learner.publish.remote()))
+
     def save(self, path: str) -> None:
-        self._learner_call(lambda: self._ray.get(self.learner.save.remote(path)))
+        if self.sharded:  # every rank gathers; rank 0 writes
+            self._learner_call(lambda: self._ray.get([a.save.remote(path) for a in self.learners]))
+        else:
+            self._learner_call(lambda: self._ray.get(self.learner.save.remote(path)))
 
     def load(self, path: str) -> int:
         return self._learner_call(lambda: self._ray.get([a.load.remote(path) for a in self.learners]))[0]  # every rank restores it

@@ -281,11 +281,14 @@ class TensorFile:
         self._mm[p : p + _FIELD] = _num(value).encode()
 
     def write(self, tensors: list[tuple[str, torch.Tensor]], version: int) -> None:
-        """Copy every tensor into its place (a device tensor goes straight from the device) and stamp ``version``."""
+        """Copy every tensor into its place (a device tensor goes straight from the device; a sharded one is gathered first,
+        one at a time) and stamp ``version``."""
+        from learner.parallel import full
+
         seq = self._field(SEQ_KEY) + 1
         self._set(SEQ_KEY, seq)  # odd: a reader that overlaps this write sees it
         for name, t in tensors:
-            self._views[name].copy_(t)
+            self._views[name].copy_(full(t))
         self._set(VERSION_KEY, version)
         self._set(SEQ_KEY, seq + 1)
         if self.pending is not None:

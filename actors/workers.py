@@ -189,17 +189,35 @@ class LearnerWorker:
         if backend == "auto":
             backend = "nccl" if self.learner.device.type == "cuda" else "gloo"
         self.learner.dp = init_group(rank=rank, world=world, address=address, port=port, backend=backend)
+        if self.learner.cfg.runtime.learner.sharding == "fsdp2":
+            self.learner.shard()  # each rank now holds its shard (learner/parallel.py: shard_fsdp2)
         return backend
 
     def param_checksum(self) -> float:
-        """Sum of every weight (float64): equal on all ranks of a learner group while they stay in sync."""
+        """Sum of every weight (float64): equal on all ranks of a learner group while they stay in sync. Sharded (fsdp2; every
+        rank calls it at once) the sum of every rank's shards, the same on all ranks by construction."""
         with torch.no_grad():
+            if self.learner.sharded:
+                import torch.distributed as dist
+
+                t = torch.tensor([float(sum(p.to_local().double().sum() for p in self.learner.model.parameters()))], dtype=torch.float64)
+                dist.all_reduce(t)
+                return float(t.item())
             return float(sum(p.detach().double().sum() for p in self.learner.model.parameters()))
 
     def publish(self) -> tuple[object, int, float]:
-        """Publish the current policy weights; returns (handle, version, seconds)."""
+        """Publish the current policy weights; returns (handle, version, seconds). Sharded (fsdp2), every rank calls it: the
+        tensors are gathered one at a time, rank 0 writes each into the sync's file, the others return a None handle."""
         t = time.perf_counter()
-        handle = self.sync.send(self.learner.policy_state_dict().items(), self.learner.version)  # the backends copy to the CPU
+        sd = self.learner.policy_state_dict()
+        if self.learner.sharded and self.learner.dp.rank != 0:
+            from actors.weight_sync import sync_tensors
+            from learner.parallel import full
+
+            for _, x in sync_tensors(sd.items()):  # the same gathers, in rank 0's order
+                full(x)
+            return None, self.learner.version, time.perf_counter() - t
+        handle = self.sync.send(sd.items(), self.learner.version)  # the backends copy to the CPU
         return handle, self.learner.version, time.perf_counter() - t
 
     def version(self) -> int:
@@ -233,7 +251,10 @@ class LearnerWorker:
         return self.learner.state_dict()
 
     def save(self, path: str) -> None:
-        torch.save(self.learner.state_dict(), path)
+        """Write the checkpoint. Sharded (fsdp2) every rank calls it (the state is gathered) and rank 0 writes it."""
+        sd = self.learner.state_dict()
+        if not self.learner.sharded or self.learner.dp.rank == 0:
+            torch.save(sd, path)
 
     def load(self, path: str) -> int:
         self.learner.load_state_dict(torch.load(path, weights_only=False, map_location=self.learner.device))

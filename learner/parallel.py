@@ -10,6 +10,11 @@ every rank, and the weights stay identical without ever being broadcast. The no-
 (old log-probs, values, the reference) is split the same way and its rows gathered back.
 
 A group of one (``DataParallel()``) is the identity everywhere, so the one-process path is unchanged.
+
+Sharding (``runtime.learner.sharding: fsdp2``, ``shard_fsdp2``): the same rows, shares and seeded order, but each rank holds
+1/N of every parameter (FSDP2's ``fully_shard``: each transformer block a unit, then the root), gathered for a block's
+forward and backward; the gradients are reduce-scattered by FSDP (which averages: ``reduce_grads`` multiplies them by N,
+so they are the same sum as above), and the clipped norm and Adam act on the shards.
 """
 from __future__ import annotations
 
@@ -49,6 +54,10 @@ class DataParallel:
             return
         for p in params:
             if not p.requires_grad:
+                continue
+            if is_dtensor(p):  # sharded (fsdp2): FSDP reduce-scattered the gradient already, as a mean over the group
+                if p.grad is not None:
+                    p.grad.mul_(self.world)
                 continue
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -98,3 +107,42 @@ def init_group(*, rank: int, world: int, address: str, port: int, backend: str, 
                                 timeout=datetime.timedelta(seconds=timeout_s))
     device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
     return DataParallel(rank, world, None, device)
+
+
+def is_dtensor(t) -> bool:
+    """Whether ``t`` is a DTensor (an FSDP2-sharded parameter, its gradient or state)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch without DTensor cannot have made one
+        return False
+    return isinstance(t, DTensor)
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: a DTensor gathered (a collective: every rank must call it, in the same order), else ``t``."""
+    return t.full_tensor() if is_dtensor(t) else t
+
+
+def block_types(model: torch.nn.Module) -> set[str]:
+    """Class names of the transformer blocks under ``model`` (Hugging Face models list them in ``_no_split_modules``)."""
+    names: set[str] = set()
+    for m in model.modules():
+        names.update(getattr(m, "_no_split_modules", None) or [])
+    return names
+
+
+def shard_fsdp2(model: torch.nn.Module, *, bf16: bool = False) -> int:
+    """FSDP2 ``fully_shard`` over the default process group, in place: every transformer block as a unit, then ``model``
+    (embeddings, norms, heads, a value head). Returns the number of blocks sharded. ``bf16``: the units compute in bf16, the
+    gradients are reduced in fp32 (a MixedPrecisionPolicy; the parameters and Adam's state stay fp32)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    types = block_types(model)
+    blocks = [m for m in model.modules() if type(m).__name__ in types]
+    if not blocks:
+        raise ValueError(f"runtime.learner.sharding fsdp2: no transformer block found in {type(model).__name__} (no _no_split_modules)")
+    for b in blocks:
+        fully_shard(b, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return len(blocks)

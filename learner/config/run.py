@@ -81,6 +81,12 @@ class LearnerResources(RoleResources):
         "stay identical on every rank (learner/parallel.py). The batch and minibatch sizes must divide by it.")
     backend: Literal["auto", "gloo", "nccl"] = Field(
         "auto", description="The learner group's torch.distributed backend: auto = nccl when the learner is on a GPU, else gloo.")
+    sharding: Literal["none", "fsdp2"] = Field(
+        "none", description="none: every rank of the learner group holds the whole model (weights, gradients, Adam state). fsdp2: "
+        "torch.distributed.fsdp.fully_shard over the group, each transformer block and the rest of the policy, value network and "
+        "reference: each rank holds 1/ranks of them (learner/parallel.py). Checkpoints hold full tensors (gathered on rank 0), "
+        "so a run resumes on any number of ranks; the weight sync gathers one tensor at a time into the rollout engines' file. "
+        "With precision bf16 the blocks compute in bf16 (a MixedPrecisionPolicy; gradients reduced in fp32).")
     precision: Literal["fp32", "bf16", "auto"] = Field(
         "fp32", description="bf16: the learner's forward passes under bf16 autocast (weights, optimiser and gradients stay fp32). "
         "auto: bf16 where the learner's device computes bf16 natively (a CUDA GPU with bf16; a CPU with AVX512-BF16 or AMX, "
@@ -199,6 +205,29 @@ class TetherConfig(Strict):
         if self.reference.kind != "initial":
             raise ValueError("reference.kind 'sft' / 'soup' (SALSA) trains SFT models on the imdb task's text; a dataset task supports "
                              "reference.kind 'initial'")
+        return self
+
+    @model_validator(mode="after")
+    def _sharding(self) -> "TetherConfig":
+        lr = self.runtime.learner
+        if lr.sharding == "none":
+            return self
+        if self.algorithm != "ppo":
+            raise ValueError(f"runtime.learner.sharding 'fsdp2' applies to algorithm 'ppo' (every ppo.advantage) so far; this run uses "
+                             f"'{self.algorithm}': set runtime.learner.sharding: none")
+        if self.runtime.mode != "ray" or lr.ranks < 2:
+            raise ValueError(f"runtime.learner.sharding 'fsdp2' shards over a learner group of Ray actors: it needs runtime.mode: ray and "
+                             f"runtime.learner.ranks >= 2 (this run: mode {self.runtime.mode!r}, ranks {lr.ranks})")
+        if self.kl.reference == "ema":
+            raise ValueError("runtime.learner.sharding 'fsdp2' with kl.reference 'ema' is not supported yet: use kl.reference: initial")
+        if self.runtime.weight_sync == "collective":
+            raise ValueError("runtime.learner.sharding 'fsdp2' gathers the weights tensor by tensor into a file sync: use runtime.weight_sync "
+                             "auto, tmpfs or object_store (not collective), with the rollout actors on the learner's node for auto")
+        if lr.compile:
+            raise ValueError("runtime.learner.sharding 'fsdp2' with runtime.learner.compile is not supported yet: set one of them off")
+        if self.policy.lora is not None:
+            raise ValueError("runtime.learner.sharding 'fsdp2' with policy.lora is not supported yet (the merge of sharded adapters); "
+                             "a LoRA policy's trainable state is small: use sharding: none")
         return self
 
     @model_validator(mode="after")

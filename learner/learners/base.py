@@ -33,6 +33,18 @@ def load_reference(paths: list, weights: list[float], init_lm: torch.nn.Module) 
     return soup(paths, weights)
 
 
+def by_name_optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer, sd: dict) -> dict:
+    """torch.optim's state dict (parameters by index, in the optimiser's order) keyed by parameter name instead: the form
+    torch.distributed.checkpoint's set_optimizer_state_dict reads (an unsharded run's checkpoint restored sharded)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for g in opt.param_groups for p in g["params"]]
+    groups, i = [], 0
+    for g in sd["param_groups"]:
+        groups.append({**g, "params": [order[j] for j in range(i, i + len(g["params"]))]})
+        i += len(g["params"])
+    return {"state": {order[k]: v for k, v in sd["state"].items()}, "param_groups": groups}
+
+
 class LearnerBase:
     """The skeleton of every learner: seeding, the frozen KL reference, counters, the seeded minibatch order,
     the NotApplicable reset, and checkpoints of the common state (model, optimiser, counters, torch RNG).
@@ -109,6 +121,13 @@ class LearnerBase:
     def load_extra_state(self, sd: dict) -> None:
         pass
 
+    @property
+    def sharded(self) -> bool:
+        return getattr(self, "_sharded", False)
+
+    def shard(self) -> None:
+        raise NotImplementedError(f"runtime.learner.sharding fsdp2 is not built for algorithm '{self.algorithm}'")
+
     def model_state(self) -> dict:
         """The model's checkpointed weights: all of them; with policy.lora only those that train (the adapters, a value head)."""
         sd = self.model.state_dict()
@@ -133,15 +152,36 @@ class LearnerBase:
         self.model.load_state_dict(sd, strict=False)
 
     def state_dict(self) -> dict:
+        """The checkpoint. Sharded (fsdp2) it is a collective, every rank calling it in turn: full tensors, on rank 0 only
+        (the others get empty model and optimiser states), in the format of an unsharded run (the optimiser's by name)."""
         lora = self.cfg.policy.lora
-        return {"model": self.model_state(), "opt": self.opt.state_dict(), **self.extra_state(),
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+            o = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            model, opt = get_model_state_dict(self.model, options=o), get_optimizer_state_dict(self.model, self.opt, options=o)
+        else:
+            model, opt = self.model_state(), self.opt.state_dict()
+        return {"model": model, "opt": opt, **self.extra_state(),
                 **({"lora": lora.model_dump()} if lora is not None else {}),
                 "iteration": self.iteration, "version": self.version, "torch_rng": torch.get_rng_state(),
                 **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})}
 
     def load_state_dict(self, sd: dict) -> None:
-        self.load_model_state(sd["model"])
-        self.opt.load_state_dict(sd["opt"])
+        by_name = isinstance(sd["opt"].get("state"), dict) and all(isinstance(k, str) for k in sd["opt"]["state"])
+        if self.sharded or by_name:  # a sharded run's checkpoint (optimiser state by parameter name), or a sharded learner
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+            o = StateDictOptions(full_state_dict=True)
+            if self.sharded:
+                set_model_state_dict(self.model, sd["model"], options=o)
+            else:
+                self.load_model_state(sd["model"])
+            opt = sd["opt"] if by_name else by_name_optimizer_state(self.model, self.opt, sd["opt"])
+            set_optimizer_state_dict(self.model, self.opt, opt, options=o)
+        else:
+            self.load_model_state(sd["model"])
+            self.opt.load_state_dict(sd["opt"])
         self.load_extra_state(sd)
         self.iteration, self.version = sd["iteration"], sd["version"]
         if "torch_rng" in sd:

@@ -51,17 +51,38 @@ class PPOLearner(LearnerBase):
         self.opt = make_adam(self.trainable, cfg.ppo.lr, self.device)
         k = cfg.kl
         self.kl_ctl = make_kl_controller(mode=k.mode, coef=k.coef, target=k.target, horizon=k.horizon)
-        er = cfg.elastic_reset
-        self.elastic = None
-        if er.enabled:
-            # the value function (head, and the separate critic) is neither averaged nor reset, as in the authors' code
-            exclude = (lambda n: False) if er.include_value_head else (lambda n: n.startswith(("value_head", "critic.")))
-            trains = {n for n, p in self.model.named_parameters() if p.requires_grad}
-            # with policy.lora the EMA and the resets act on the adapters: the frozen base never moves
-            self.elastic = ElasticReset(self.model, eta=er.eta, exclude=lambda n: exclude(n) or n not in trains,
-                                        frozen=lambda n: n not in trains)
+        self.elastic = self._make_elastic()
         if cfg.kl.reference == "ema" and self.elastic is None:
             raise ValueError("kl.reference 'ema' needs elastic_reset.enabled: true (there is no EMA otherwise); use kl.reference: initial")
+
+    def _make_elastic(self) -> ElasticReset | None:
+        er = self.cfg.elastic_reset
+        if not er.enabled:
+            return None
+        # the value function (head, and the separate critic) is neither averaged nor reset, as in the authors' code
+        exclude = (lambda n: False) if er.include_value_head else (lambda n: n.startswith(("value_head", "critic.")))
+        trains = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        # with policy.lora the EMA and the resets act on the adapters: the frozen base never moves
+        return ElasticReset(self.model, eta=er.eta, exclude=lambda n: exclude(n) or n not in trains, frozen=lambda n: n not in trains)
+
+    def shard(self) -> None:
+        """runtime.learner.sharding fsdp2, once the learner group exists (actors/workers.py: LearnerWorker.join_group), before
+        the first step: the policy-with-value and the reference sharded over the group, then what holds their parameters (the
+        optimiser, Elastic Reset's EMA and theta_0) made again over the shards."""
+        from learner.models.device import resolve_precision
+        from learner.models.lora import AdaptersOff
+        from learner.parallel import shard_fsdp2
+
+        if self.iteration or self.sharded:
+            raise RuntimeError("shard() runs once, before the first step")
+        bf16 = resolve_precision(self.cfg.runtime.learner.precision, self.device) == "bf16"
+        self.n_blocks = shard_fsdp2(self.model, bf16=bf16)
+        if not isinstance(self.ref, AdaptersOff):
+            shard_fsdp2(self.ref, bf16=bf16)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = make_adam(self.trainable, self.cfg.ppo.lr, self.device, sharded=True)
+        self.elastic = self._make_elastic()
+        self._sharded = True
 
     # -- weights ---------------------------------------------------------------------------------
     def policy_state_dict(self) -> dict[str, torch.Tensor]:
@@ -250,9 +271,23 @@ class PPOLearner(LearnerBase):
 
     # -- checkpoints -----------------------------------------------------------------------------
     def extra_state(self) -> dict:
-        return {"kl_ctl": self.kl_ctl.state_dict(), "elastic": self.elastic.state_dict() if self.elastic is not None else None}
+        el = self.elastic.state_dict() if self.elastic is not None else None
+        if el is not None and self.sharded:  # full tensors, as the model's (every rank gathers, in the same order)
+            from learner.parallel import full
+
+            el = {**el, "ema": {n: full(t).cpu() for n, t in el["ema"].items()}, "initial": {n: full(t).cpu() for n, t in el["initial"].items()}}
+        return {"kl_ctl": self.kl_ctl.state_dict(), "elastic": el}
 
     def load_extra_state(self, sd: dict) -> None:
         self.kl_ctl.load_state_dict(sd["kl_ctl"])
-        if self.elastic is not None and sd.get("elastic") is not None:
-            self.elastic.load_state_dict(sd["elastic"])
+        el = sd.get("elastic")
+        if self.elastic is not None and el is not None:
+            if self.sharded:  # each rank keeps its shard of the full tensors, placed as the parameter's
+                from torch.distributed.tensor import distribute_tensor
+
+                def local(mine, t):
+                    return distribute_tensor(t.to(mine.dtype), mine.device_mesh, mine.placements)
+
+                el = {**el, "ema": {n: local(self.elastic.ema[n], t) for n, t in el["ema"].items()},
+                      "initial": {n: local(self.elastic.initial[n], t) for n, t in el["initial"].items()}}
+            self.elastic.load_state_dict(el)

@@ -148,14 +148,16 @@ def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, max_g
         reduce_grads(params)
     gn = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     opt.step()
-    return float(gn)
+    return float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)  # sharded (fsdp2): the norm over every shard
 
 
-def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
+def make_adam(params, lr: float, device: torch.device, *, sharded: bool = False) -> torch.optim.Adam:
     """Adam with PyTorch's fused kernel where this torch has it for ``device`` (CPU and CUDA since 2.4): one kernel
     for every parameter instead of a loop of small ones (a third of the optimiser's time on the CPU, measured in
     bench/learn_phase.py); the per-parameter loop elsewhere. Same update rule, equal to float rounding."""
     params = list(params)
+    if sharded:  # DTensor shards (fsdp2): the foreach implementation, which DTensor supports
+        return torch.optim.Adam(params, lr=lr, foreach=True)
     try:
         return torch.optim.Adam(params, lr=lr, fused=SPEEDUPS.fused_adam and device.type in ("cpu", "cuda"))
     except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without the fused kernel
