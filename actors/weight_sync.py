@@ -60,10 +60,12 @@ UNOWNED_MAX_AGE_S = 3600.0
 
 def prepare_tensors(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Detached, contiguous CPU tensors, no two sharing storage; a tied output layer made explicit."""
+    from learner.parallel import full
+
     out: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, t in named_tensors:
-        t = t.detach()
+        t = full(t).detach()  # a sharded (fsdp2) or lazily merged tensor made whole, one at a time
         if t.device.type != "cpu":
             t = t.cpu()
         ptr = t.untyped_storage().data_ptr()

@@ -118,8 +118,25 @@ def is_dtensor(t) -> bool:
     return isinstance(t, DTensor)
 
 
-def full(t: torch.Tensor) -> torch.Tensor:
-    """The whole tensor: a DTensor gathered (a collective: every rank must call it, in the same order), else ``t``."""
+class Lazy:
+    """A tensor made only when it is needed, one at a time (a sharded LoRA layer's merged weight): ``shape`` and ``dtype``
+    without making it, ``full(lazy)`` to make it (the gathers inside are collectives, as ``full``'s)."""
+
+    def __init__(self, shape, dtype: torch.dtype, make):
+        self.shape, self.dtype, self._make = torch.Size(shape), dtype, make
+
+    def detach(self) -> "Lazy":
+        return self
+
+    def is_contiguous(self) -> bool:
+        return True
+
+
+def full(t) -> torch.Tensor:
+    """The whole tensor: a DTensor gathered (a collective: every rank must call it, in the same order), a Lazy one made,
+    else ``t``."""
+    if isinstance(t, Lazy):
+        return t._make()
     return t.full_tensor() if is_dtensor(t) else t
 
 
@@ -144,5 +161,13 @@ def shard_fsdp2(model: torch.nn.Module, *, bf16: bool = False) -> int:
         raise ValueError(f"runtime.learner.sharding fsdp2: no transformer block found in {type(model).__name__} (no _no_split_modules)")
     for b in blocks:
         fully_shard(b, mp_policy=mp)
+    # the outermost Hugging Face models below the root (a policy-with-value's LM and critic) are units of their own, so that
+    # calling one directly (a LoRA reference runs the LM with its adapters off) gathers its embeddings and head; tied weights
+    # stay inside one unit
+    picked: list[str] = []
+    for name, m in model.named_modules() if not hasattr(model, "_no_split_modules") else ():  # a wrapper (a policy-with-value) only
+        if name and getattr(m, "_no_split_modules", None) and type(m).__name__ not in types and not any(name.startswith(p + ".") for p in picked):
+            picked.append(name)
+            fully_shard(m, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
     return len(blocks)

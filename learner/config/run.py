@@ -225,9 +225,6 @@ class TetherConfig(Strict):
                              "auto, tmpfs or object_store (not collective), with the rollout actors on the learner's node for auto")
         if lr.compile:
             raise ValueError("runtime.learner.sharding 'fsdp2' with runtime.learner.compile is not supported yet: set one of them off")
-        if self.policy.lora is not None:
-            raise ValueError("runtime.learner.sharding 'fsdp2' with policy.lora is not supported yet (the merge of sharded adapters); "
-                             "a LoRA policy's trainable state is small: use sharding: none")
         return self
 
     @model_validator(mode="after")

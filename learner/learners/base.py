@@ -138,18 +138,19 @@ class LearnerBase:
         keep = adapter_names(self.model)
         return {k: v for k, v in sd.items() if k in keep}
 
-    def load_model_state(self, sd: dict) -> None:
+    def load_model_state(self, sd: dict, *, check_only: bool = False) -> None:
         if self.cfg.policy.lora is None:
             self.model.load_state_dict(sd)
             return
         from learner.models.lora import adapter_names
 
-        want, have = adapter_names(self.model), self.model.state_dict()
+        want, have = adapter_names(self.model), dict(self.model.named_parameters())
         shapes = sorted(k for k in set(sd) & want if tuple(sd[k].shape) != tuple(have[k].shape))
         if set(sd) != want or shapes:
             raise ValueError(f"checkpoint does not hold this LoRA policy's trainable weights (policy.lora changed?): missing "
                              f"{sorted(want - set(sd))[:3]}, unexpected {sorted(set(sd) - want)[:3]}, other shapes {shapes[:3]}")
-        self.model.load_state_dict(sd, strict=False)
+        if not check_only:
+            self.model.load_state_dict(sd, strict=False)
 
     def state_dict(self) -> dict:
         """The checkpoint. Sharded (fsdp2) it is a collective, every rank calling it in turn: full tensors, on rank 0 only
@@ -159,7 +160,16 @@ class LearnerBase:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
             o = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            model, opt = get_model_state_dict(self.model, options=o), get_optimizer_state_dict(self.model, self.opt, options=o)
+            if lora is not None:  # the trainable weights only, gathered one at a time (the frozen base is the start policy's)
+                from learner.models.lora import adapter_names
+                from learner.parallel import full
+
+                keep = adapter_names(self.model)
+                model = {n: full(p.detach()).cpu() for n, p in self.model.named_parameters() if n in keep}
+                model = model if self.dp.rank == 0 else {}
+            else:
+                model = get_model_state_dict(self.model, options=o)
+            opt = get_optimizer_state_dict(self.model, self.opt, options=o)
         else:
             model, opt = self.model_state(), self.opt.state_dict()
         return {"model": model, "opt": opt, **self.extra_state(),
@@ -174,7 +184,9 @@ class LearnerBase:
 
             o = StateDictOptions(full_state_dict=True)
             if self.sharded:
-                set_model_state_dict(self.model, sd["model"], options=o)
+                if self.cfg.policy.lora is not None:
+                    self.load_model_state(sd["model"], check_only=True)
+                set_model_state_dict(self.model, sd["model"], options=StateDictOptions(full_state_dict=True, strict=self.cfg.policy.lora is None))
             else:
                 self.load_model_state(sd["model"])
             opt = sd["opt"] if by_name else by_name_optimizer_state(self.model, self.opt, sd["opt"])

@@ -40,6 +40,7 @@ class PPOLearner(LearnerBase):
         if self.lora:  # adapters on pi_0; the reference is the same model with them off (unless a SALSA soup was given)
             from learner.models.lora import AdaptersOff, wrap
 
+            torch.manual_seed(cfg.train.seed)  # peft draws A at random: the seed's, so every rank (and a rerun) holds the same adapters
             init_lm = wrap(init_lm, cfg.policy.lora)
             ref_lm = AdaptersOff(init_lm) if ref_lm is None else ref_lm
         super().__init__(cfg, init_lm, pad_id=pad_id, ref_lm=ref_lm)  # self.ref: pi_0, a SALSA soup, or (kl.reference: ema) the EMA

@@ -60,8 +60,12 @@ class AdaptersOff(nn.Module):
 
 @torch.no_grad()
 def merged_state_dict(peft_lm: nn.Module) -> dict[str, torch.Tensor]:
-    """The base model's state dict with every adapted layer's weight merged (W + scaling * B @ A); the model is unchanged."""
+    """The base model's state dict with every adapted layer's weight merged (W + scaling * B @ A); the model is unchanged.
+    Sharded (fsdp2) a merged weight is a ``Lazy`` one, gathered and merged when the weight sync reaches it, and the others
+    stay DTensors: no rank ever holds the whole model."""
     from peft.tuners.lora import LoraLayer
+
+    from learner.parallel import Lazy, full, is_dtensor
 
     base = peft_lm.get_base_model()
     out = {}
@@ -72,7 +76,17 @@ def merged_state_dict(peft_lm: nn.Module) -> dict[str, torch.Tensor]:
     for name, m in base.named_modules():
         if isinstance(m, LoraLayer) and ADAPTER in getattr(m, "lora_A", {}):
             w = m.get_base_layer().weight
-            out[f"{name}.weight"] = w.detach() + m.get_delta_weight(ADAPTER).to(w.dtype)
+            if not is_dtensor(w):
+                out[f"{name}.weight"] = w.detach() + m.get_delta_weight(ADAPTER).to(w.dtype)
+                continue
+            if getattr(m, "fan_in_fan_out", False):
+                raise ValueError(f"{name}: a fan-in-fan-out (Conv1D) LoRA layer cannot be merged sharded")
+            a, b, scale = m.lora_A[ADAPTER].weight, m.lora_B[ADAPTER].weight, float(m.scaling[ADAPTER])
+
+            def make(w=w, a=a, b=b, scale=scale):
+                return full(w).detach() + (scale * (full(b).float() @ full(a).float())).to(w.dtype)
+
+            out[f"{name}.weight"] = Lazy(w.shape, w.dtype, make)
     return out
 
 

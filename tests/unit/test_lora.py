@@ -133,3 +133,13 @@ def test_lora_settings_are_checked_and_do_not_change_the_task_assets(tiny_assets
     bad = LoraSettings(target_modules=["no_such_proj"])
     with pytest.raises(ValueError, match="linear layers: .*q_proj"):
         _setup(tiny_assets, lora=bad)
+
+
+def test_the_adapters_are_the_seeds_whatever_the_random_state_before(tiny_assets):
+    torch.manual_seed(1)
+    _, _, a, _, _ = _setup(tiny_assets)
+    torch.manual_seed(2)
+    _, _, b, _, _ = _setup(tiny_assets)
+    pa, pb = dict(a.model.named_parameters()), dict(b.model.named_parameters())
+    lora_a = [n for n in pa if "lora_A" in n]
+    assert lora_a and all(torch.equal(pa[n], pb[n]) for n in lora_a)  # every rank of a learner group starts from the same adapters

@@ -19,7 +19,6 @@ from learner.models.policy import load_policy
      "applies to algorithm 'ppo'"),
     (["runtime.learner.sharding=fsdp2", "runtime.learner.ranks=2", "runtime.weight_sync=collective"], "not collective"),
     (["runtime.learner.sharding=fsdp2", "runtime.learner.ranks=2", "runtime.learner.compile=true"], "compile is not supported"),
-    (["runtime.learner.sharding=fsdp2", "runtime.learner.ranks=2", "policy.lora.r=4"], "policy.lora is not supported"),
     (["runtime.learner.sharding=fsdp3"], "fsdp2"),
 ])
 def test_sharding_settings_are_checked(tiny_cfg, sets, match):
