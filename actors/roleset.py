@@ -165,6 +165,10 @@ class RayRoleSet(Recovery):
         self.nodes = dict(zip(["learner", *[f"rollout-{i}" for i in range(len(self.rollout))]],
                               ray.get([a.__ray_call__.remote(_node) for a in [self.learner, *self.rollout]])))
         remote = collective_receivers(rt.weight_sync, self.nodes["learner"], [self.nodes[f"rollout-{i}"] for i in range(len(self.rollout))])
+        if remote and rt.learner.sharding != "none":
+            raise ValueError(f"runtime.learner.sharding {rt.learner.sharding!r}: rollout actors {remote} are on another node than the learner, "
+                             "and the collective weight sync does not gather sharded weights: set runtime.weight_sync: object_store "
+                             "(across nodes), or place the rollout actors on the learner's node")
         self.collective_rollouts = [self.rollout[i] for i in remote]
         self.file_rollouts = [a for i, a in enumerate(self.rollout) if i not in remote]
         self._weight_group: dict | None = None  # the collective sync's group: set up now, rebuilt after a restart
