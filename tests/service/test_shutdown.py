@@ -134,8 +134,8 @@ def test_serve_stops_its_embedded_valkey_on_signal(sig, tmp_path):
 # -- collect_stale on a temporary root -----------------------------------------------------------------
 def _folder(root: Path, name: str, owner: dict | None) -> Path:
     d = root / f"tether-{name}"
-    (d / "v1").mkdir(parents=True)
-    (d / "v1" / "model.safetensors").write_bytes(b"x")
+    (d / "slot0").mkdir(parents=True)
+    (d / "slot0" / "model.safetensors").write_bytes(b"x")
     if owner is not None:
         (d / OWNER_FILE).write_text(json.dumps(owner))
     return d
@@ -213,7 +213,7 @@ def _train(tiny_cfg, runs_dir: Path, name: str, *extra: str) -> list[str]:
 
 def _weight_folders(name: str) -> list[Path]:
     """The run's tmpfs weight folders that hold a version: Ray mode tether-<name>-<id>-learner, local mode tether-<name>-local-<id>."""
-    return [d for d in default_root().glob(f"tether-{name}-*") if any(d.glob("v*"))]
+    return [d for d in default_root().glob(f"tether-{name}-*") if any(d.glob("slot*"))]
 
 
 def _wait_for_weights(name: str, proc: subprocess.Popen, log: Path) -> list[Path]:
