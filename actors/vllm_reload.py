@@ -38,17 +38,11 @@ class ReloadPlan:
     linears: list[tuple[torch.nn.Module, list[str], list[str] | None]] = field(default_factory=list)  # (layer, weight parts, bias parts)
     copies: list[tuple[torch.nn.Parameter, str]] = field(default_factory=list)  # (parameter, checkpoint name), copied in place
     heads: list[torch.nn.Module] = field(default_factory=list)  # output layers whose handle is rebuilt after the copies
-    spec: tuple = ()
-
-
-def _linear_method():
-    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
-
-    return UnquantizedLinearMethod
 
 
 def plan(model: torch.nn.Module, shapes: dict[str, tuple[int, ...]], vllm_config) -> ReloadPlan | None:
     """How to load checkpoint tensors of these shapes into ``model`` on the fast path; None where it does not apply."""
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
     from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, UnquantizedEmbeddingMethod
     from vllm.platforms import current_platform
 
@@ -56,14 +50,13 @@ def plan(model: torch.nn.Module, shapes: dict[str, tuple[int, ...]], vllm_config
         return None
     if vllm_config.parallel_config.tensor_parallel_size != 1 or vllm_config.parallel_config.pipeline_parallel_size != 1:
         return None
-    linear = _linear_method()
     packed = getattr(model, "packed_modules_mapping", {}) or {}
-    out, covered = ReloadPlan(spec=tuple(sorted(shapes.items()))), set()
+    out, covered = ReloadPlan(), set()
     for mname, mod in model.named_modules():
         prefix = f"{mname}." if mname else ""
         qm = getattr(mod, "quant_method", None)
         params = dict(mod.named_parameters(recurse=False))
-        if type(qm) is linear and "weight" in params:
+        if type(qm) is UnquantizedLinearMethod and "weight" in params:
             if not hasattr(mod, "cpu_linear"):
                 return None
             base, _, last = mname.rpartition(".")
@@ -104,7 +97,7 @@ def plan(model: torch.nn.Module, shapes: dict[str, tuple[int, ...]], vllm_config
 
 
 @torch.no_grad()
-def apply(p: ReloadPlan, views: dict[str, torch.Tensor], mapping: torch.Tensor | None = None) -> int:
+def apply(p: ReloadPlan, views: dict[str, torch.Tensor], mapping: torch.Tensor) -> int:
     """Load ``views`` (checkpoint name -> tensor) along the plan; returns the tensors read. ``mapping``: the buffer the views
     live in, so that no kernel is left holding a pointer into it."""
     n = 0
@@ -118,7 +111,7 @@ def apply(p: ReloadPlan, views: dict[str, torch.Tensor], mapping: torch.Tensor |
             mod.bias.data.copy_(_joined([views[b] for b in bias]))
         mod.quant_method.process_weights_after_loading(mod)  # vLLM packs the weight into its CPU kernel's handle
         kept = mod.weight
-        if kept.numel() and (_inside(kept, mapping) or kept.data_ptr() == w.data_ptr()):
+        if kept.numel() and _inside(kept, mapping):
             mod.weight = torch.nn.Parameter(kept.detach().clone(), requires_grad=False)  # the plain F.linear fallback reads it
         n += len(parts) + len(bias or [])
     for head in p.heads:
@@ -142,8 +135,6 @@ def _joined(ts: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(ts)
 
 
-def _inside(t: torch.Tensor, mapping: torch.Tensor | None) -> bool:
-    if mapping is None:
-        return False
+def _inside(t: torch.Tensor, mapping: torch.Tensor) -> bool:
     lo = mapping.data_ptr()
     return lo <= t.data_ptr() < lo + mapping.numel() * mapping.element_size()

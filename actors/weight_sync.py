@@ -215,9 +215,9 @@ class TensorFile:
         st = os.fstat(fd)
         self._id = (st.st_ino, st.st_size)
         n = int.from_bytes(self._mm[:8], "little")
-        header = json.loads(bytes(self._mm[8 : 8 + n]))
-        meta = header.pop("__metadata__", None) or {}
         raw = bytes(self._mm[8 : 8 + n])
+        header = json.loads(raw)
+        meta = header.pop("__metadata__", None) or {}
         self._pos = {k: raw.find(f'"{k}":"'.encode()) + len(k) + 4 + 8 for k in (VERSION_KEY, SEQ_KEY) if k in meta}
         with warnings.catch_warnings():  # a read-only mapping: torch warns that the buffer is not writable (it is only read)
             warnings.simplefilter("ignore", UserWarning)
@@ -230,7 +230,6 @@ class TensorFile:
             dtype, (a, b) = _BY_NAME[e["dtype"]], e["data_offsets"]
             self._views[name] = buf[base + a : base + b].view(dtype).view(e["shape"])
             self.spec.append((name, dtype, tuple(e["shape"])))
-        self._order = {name: i for i, (name, _, _) in enumerate(self.spec)}
 
     # -- the sender's side ---------------------------------------------------------------------------------------------
     @classmethod
@@ -450,9 +449,8 @@ class TmpfsWeightSync(WeightSync):
 
     def receive(self, handle: dict[str, Any]) -> tuple[dict[str, torch.Tensor], int]:
         path, version = self.receive_file(handle)
-        with TensorFile.open(path) as f:
-            tensors = {k: v.clone() for k, v in f.views().items()}  # private copies: the slot is rewritten two sends on
-            f.check(version)
+        with mapped(path).reading(version) as views:
+            tensors = {k: v.clone() for k, v in views.items()}  # private copies: the slot is rewritten two sends on
         return tensors, version
 
     def close(self) -> None:

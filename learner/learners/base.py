@@ -129,14 +129,21 @@ class LearnerBase:
         raise NotImplementedError(f"runtime.learner.sharding fsdp2 is not built for algorithm '{self.algorithm}'")
 
     def model_state(self) -> dict:
-        """The model's checkpointed weights: all of them; with policy.lora only those that train (the adapters, a value head)."""
-        sd = self.model.state_dict()
-        if self.cfg.policy.lora is None:
-            return sd
+        """The model's checkpointed weights: all of them; with policy.lora only those that train (the adapters, a value head).
+        Sharded (fsdp2) a collective: full tensors gathered one at a time, on rank 0 (the others get {})."""
+        lora = self.cfg.policy.lora is not None
+        if self.sharded and not lora:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not lora:
+            return self.model.state_dict()
         from learner.models.lora import adapter_names
+        from learner.parallel import full
 
         keep = adapter_names(self.model)
-        return {k: v for k, v in sd.items() if k in keep}
+        sd = {n: full(p.detach()).cpu() if self.sharded else p.detach() for n, p in self.model.named_parameters() if n in keep}
+        return {} if self.sharded and self.dp.rank != 0 else sd
 
     def load_model_state(self, sd: dict, *, check_only: bool = False) -> None:
         if self.cfg.policy.lora is None:
@@ -157,22 +164,12 @@ class LearnerBase:
         (the others get empty model and optimiser states), in the format of an unsharded run (the optimiser's by name)."""
         lora = self.cfg.policy.lora
         if self.sharded:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-            o = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            if lora is not None:  # the trainable weights only, gathered one at a time (the frozen base is the start policy's)
-                from learner.models.lora import adapter_names
-                from learner.parallel import full
-
-                keep = adapter_names(self.model)
-                model = {n: full(p.detach()).cpu() for n, p in self.model.named_parameters() if n in keep}
-                model = model if self.dp.rank == 0 else {}
-            else:
-                model = get_model_state_dict(self.model, options=o)
-            opt = get_optimizer_state_dict(self.model, self.opt, options=o)
+            opt = get_optimizer_state_dict(self.model, self.opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         else:
-            model, opt = self.model_state(), self.opt.state_dict()
-        return {"model": model, "opt": opt, **self.extra_state(),
+            opt = self.opt.state_dict()
+        return {"model": self.model_state(), "opt": opt, **self.extra_state(),
                 **({"lora": lora.model_dump()} if lora is not None else {}),
                 "iteration": self.iteration, "version": self.version, "torch_rng": torch.get_rng_state(),
                 **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})}
@@ -182,15 +179,15 @@ class LearnerBase:
         if self.sharded or by_name:  # a sharded run's checkpoint (optimiser state by parameter name), or a sharded learner
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
-            o = StateDictOptions(full_state_dict=True)
+            lora = self.cfg.policy.lora is not None
             if self.sharded:
-                if self.cfg.policy.lora is not None:
+                if lora:
                     self.load_model_state(sd["model"], check_only=True)
-                set_model_state_dict(self.model, sd["model"], options=StateDictOptions(full_state_dict=True, strict=self.cfg.policy.lora is None))
+                set_model_state_dict(self.model, sd["model"], options=StateDictOptions(full_state_dict=True, strict=not lora))
             else:
                 self.load_model_state(sd["model"])
             opt = sd["opt"] if by_name else by_name_optimizer_state(self.model, self.opt, sd["opt"])
-            set_optimizer_state_dict(self.model, self.opt, opt, options=o)
+            set_optimizer_state_dict(self.model, self.opt, opt, options=StateDictOptions(full_state_dict=True))
         else:
             self.load_model_state(sd["model"])
             self.opt.load_state_dict(sd["opt"])

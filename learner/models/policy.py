@@ -12,6 +12,7 @@ from torch import nn
 
 from learner.methods.logprobs import logprobs_from_logits
 from learner.methods.soup import weight_soup
+from learner.models.lora import is_peft
 
 
 class PolicyWithValue(nn.Module):
@@ -27,7 +28,7 @@ class PolicyWithValue(nn.Module):
         super().__init__()
         self.lm = lm
         hidden = lm.config.hidden_size
-        body = lm.get_base_model() if hasattr(lm, "get_base_model") else lm  # a LoRA policy (peft): the model it wraps
+        body = lm.get_base_model() if is_peft(lm) else lm  # a LoRA policy (peft): the model it wraps
         # a LoRA policy's critic is a copy with its own adapters (its base frozen, as the policy's)
         self.critic = copy.deepcopy(getattr(body, body.base_model_prefix)) if separate_critic and value else None
         self.value_head = nn.Linear(hidden, 1) if value else None  # value=False: a critic-free estimator (no value network at all)
@@ -62,7 +63,7 @@ def lm_keep_kwargs(lm: nn.Module, keep: int) -> dict:
     the LM head's matmul (and its backward) on every prompt position."""
     if keep <= 0 or not SPEEDUPS.response_logits_only:
         return {}
-    if hasattr(lm, "get_base_model") and hasattr(lm, "disable_adapter"):  # peft passes **kwargs on to the model it wraps
+    if is_peft(lm):  # peft passes **kwargs on to the model it wraps
         lm = lm.get_base_model()
     fwd = type(lm).forward
     ok = _KEEP_ARG.get(fwd)
